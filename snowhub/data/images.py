@@ -1,0 +1,99 @@
+"""Read image files as 8-bit RGB, and a Dataset over (path, label) lists."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.utils.data
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from snowhub.errors import DataError
+
+# Pillow's 16/32-bit integer single-channel modes.
+_WIDE_GREY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def load_rgb(path: Path | str) -> Image.Image:
+    """Open ``path``, decode it completely and return an 8-bit ``"RGB"`` PIL image (H x W x 3 uint8).
+
+    * Grey (``L``, ``1``), palette (``P``, transparency dropped), ``RGBA``/``LA`` (alpha dropped, no
+      compositing -- the same pixels torchvision's loader gives) and ``CMYK`` go through Pillow's
+      ``convert("RGB")``.
+    * 16-bit grey (``I;16*``) is scaled to 8 bits by ``>> 8``; ``I`` (32-bit int, which older Pillow
+      versions give for 16-bit PNGs) is clipped to 0..65535 and scaled the same way. A plain ``convert``
+      would clip everything above 255 to white instead.
+    * Animated GIF/WebP and multi-page TIFF: the first frame.
+    * The EXIF orientation tag is applied, so camera photos come out upright.
+
+    Truncated files are an error (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left off on purpose: a
+    half-grey image would silently train the model on garbage).
+
+    Raises:
+        DataError: ``cannot read image <path>: <reason>`` for a missing, zero-byte, truncated or
+            non-image file, or one in a mode that cannot be converted.
+    """
+    try:
+        with Image.open(path) as im:
+            im.seek(0)  # first frame of animations / multi-page files
+            im.load()
+            return _to_rgb8(_upright(im))
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+        raise DataError(f"cannot read image {path}: {_reason(path, exc)}; replace or delete the file") from None
+
+
+def _reason(path: Path | str, exc: Exception) -> str:
+    """A short, one-line reason that does not repeat the path."""
+    if isinstance(exc, UnidentifiedImageError):
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        return "file is empty (0 bytes)" if empty else "not an image format Pillow can decode"
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return exc.strerror  # e.g. "No such file or directory"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:
+        # A broken EXIF block should not make otherwise good pixels unreadable.
+        return im
+
+
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    if im.mode in _WIDE_GREY_MODES:
+        arr = np.asarray(im)
+        if im.mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        grey = (arr.astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        # Going through RGBA avoids Pillow's warning about byte-expressed palette transparency.
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """A map-style Dataset over ``(image path, label)`` pairs.
+
+    ``dataset[i]`` is ``(transform(load_rgb(path)), label)``; with ``transform=None`` the first element
+    is the RGB PIL image. With the transforms in :mod:`snowhub.data.transforms` it is a ``(3, H, W)``
+    uint8 tensor. Unreadable images raise :class:`snowhub.errors.DataError` when they are fetched.
+    """
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable[[Image.Image], Any] | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label

@@ -1,0 +1,53 @@
+"""Errors snowhub raises on purpose.
+
+Every error a user can cause derives from :class:`SnowhubError`; its message is one line that says what
+went wrong and what to do. The CLI prints that line and exits non-zero; anything else is a bug.
+"""
+
+
+class SnowhubError(Exception):
+    """Base class: a user-facing failure with a one-line, actionable message."""
+
+
+class HubNotFoundError(SnowhubError):
+    """The hub directory does not exist or holds no registry."""
+
+
+class HubExistsError(SnowhubError):
+    """`init` was asked to create a hub where one already exists."""
+
+
+class HubLockedError(SnowhubError):
+    """Another process holds the hub's writer lock."""
+
+
+class HubVersionError(SnowhubError):
+    """The hub was written by a newer snowhub (unknown schema revision)."""
+
+
+class TaskNotFoundError(SnowhubError):
+    """No registered task has the requested name."""
+
+
+class TaskExistsError(SnowhubError):
+    """A task with this name is already registered (tasks are append-only)."""
+
+
+class InvalidNameError(SnowhubError):
+    """A task name is empty, too long, or contains characters that are not allowed."""
+
+
+class DataError(SnowhubError):
+    """The dataset is missing, empty, has a single class, or holds an unreadable image."""
+
+
+class SourceError(SnowhubError):
+    """The source model is unknown, or its weights cannot be found or do not fit its architecture."""
+
+
+class ConfigError(SnowhubError):
+    """A training or serving option is out of range."""
+
+
+class IntegrityError(SnowhubError):
+    """A stored file does not match the hash recorded for it."""

@@ -1,0 +1,93 @@
+"""Evaluation: top-1/top-5 accuracy and loss of a delta on labelled images, and batch loading helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from snowhub.data import ImageListDataset
+from snowhub.device import autocast
+from snowhub.errors import DataError
+from snowhub.models.delta import Delta
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.network import task_logits
+from snowhub.progress import Progress, SilentProgress
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy of one task on one set of images.
+
+    Attributes:
+        top1, top5: accuracy in % (top-5 is top-min(5, classes)).
+        loss: mean cross-entropy (nats).
+        images: number of images evaluated.
+    """
+
+    top1: float
+    top5: float
+    loss: float
+    images: int
+
+
+def make_loader(samples: Sequence[tuple[Path, int]], transform, batch_size: int, *, shuffle: bool,
+                seed: int, num_workers: int, device: torch.device) -> DataLoader:
+    """A DataLoader of ``(uint8 images (B, 3, S, S), labels (B,))``, seeded for reproducible order."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ImageListDataset(list(samples), transform), batch_size=batch_size, shuffle=shuffle,
+        num_workers=num_workers, generator=generator, pin_memory=device.type == "cuda",
+        persistent_workers=False, drop_last=False,
+    )
+
+
+def iterate(loader: Iterable) -> Iterator:
+    """Iterate `loader`, turning a DataError raised inside a worker process back into its one-line message."""
+    try:
+        yield from loader
+    except DataError as exc:
+        message = str(exc)
+        if "Original Traceback" in message:  # re-raised by DataLoader with the worker's traceback inside
+            last = message.strip().splitlines()[-1]
+            message = last.split("DataError: ", 1)[-1]
+        raise DataError(message) from None
+
+
+def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(top-1 hits, top-5 hits) of `logits` ``(B, C)`` against `labels` ``(B,)``."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hits = top == labels.view(-1, 1)
+    return int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate(source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device,
+             progress: Progress | None = None) -> EvalResult:
+    """Evaluate `delta` (in eval mode: deterministic top-K) on every batch of `loader`.
+
+    Raises:
+        DataError: an image in the loader cannot be read.
+    """
+    progress = progress or SilentProgress()
+    was_training = delta.training
+    delta.eval()
+    top1 = top5 = n = 0
+    loss = 0.0
+    for images, labels in iterate(loader):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = task_logits(source, delta, images).float()
+        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        h1, h5 = accuracy_counts(logits, labels)
+        top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
+        progress.advance(1)
+    delta.train(was_training)
+    if n == 0:
+        raise DataError("no images to evaluate")
+    return EvalResult(100.0 * top1 / n, 100.0 * top5 / n, loss / n, n)

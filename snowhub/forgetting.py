@@ -1,0 +1,143 @@
+"""The forgetting checker: prove that no registered task changed since it was registered.
+
+For the source: the weights file's sha256 and the digest of the tensors actually loaded (parameters and
+BatchNorm buffers). For every task: its delta file's sha256, its stored channel pooling indices against
+the registry, its probe file's sha256, and a fresh evaluation on its probe set compared with the accuracy
+and logits recorded at registration. Backward transfer (BWT) is the mean change in probe accuracy,
+current − at registration, in percentage points (Lopez-Paz & Ranzato, 2017); SNOW's promise is exactly 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from snowhub.errors import SnowhubError
+from snowhub.evaluation import accuracy_counts
+from snowhub.probe import LOGIT_ATOL, LOGIT_RTOL, logits_digest, probe_logits
+from snowhub.progress import Progress
+from snowhub.store import load_safetensors_verified, tensor_digest
+
+if TYPE_CHECKING:
+    from snowhub.hub import Hub
+
+
+@dataclass
+class TaskCheck:
+    """The verdict on one task.
+
+    Attributes:
+        status: ``"ok"`` (nothing changed), ``"changed"`` (answers or accuracy drifted) or ``"damaged"``
+            (a file is missing or differs from its recorded hash; not served).
+        recorded_top1, current_top1: probe-set accuracy at registration and now, %.
+        max_logit_diff: largest absolute difference from the recorded probe logits.
+        bit_identical: the probe logits are bit-for-bit the recorded ones.
+        problems: one line per thing that is wrong.
+    """
+
+    seq: int
+    name: str
+    status: str = "ok"
+    recorded_top1: float | None = None
+    current_top1: float | None = None
+    max_logit_diff: float | None = None
+    bit_identical: bool | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def fail(self, status: str, problem: str) -> None:
+        if self.status != "damaged":
+            self.status = status
+        self.problems.append(problem)
+
+
+@dataclass
+class ForgettingReport:
+    """Result of :meth:`snowhub.Hub.verify_forgetting`.
+
+    Attributes:
+        source_ok: the source weights are the ones recorded at ``init``.
+        source_problems: what is wrong with the source, one line each.
+        tasks: one :class:`TaskCheck` per registered task, in append order.
+        bwt: backward transfer over the delta tasks, percentage points (None without tasks).
+    """
+
+    source_ok: bool
+    source_problems: list[str]
+    tasks: list[TaskCheck]
+    bwt: float | None
+
+    @property
+    def ok(self) -> bool:
+        """True only when the source and every task are unchanged."""
+        return self.source_ok and all(t.status == "ok" for t in self.tasks)
+
+    def problems(self) -> list[str]:
+        """Every problem found, prefixed with what it concerns."""
+        return [f"source: {p}" for p in self.source_problems] + [
+            f"task {t.name!r}: {p}" for t in self.tasks for p in t.problems]
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "source_ok": self.source_ok, "source_problems": self.source_problems,
+                "bwt": self.bwt, "tasks": [asdict(t) for t in self.tasks]}
+
+
+def _check_source(hub: "Hub") -> list[str]:
+    row = hub.source_row()
+    try:
+        state = load_safetensors_verified(hub.layout.resolve(row.weights_file), row.weights_file_sha256)
+    except SnowhubError as exc:
+        return [str(exc)]
+    if tensor_digest(state) != row.weights_sha256:
+        return ["the source tensors differ from those recorded at init"]
+    loaded = hub.source_model().extractor.state_dict()
+    if any(not torch.equal(v, state[k.removeprefix("model.")]) for k, v in loaded.items()
+           if k.removeprefix("model.") in state):
+        return ["the source model in memory differs from its weights file"]
+    return []
+
+
+def verify_hub(hub: "Hub", device: torch.device, progress: Progress) -> ForgettingReport:
+    """Check the source and every task of `hub`; see the module docstring for what is compared."""
+    source_problems = _check_source(hub)
+    source = None if source_problems else hub.source_model().to(device)
+    rows = hub.registry.tasks()
+    checks: list[TaskCheck] = []
+    progress.start("verifying tasks", len(rows))
+    try:
+        for row in rows:
+            check = TaskCheck(row.seq, row.name, recorded_top1=row.probe_top1)
+            checks.append(check)
+            try:
+                delta = hub.load_delta(row)
+                probe = hub.load_probe(row)
+            except SnowhubError as exc:
+                check.fail("damaged", str(exc))
+                progress.advance(1)
+                continue
+            stored = {tap.name: pool.indices.tolist() for tap, pool in zip(delta.shape.taps, delta.pools)}
+            if stored != row.cp_indices:
+                check.fail("damaged", "the delta's channel pooling indices differ from the registry")
+            if logits_digest(probe.logits) != row.probe_logits_sha256:
+                check.fail("damaged", "the probe set's recorded logits differ from the registry")
+            if source is None:
+                check.fail("changed", "not re-evaluated: the source changed")
+                progress.advance(1)
+                continue
+            now = probe_logits(source, delta.to(device), probe.images, device)
+            check.current_top1 = 100.0 * accuracy_counts(now, probe.labels)[0] / len(probe.labels)
+            check.max_logit_diff = float((now - probe.logits).abs().max())
+            check.bit_identical = torch.equal(now, probe.logits)
+            if check.current_top1 != row.probe_top1:
+                check.fail("changed", f"probe accuracy {row.probe_top1:.2f} % → {check.current_top1:.2f} %")
+            elif not torch.allclose(now, probe.logits, atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
+                check.fail("changed", f"probe logits drifted by up to {check.max_logit_diff:.3g}")
+            progress.advance(1)
+    finally:
+        if source is not None:
+            source.cpu()
+        progress.finish()
+    measured = [c for c in checks if c.current_top1 is not None and c.recorded_top1 is not None]
+    bwt = sum(c.current_top1 - c.recorded_top1 for c in measured) / len(measured) if measured else None
+    return ForgettingReport(not source_problems, source_problems, checks, bwt)

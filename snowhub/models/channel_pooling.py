@@ -1,0 +1,78 @@
+"""Channel pooling: a delta's learnable top-K subscription to one source feature map (SNOW, section 2.2,
+Figure 3 and Algorithm 1 in appendix A.1).
+
+Each of the N source channels has one learnable score m. While training, the K channels with the largest
+``m + N(0, σ²)`` are selected and multiplied by their *noise-free* scores, so gradients reach exactly the
+selected scores and the unselected ones stay put until noise gives them a turn. At inference the
+deterministic top-K of the scores is used; :meth:`ChannelPooling.freeze` stores those indices when a task
+is registered, so serving never depends on a tie-break again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class ChannelPooling(nn.Module):
+    """Select K of N source channels and scale each by its learned score.
+
+    The selected maps are standardised with fixed per-channel statistics of the source (measured once on
+    the task's training images by :meth:`calibrate`) *before* the score multiply: the source's channels
+    differ in scale by orders of magnitude, and a BatchNorm *after* the multiply would cancel the score's
+    gradient.
+
+    Args:
+        channels: N, channels of the source map.
+        k: K, channels to keep (``1 <= K <= N``); the paper uses K = N/8.
+        noise_var: σ², variance of the selection noise while training (paper: 1e-3).
+
+    Forward:
+        x: ``(B, N, H, W)`` source feature map. Returns ``(B, K, H, W)``. Selected channels are in ascending
+        channel order, so a stable selection feeds the delta's next convolution in a stable order.
+    """
+
+    def __init__(self, channels: int, k: int, noise_var: float = 1e-3):
+        super().__init__()
+        if not 1 <= k <= channels:
+            raise ValueError(f"K must be in [1, {channels}], got {k}")
+        self.channels, self.k, self.noise_std = channels, k, math.sqrt(noise_var)
+        # Equal scores: the first selections are uniformly random, every channel gets a chance.
+        self.scores = nn.Parameter(torch.ones(channels))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("inv_std", torch.ones(channels))
+        self.register_buffer("indices", torch.zeros(k, dtype=torch.long))
+        self.register_buffer("frozen", torch.tensor(False))
+
+    def select(self) -> torch.Tensor:
+        """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic."""
+        if bool(self.frozen):
+            return self.indices
+        scores = self.scores.detach()
+        if self.training and self.noise_std > 0:
+            scores = scores + torch.randn_like(scores) * self.noise_std
+        return torch.topk(scores, self.k, sorted=False).indices.sort().values
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = self.select()
+        scale = (self.inv_std[idx] * self.scores[idx]).to(x.dtype)
+        shift = self.mean[idx].to(x.dtype)
+        return (x.index_select(1, idx) - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def calibrate(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Set the per-channel standardisation from source statistics ``mean, std`` of shape ``(N,)``."""
+        self.mean.copy_(mean)
+        self.inv_std.copy_(1.0 / std.clamp_min(1e-5))
+
+    @torch.no_grad()
+    def freeze(self) -> torch.Tensor:
+        """Fix the deterministic top-K of the trained scores for serving; returns the indices ``(K,)``."""
+        self.indices.copy_(torch.topk(self.scores, self.k).indices.sort().values)
+        self.frozen.fill_(True)
+        return self.indices.clone()
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, k={self.k}, noise_std={self.noise_std:.4g}"

