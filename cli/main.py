@@ -236,6 +236,31 @@ def verify_forgetting(device: DeviceOption = "auto", hub: HubOption = None, as_j
             raise typer.Exit(2)
 
 
+@app.command()
+def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
+    """Check the whole hub's integrity without running models: registry, seals, hashes, files.
+
+    Exit status 0 when nothing is wrong (warnings allowed); 2 when a problem was found.
+    """
+    from snowhub.doctor import check_hub
+    from snowhub.hub import default_hub_path
+
+    with handled():
+        report = check_hub(hub if hub is not None else default_hub_path())
+        if as_json:
+            _print_json(report.to_dict())
+        else:
+            for line in report.warnings:
+                err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+            for line in report.problems:
+                err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            verdict = "ok" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
+            out.print(f"{verdict}: {report.hub}: {report.tasks} task(s), {report.files} file(s) checked",
+                      markup=False, highlight=False, soft_wrap=True)
+        if not report.ok:
+            raise typer.Exit(2)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -36,13 +36,17 @@ class EvalResult:
 
 
 def make_loader(samples: Sequence[tuple[Path, int]], transform, batch_size: int, *, shuffle: bool,
-                seed: int, num_workers: int, device: torch.device) -> DataLoader:
-    """A DataLoader of ``(uint8 images (B, 3, S, S), labels (B,))``, seeded for reproducible order."""
+                seed: int, num_workers: int, device: torch.device, drop_last: bool = False) -> DataLoader:
+    """A DataLoader of ``(uint8 images (B, 3, S, S), labels (B,))``, seeded for reproducible order.
+
+    `drop_last` drops a final partial batch when there is at least one full one (training: a batch of one
+    image cannot be batch-normalised).
+    """
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         ImageListDataset(list(samples), transform), batch_size=batch_size, shuffle=shuffle,
         num_workers=num_workers, generator=generator, pin_memory=device.type == "cuda",
-        persistent_workers=False, drop_last=False,
+        persistent_workers=False, drop_last=drop_last and len(samples) > batch_size,
     )
 
 

@@ -1,7 +1,8 @@
 """The forgetting checker: prove that no registered task changed since it was registered.
 
-For the source: the weights file's sha256 and the digest of the tensors actually loaded (parameters and
-BatchNorm buffers). For every task: its delta file's sha256, its stored channel pooling indices against
+For the source: its registry record's seal, the weights file's sha256 and the digest of the tensors actually
+loaded (parameters and BatchNorm buffers). For every task: its registry record's seal (so edited metrics,
+class names or hashes are caught, see :mod:`snowhub.store.integrity`), its delta file's sha256, its stored channel pooling indices against
 the registry, its probe file's sha256, and a fresh evaluation on its probe set compared with the accuracy
 and logits recorded at registration. Backward transfer (BWT) is the mean change in probe accuracy,
 current − at registration, in percentage points (Lopez-Paz & Ranzato, 2017); SNOW's promise is exactly 0.
@@ -86,6 +87,7 @@ class ForgettingReport:
 def _check_source(hub: "Hub") -> list[str]:
     row = hub.source_row()
     try:
+        hub.registry.check_record(row)
         state = load_safetensors_verified(hub.layout.resolve(row.weights_file), row.weights_file_sha256)
     except SnowhubError as exc:
         return [str(exc)]

@@ -18,6 +18,7 @@ from snowhub import __version__
 from snowhub.data import discover, fingerprint
 from snowhub.device import pick_device
 from snowhub.errors import HubNotFoundError, InvalidNameError, TaskExistsError
+from snowhub.faults import crash_point, watch_progress
 from snowhub.forgetting import ForgettingReport, verify_hub
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
@@ -32,7 +33,9 @@ from snowhub.store import (
     SourceRow,
     TaskRow,
     atomic_save_safetensors,
+    clean_if_idle,
     load_safetensors_verified,
+    remove_leftovers,
     tensor_digest,
     writer_lock,
 )
@@ -152,7 +155,12 @@ class Hub:
             HubVersionError: the hub was written by a newer snowhub.
         """
         registry = Registry.open(Path(path) if path is not None else default_hub_path())
-        registry.source()  # a hub whose init never finished is not a hub
+        try:
+            registry.source()  # a hub whose init never finished is not a hub
+            clean_if_idle(registry)  # files of a crashed writer, if no writer is active now
+        except BaseException:
+            registry.close()
+            raise
         return Hub(registry)
 
     def close(self) -> None:
@@ -181,6 +189,7 @@ class Hub:
         """
         if self._source is None:
             row = self.source_row()
+            self.registry.check_record(row)  # the recorded hashes themselves must be the ones written
             spec = get_spec(row.name)
             spec_taps = tuple(Tap.from_dict(t) for t in row.taps)
             if spec_taps != spec.taps:  # the tap list is part of the hub's contract with its deltas
@@ -228,6 +237,7 @@ class Hub:
         Raises:
             IntegrityError: the file is missing or differs from its recorded sha256.
         """
+        self.registry.check_record(row)
         state = load_safetensors_verified(self.layout.resolve(row.weights_file), row.weights_sha256)
         delta = Delta(DeltaShape.from_dict(row.hyperparams["delta_shape"]))
         delta.load_state_dict(state)
@@ -235,6 +245,7 @@ class Hub:
 
     def load_probe(self, row: TaskRow) -> ProbeSet:
         """The probe set of `row`, read from its verified file. Raises IntegrityError if it changed."""
+        self.registry.check_record(row)
         return ProbeSet.from_tensors(load_safetensors_verified(self.layout.resolve(row.probe_file), row.probe_sha256))
 
     # -- writing ----------------------------------------------------------------------------------
@@ -256,15 +267,18 @@ class Hub:
         config = config or TrainConfig()
         check_task_name(name)
         config.validate()
-        progress = progress or SilentProgress()
+        progress = watch_progress(progress or SilentProgress())
         if self.registry.has_task(name):
             raise self._exists(name)
+        crash_point("add-task:start")
         split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
         device = pick_device(config.device)
-        with writer_lock(self.layout, wait=wait_for_lock):
+        crash_point("add-task:data-found")
+        with writer_lock(self.layout, wait=wait_for_lock, progress=progress):
             self._remove_orphans()
             if self.registry.has_task(name):  # another writer may have taken it while we waited
                 raise self._exists(name)
+            crash_point("add-task:locked")
             source = self.source_model().to(device)
             try:
                 result = train_delta(source, split, config, device, progress)
@@ -275,16 +289,16 @@ class Hub:
                 progress.finish()
             finally:
                 source.cpu()
+            crash_point("add-task:trained")
             seq = self.registry.next_seq()
             stem = f"{seq:04d}-{name}"
             delta_path = self.layout.tasks_dir / f"{stem}.delta.safetensors"
             probe_path = self.layout.tasks_dir / f"{stem}.probe.safetensors"
-            written: list[Path] = []
             try:
+                # These names are new (seq is unused, orphans were removed), so on failure both may go.
                 delta_sha = atomic_save_safetensors(result.delta.state_dict(), delta_path, {"task": name})
-                written.append(delta_path)
                 probe_sha = atomic_save_safetensors(probe.tensors(), probe_path, {"task": name})
-                written.append(probe_path)
+                crash_point("add-task:files-written")
                 delta_params, cp_params = result.delta.parameter_counts()
                 hyper = config.to_dict() | {"image_size": result.image_size, "device": result.device,
                                             "delta_shape": result.delta.shape.to_dict()}
@@ -302,8 +316,12 @@ class Hub:
                                      "train_images": len(split.train), "val_images": len(split.val)},
                 ))
             except BaseException:
-                for path in written:
-                    path.unlink(missing_ok=True)
+                # Remove what no committed row refers to (both files, unless the commit went through
+                # just before an interrupt: then they belong to a registered task and must stay).
+                try:
+                    self._remove_orphans()
+                except Exception:  # e.g. the registry cannot be read (disk gone): the next writer cleans up
+                    pass
                 raise
         return self.task(name)
 
@@ -312,20 +330,12 @@ class Hub:
                                "tasks are append-only, choose another name")
 
     def _remove_orphans(self) -> list[Path]:
-        """Delete files a crashed writer left behind: staging leftovers and task files with no registry row.
+        """Delete files a crashed writer left behind (see :mod:`snowhub.store.recovery`).
 
-        Only called under the writer lock, so no live writer can own them.
+        Only called under the writer lock, so no live writer can own them. Unreferenced files that are not
+        provably leftovers (e.g. a task file whose registry row was deleted) are kept for ``snowhub doctor``.
         """
-        known = set()
-        for t in self.registry.tasks():
-            known |= {self.layout.resolve(t.weights_file), self.layout.resolve(t.probe_file)}
-        removed = []
-        for directory in (self.layout.staging_dir, self.layout.tasks_dir):
-            for path in directory.glob("*") if directory.is_dir() else []:
-                if path.is_file() and path not in known:
-                    path.unlink()
-                    removed.append(path)
-        return removed
+        return remove_leftovers(self.layout, self.registry.source(), self.registry.tasks())
 
     # -- serving and checking ---------------------------------------------------------------------
 

@@ -192,7 +192,8 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
                                    len(split.class_names), config.noise_var)
     delta = Delta(shape).to(device)
     train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
-                               shuffle=True, seed=config.seed, num_workers=workers, device=device)
+                               shuffle=True, seed=config.seed, num_workers=workers, device=device,
+                               drop_last=True)
     val_loader = make_loader(split.val, eval_transform(size), config.batch_size, shuffle=False,
                              seed=config.seed, num_workers=workers, device=device)
     calib_loader = make_loader(split.train, eval_transform(size), config.batch_size, shuffle=True,

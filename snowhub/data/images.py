@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,15 @@ import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from snowhub.errors import DataError
+from snowhub.faults import crash_point
 
 # Pillow's 16/32-bit integer single-channel modes.
 _WIDE_GREY_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+# The only decoders snowhub lets Pillow use. Pillow picks a decoder from the file's *content*, not its
+# name, and some of its plugins run other programs (EPS runs Ghostscript on the file): a "cat.png" that is
+# really PostScript must be refused, not executed.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "PPM", "TIFF", "WEBP", "TGA", "ICO")  # JPEG covers MPO
 
 
 def load_rgb(path: Path | str) -> Image.Image:
@@ -29,27 +37,36 @@ def load_rgb(path: Path | str) -> Image.Image:
     * Animated GIF/WebP and multi-page TIFF: the first frame.
     * The EXIF orientation tag is applied, so camera photos come out upright.
 
-    Truncated files are an error (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left off on purpose: a
-    half-grey image would silently train the model on garbage).
+    Only the formats in :data:`FORMATS` are decoded, whatever the file is called. Truncated files are an
+    error (``ImageFile.LOAD_TRUNCATED_IMAGES`` is left off on purpose: a half-grey image would silently
+    train the model on garbage), and so are images above Pillow's decompression-bomb threshold
+    (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels), which Pillow itself would only warn about.
 
     Raises:
-        DataError: ``cannot read image <path>: <reason>`` for a missing, zero-byte, truncated or
-            non-image file, or one in a mode that cannot be converted.
+        DataError: ``cannot read image <path>: <reason>`` for a missing, zero-byte, truncated, huge or
+            non-image file, one in another format, or one in a mode that cannot be converted.
     """
     try:
-        with Image.open(path) as im:
-            im.seek(0)  # first frame of animations / multi-page files
-            im.load()
-            return _to_rgb8(_upright(im))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                im.seek(0)  # first frame of animations / multi-page files
+                im.load()
+                image = _to_rgb8(_upright(im))
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError ...
         raise DataError(f"cannot read image {path}: {_reason(path, exc)}; replace or delete the file") from None
+    crash_point("load-image")
+    return image
 
 
 def _reason(path: Path | str, exc: Exception) -> str:
     """A short, one-line reason that does not repeat the path."""
     if isinstance(exc, UnidentifiedImageError):
         empty = os.path.isfile(path) and os.path.getsize(path) == 0
-        return "file is empty (0 bytes)" if empty else "not an image format Pillow can decode"
+        return "file is empty (0 bytes)" if empty else f"not an image in a supported format ({', '.join(FORMATS)})"
+    if isinstance(exc, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        return f"image is too large ({pixels.group(1) if pixels else 'over'} pixels, the limit is {Image.MAX_IMAGE_PIXELS})"
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return exc.strerror  # e.g. "No such file or directory"
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -42,20 +42,36 @@ def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         cursor.close()
 
 
+def _on_connect_read_only(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # A read-only hub: no journal-mode switch and no synchronous setting (both would need a write).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+    finally:
+        cursor.close()
+
+
 def _on_begin(conn: Connection) -> None:
     mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def open_engine(db_path: Path, create: bool = False) -> Engine:
+def open_engine(db_path: Path, create: bool = False, read_only: bool = False) -> Engine:
     """An engine on the SQLite file ``db_path`` (WAL mode, 30 s busy timeout on every connection).
 
     With ``create=False`` the file must already exist (SQLite would otherwise silently create an empty
     one); connecting to a missing file then raises ``sqlalchemy.exc.OperationalError``.
+
+    ``read_only=True`` is for a hub on read-only storage: SQLite opens the file read-only, and, when no
+    ``-wal`` file holds unfolded commits, as *immutable* (WAL mode needs a writable ``-shm`` file
+    otherwise).
     """
     db_path = Path(db_path).absolute()
-    mode = "rwc" if create else "rw"
+    mode = "ro" if read_only else "rwc" if create else "rw"
     uri = f"{db_path.as_uri()}?mode={mode}"
+    if read_only and not Path(f"{db_path}-wal").exists():
+        uri += "&immutable=1"
 
     def connect() -> sqlite3.Connection:
         # The busy timeout is set by _on_connect; a pool may be shared by threads, hence check_same_thread.
@@ -63,7 +79,7 @@ def open_engine(db_path: Path, create: bool = False) -> Engine:
 
     # The URL is only used by SQLAlchemy to pick the dialect and a file-database pool; `creator` connects.
     engine = create_engine(f"sqlite:///{db_path}", creator=connect)
-    event.listen(engine, "connect", _on_connect)
+    event.listen(engine, "connect", _on_connect_read_only if read_only else _on_connect)
     event.listen(engine, "begin", _on_begin)
     return engine
 
@@ -122,13 +138,13 @@ def current_revision(engine: Engine) -> str | None:
     return heads[0] if heads else None
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, read_only: bool = False) -> None:
     """Migrate the database to this snowhub's newest schema (a no-op when it is already there).
 
     Safe to call from several processes at once: the upgrade runs in one ``BEGIN IMMEDIATE``
     transaction, so the others wait and then find nothing to do. Raises
     :class:`~snowhub.errors.HubVersionError` if the database carries a revision this snowhub does not
-    know (it was written by a newer snowhub).
+    know (it was written by a newer snowhub), or if it needs an upgrade but ``read_only`` is set.
     """
     config = _alembic_config()
     script = ScriptDirectory.from_config(config)
@@ -138,6 +154,11 @@ def upgrade(engine: Engine) -> None:
     _check_known(heads, script)
     if heads == (script.get_current_head(),):
         return
+    if read_only:
+        raise HubVersionError(
+            f"this hub was written by an older snowhub (schema {', '.join(heads) or 'none'}) and must be upgraded "
+            "once, but it is read-only; make it writable and run `snowhub list` to upgrade it"
+        )
     with write_engine(engine).begin() as conn:
         # Another process may have migrated between our read and our write lock: look again.
         _check_known(_heads(conn), script)

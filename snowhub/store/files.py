@@ -6,20 +6,27 @@ A hub directory looks like::
     <root>/hub.lock    writer lock (flock), holds the writer's pid
     <root>/source/     the frozen source model's weights
     <root>/tasks/      one delta (+ probe) per registered task
-    <root>/staging/    files of an add-task in progress, moved into tasks/ when it commits
+    <root>/staging/    scratch space; anything in it is a leftover of an interrupted writer
+
+A writer saves each file under a temporary name (``.<name>.<random>.tmp``), fsyncs it, renames it into
+place and fsyncs the directory; the registry row that refers to it is committed last. Files that no
+committed row refers to are leftovers of a crashed writer (see :mod:`snowhub.store.recovery`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from snowhub.errors import IntegrityError
+from snowhub.errors import IntegrityError, SnowhubError
+from snowhub.faults import crash_point
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +35,33 @@ if TYPE_CHECKING:
 # seconds, and registry-only commands (listing tasks, taking the lock) should not pay for it.
 
 _CHUNK = 1 << 20  # 1 MiB
+
+
+class HubWriteError(SnowhubError):
+    """The hub could not be written: disk full, quota, I/O error or permissions."""
+
+
+class HubReadOnlyError(HubWriteError):
+    """The hub directory (or its file system) is read-only."""
+
+
+def write_error(path: Path, exc: BaseException) -> HubWriteError:
+    """A one-line, actionable error for a failed write of ``path``."""
+    if isinstance(exc, OSError):
+        code, reason = exc.errno, exc.strerror or str(exc)
+    else:  # safetensors: "Error while serializing: I/O error: No space left on device (os error 28)"
+        reason = " ".join(str(exc).split()).rsplit("I/O error: ", 1)[-1]
+        found = re.search(r"\(os error (\d+)\)", reason)
+        code = int(found.group(1)) if found else None
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return HubReadOnlyError(f"cannot write {path} ({reason}); the hub is read-only, make it writable")
+    return HubWriteError(f"cannot write {path} ({reason}); free some disk space (or fix the hub's permissions) "
+                         "and retry")
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    # safetensors reports its own write failures as SafetensorError("... I/O error: ... (os error N)").
+    return isinstance(exc, OSError) or (type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc))
 
 
 def sha256_file(path: Path | str) -> str:
@@ -90,28 +124,39 @@ def atomic_save_safetensors(
     The data goes to a temporary file in the same directory, is fsynced, renamed over ``path`` with
     ``os.replace`` and the directory is fsynced: after a crash ``path`` holds either the old or the new
     file, never a partial one. On any exception the temporary file is removed and the exception is
-    re-raised (safetensors raises e.g. for non-contiguous or memory-sharing tensors). ``path.parent``
-    must exist.
+    re-raised (safetensors raises e.g. for non-contiguous or memory-sharing tensors); a failed write
+    (disk full, read-only, I/O error) becomes :class:`HubWriteError`. ``path.parent`` must exist.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide, as for open().
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide, as for open().
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        crash_point("save:mid-write", before=lambda: os.truncate(tmp, os.path.getsize(tmp) // 2))
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         sha = sha256_file(tmp)
+        crash_point("save:before-rename")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _is_io_error(exc):
+            raise write_error(path, exc) from None
         raise
-    _fsync_dir(path.parent)
+    crash_point("save:after-rename")
+    try:
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     return sha
 
 

@@ -7,14 +7,19 @@ file is never deleted (deleting a flock'd file lets two processes "hold" two dif
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from snowhub.errors import HubLockedError, HubNotFoundError
-from snowhub.store.files import HubLayout
+from snowhub.store.files import HubLayout, HubReadOnlyError
+
+if TYPE_CHECKING:
+    from snowhub.progress import Progress
 
 _POLL_S = 0.05
 
@@ -33,16 +38,34 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def lock_holder(layout: HubLayout) -> str | None:
+    """Who holds the writer lock right now (``"pid N"``), or None if nobody does. Never waits."""
+    try:
+        fd = os.open(layout.lock_path, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: nobody ever wrote, or the hub is not readable (reported elsewhere)
+    try:
+        if _try_lock(fd):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def writer_lock(layout: HubLayout, wait: bool = True, timeout: float | None = None) -> Iterator[None]:
+def writer_lock(layout: HubLayout, wait: bool = True, timeout: float | None = None,
+                progress: Progress | None = None) -> Iterator[None]:
     """Hold the hub's exclusive writer lock for the ``with`` block.
 
     ``wait=False``: fail at once if another process holds it. ``wait=True``: block, for at most
-    ``timeout`` seconds if given (``None`` = forever). The lock is not re-entrant: taking it again in the
-    same process (even the same thread) waits for itself.
+    ``timeout`` seconds if given (``None`` = forever); if it has to wait, `progress` (when given) prints
+    who holds the lock and shows a "waiting" phase until it is ours. The lock is not re-entrant: taking it
+    again in the same process (even the same thread) waits for itself.
 
     Raises :class:`~snowhub.errors.HubLockedError` when the lock is held elsewhere and we do not (or no
-    longer) wait, and :class:`~snowhub.errors.HubNotFoundError` if the hub directory does not exist.
+    longer) wait, :class:`~snowhub.errors.HubNotFoundError` if the hub directory does not exist, and
+    :class:`~snowhub.store.files.HubReadOnlyError` if the hub cannot be written.
     """
     try:
         fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -50,8 +73,20 @@ def writer_lock(layout: HubLayout, wait: bool = True, timeout: float | None = No
         raise HubNotFoundError(
             f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
         ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise HubReadOnlyError(
+            f"the hub at {layout.root} is read-only ({exc.strerror}); make it writable to change it"
+        ) from None
     try:
         acquired = _try_lock(fd)
+        if not acquired and wait and progress is not None:
+            progress.start("waiting for the writer lock", None)
+            progress.finish(f"waiting: another snowhub process ({_holder(fd)}) is writing to {layout.root}; "
+                            "continuing when it is done (Ctrl-C to give up)")
+            progress.start("waiting for the writer lock", None)
+        waited = not acquired and wait and progress is not None
         if not acquired and wait:
             if timeout is None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -63,6 +98,8 @@ def writer_lock(layout: HubLayout, wait: bool = True, timeout: float | None = No
                     if remaining <= 0:
                         break
                     time.sleep(min(_POLL_S, remaining))
+        if waited:
+            progress.finish()
         if not acquired:
             raise HubLockedError(
                 f"another snowhub process is writing to {layout.root} ({_holder(fd)}); wait for it or retry"

@@ -83,6 +83,8 @@ class SourceRow(Base):
     head_classes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     library_versions: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Seal over every other column as stored (snowhub.store.integrity); set by the registry on insert.
+    record_sha256: Mapped[str | None] = mapped_column(default=None)
 
     def __repr__(self) -> str:
         return f"SourceRow(name={self.name!r}, weights_origin={self.weights_origin!r})"
@@ -122,6 +124,8 @@ class TaskRow(Base):
     dataset_fingerprint: Mapped[str]
     dataset_summary: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Seal over every other column as stored (snowhub.store.integrity); set by the registry on insert.
+    record_sha256: Mapped[str | None] = mapped_column(default=None)
 
     def __repr__(self) -> str:
         return f"TaskRow(seq={self.seq!r}, name={self.name!r})"

@@ -11,13 +11,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from snowhub.errors import HubExistsError, HubNotFoundError, SnowhubError, TaskExistsError, TaskNotFoundError
-from snowhub.store.database import open_engine, session_factory, upgrade, write_engine
-from snowhub.store.files import HubLayout
+from snowhub.errors import (
+    HubExistsError,
+    HubLockedError,
+    HubNotFoundError,
+    IntegrityError,
+    SnowhubError,
+    TaskExistsError,
+    TaskNotFoundError,
+)
+from snowhub.faults import crash_point
+from snowhub.store.database import (
+    BUSY_TIMEOUT_S,
+    current_revision,
+    open_engine,
+    session_factory,
+    upgrade,
+    write_engine,
+)
+from snowhub.store.files import HubLayout, HubReadOnlyError, HubWriteError, write_error
+from snowhub.store.integrity import KEYS, raw_row, record_problem, seal
 from snowhub.store.models import Base, SourceRow, TaskRow
 
 _MAX_LISTED = 20
@@ -37,6 +55,23 @@ def _require_complete(row: Base, skip: tuple[str, ...] = ()) -> None:
         raise ValueError(f"{type(row).__name__} is missing required fields: {', '.join(missing)}")
 
 
+def database_error(db_path: Path, error: BaseException) -> SnowhubError:
+    """A one-line, actionable error for an SQLite failure (never a trace with SQL in it)."""
+    text = " ".join(str(getattr(error, "orig", None) or error).split())
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        return HubLockedError(f"{db_path} stayed locked by another process for over {BUSY_TIMEOUT_S:.0f} s "
+                              f"({text}); retry when it is done")
+    if "readonly" in low or "read-only" in low:
+        return HubReadOnlyError(f"cannot write {db_path} ({text}); the hub is read-only, make it writable")
+    if "full" in low or "i/o error" in low:
+        return HubWriteError(f"cannot read or write {db_path} ({text}); free some disk space, check the disk, "
+                             "then retry")
+    if "unable to open" in low:
+        return SnowhubError(f"cannot open {db_path} ({text}); check that the hub's files are readable and writable")
+    return SnowhubError(f"{db_path} is not a readable snowhub registry ({text}); restore it from a backup")
+
+
 def _names(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
@@ -50,10 +85,11 @@ class Registry:
     :func:`snowhub.store.lock.writer_lock`; the registry's own writes are single SQLite transactions.
     """
 
-    def __init__(self, layout: HubLayout, engine: Engine) -> None:
+    def __init__(self, layout: HubLayout, engine: Engine, read_only: bool = False) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._layout = layout
         self._engine = engine
+        self._read_only = read_only
         self._read = session_factory(engine)
         self._write = session_factory(write_engine(engine))
 
@@ -74,22 +110,26 @@ class Registry:
         )
         if layout.db_path.exists():
             raise exists
-        for directory in (layout.root, layout.source_dir, layout.tasks_dir, layout.staging_dir):
-            directory.mkdir(parents=True, exist_ok=True)
         try:
+            for directory in (layout.root, layout.source_dir, layout.tasks_dir, layout.staging_dir):
+                directory.mkdir(parents=True, exist_ok=True)
             # O_EXCL decides the race between two concurrent `init`s; SQLite treats an empty file as an
             # empty database.
             os.close(os.open(layout.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             raise exists from None
+        except OSError as error:
+            raise write_error(Path(error.filename or layout.root), error) from None
         engine = open_engine(layout.db_path)
         try:
             upgrade(engine)
-        except BaseException:
+        except BaseException as error:
             engine.dispose()
             # Leave no half-made hub.db behind, so that `init` can simply be run again.
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{layout.db_path}{suffix}").unlink(missing_ok=True)
+            if isinstance(error, sa_exc.DatabaseError):
+                raise database_error(layout.db_path, error) from None
             raise
         return cls(layout, engine)
 
@@ -110,23 +150,28 @@ class Registry:
             raise HubNotFoundError(
                 f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
             )
-        engine = open_engine(layout.db_path)
+        # A hub on read-only storage (or without write permission) can still be listed and served.
+        read_only = not (os.access(layout.root, os.W_OK) and os.access(layout.db_path, os.W_OK))
+        engine = open_engine(layout.db_path, read_only=read_only)
         try:
-            upgrade(engine)
+            upgrade(engine, read_only=read_only)
         except sa_exc.DatabaseError as error:
             engine.dispose()
-            raise SnowhubError(
-                f"{layout.db_path} is not a readable snowhub registry ({error.orig}); restore it from a backup"
-            ) from None
+            raise database_error(layout.db_path, error) from None
         except BaseException:
             engine.dispose()
             raise
-        return cls(layout, engine)
+        return cls(layout, engine, read_only)
 
     @property
     def layout(self) -> HubLayout:
         """Where this hub keeps its files."""
         return self._layout
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the hub was opened read-only (its directory or registry cannot be written)."""
+        return self._read_only
 
     def close(self) -> None:
         """Release the database connections. The registry must not be used afterwards."""
@@ -145,14 +190,93 @@ class Registry:
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
-        with self._read() as session, session.begin():
-            yield session
+        try:
+            with self._read() as session, session.begin():
+                yield session
+        except sa_exc.IntegrityError:
+            raise
+        except sa_exc.DatabaseError as error:  # locked past the busy timeout, I/O error, corrupt file
+            raise database_error(self._layout.db_path, error) from None
+        except ValueError as error:  # a stored value that does not parse (JSON, datetime): an edited row
+            raise IntegrityError(
+                f"{self._layout.db_path} holds a malformed record ({' '.join(str(error).split())[:120]}); "
+                "restore it from a backup (`snowhub doctor` lists what is wrong)"
+            ) from None
 
     @contextmanager
     def _writing(self) -> Iterator[Session]:
+        if self._read_only:
+            raise HubReadOnlyError(f"the hub at {self._layout.root} is read-only; make it writable to change it")
         # BEGIN IMMEDIATE: checks made inside the transaction still hold when it commits.
-        with self._write() as session, session.begin():
-            yield session
+        try:
+            with self._write() as session, session.begin():
+                yield session
+        except sa_exc.IntegrityError:
+            raise
+        except sa_exc.DatabaseError as error:  # locked past the busy timeout, disk full, read-only
+            raise database_error(self._layout.db_path, error) from None
+
+    @staticmethod
+    def _seal(session: Session, row: SourceRow | TaskRow) -> None:
+        """Insert `row` and store its record seal in the same (still open) transaction."""
+        session.add(row)
+        session.flush()
+        table = row.__tablename__
+        key = row.id if isinstance(row, SourceRow) else row.seq
+        set_committed_value(row, "record_sha256", seal(session.connection(), table, key))
+        crash_point("registry:before-commit")
+
+    # -- record seals ------------------------------------------------------------------------------
+
+    def record_problems(self) -> list[tuple[str, str]]:
+        """Every registry row whose seal does not match: ``(what, problem)`` pairs, e.g.
+        ``("task 2 'birds'", "the record was changed ...")``. Empty when the registry is intact."""
+        problems = []
+        with self._reading() as session:
+            conn = session.connection()
+            source = raw_row(conn, "source", 1)
+            if source is not None and (problem := record_problem(source, "source")):
+                problems.append(("the source model", problem))
+            for (seq,) in session.execute(select(TaskRow.seq).order_by(TaskRow.seq)):
+                row = raw_row(conn, "task", seq)
+                if problem := record_problem(row, "task"):
+                    problems.append((f"task {seq} {row['name']!r}" if row else f"task {seq}", problem))
+        return problems
+
+    def raw_rows(self, table: str) -> list[dict[str, object]]:
+        """Every row of ``source`` or ``task`` exactly as SQLite stores it (JSON as text), in key order.
+
+        For checkers that must keep going where a tampered row would not load as an ORM object.
+        """
+        if table not in KEYS:
+            raise ValueError(f"unknown table {table!r}")
+        with self._reading() as session:
+            result = session.connection().execute(text(f'SELECT * FROM "{table}" ORDER BY "{KEYS[table]}"'))
+            return [dict(row) for row in result.mappings()]
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check``: an empty list when the database file is sound."""
+        with self._reading() as session:
+            lines = [str(r[0]) for r in session.connection().exec_driver_sql("PRAGMA integrity_check")]
+        return [] if lines == ["ok"] else lines
+
+    def revision(self) -> str | None:
+        """The schema revision recorded in ``hub.db``."""
+        try:
+            return current_revision(self._engine)
+        except sa_exc.DatabaseError as error:
+            raise database_error(self._layout.db_path, error) from None
+
+    def check_record(self, row: SourceRow | TaskRow) -> None:
+        """Raise :class:`~snowhub.errors.IntegrityError` unless `row`'s registry record matches its seal."""
+        table = row.__tablename__
+        key = row.id if isinstance(row, SourceRow) else row.seq
+        with self._reading() as session:
+            problem = record_problem(raw_row(session.connection(), table, key), table)
+        if problem:
+            what = "the source model" if table == "source" else f"task {row.name!r}"
+            raise IntegrityError(f"the registry record of {what} cannot be trusted: {problem}; it is not used "
+                                 f"until you restore {self._layout.db_path} from a backup (see `snowhub doctor`)")
 
     # -- source ------------------------------------------------------------------------------------
 
@@ -186,7 +310,7 @@ class Registry:
                         f"the hub at {self._layout.root} already has its source model ({existing.name}); "
                         "a hub's source never changes, create a new hub for another source"
                     )
-                session.add(row)
+                self._seal(session, row)
         except sa_exc.IntegrityError:
             # Only reachable by bypassing the check above (another writer in between).
             raise HubExistsError(
@@ -249,7 +373,8 @@ class Registry:
                         f"task {row.name!r} was prepared as number {row.seq} but the next is {expected} "
                         "(another process added a task meanwhile); add it again"
                     )
-                session.add(row)
+                self._seal(session, row)
+            crash_point("registry:after-commit")
         except sa_exc.IntegrityError as error:
             # Backstop for the check above; never let a SQL trace reach the user.
             if "task.name" in str(error.orig):

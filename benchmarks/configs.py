@@ -1,0 +1,237 @@
+"""Benchmark configurations: ``smoke`` (harness check, < 2 min), ``cpu`` (the committed CPU run, < 30 min on
+2 cores) and ``gpu`` (the paper's setting: ResNet-50, 224 px, batch 256, for a CUDA machine with internet).
+
+Every method in one configuration shares the data pipeline, batch size, epochs, seed, image size and
+optimizer (SGD, momentum 0.9, weight decay 1e-4, linear warm-up then cosine decay); only the peak learning
+rate differs between the baselines and SNOW, as in the paper (section 3.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+METHODS = ("FO", "FE", "FT", "MP", "PN", "SNOW")
+SUBSCRIPTIONS = ("channel_pooling", "conv1x1", "attention", "all")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One image-classification task.
+
+    Attributes:
+        name: short name used in tables and file names.
+        path: dataset folder (any layout ``snowhub.data.discover`` reads); relative paths are taken under
+            the ``--data`` folder.
+        hflip: random horizontal flips while training (off for digits).
+    """
+
+    name: str
+    path: str
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class SnowVariant:
+    """SNOW's own knobs (paper Table 5 and section 3.1).
+
+    Attributes:
+        subscription: how the delta reads a source tap: ``channel_pooling`` (the product), ``conv1x1``
+            (N→K 1×1 convolution), ``attention`` (CBAM channel attention over all N channels) or ``all``
+            (every channel, i.e. channel pooling with K = N).
+        k_ratio: K/N, share of each tap's channels subscribed (paper: 1/8).
+        width_divisor: the delta is the source narrowed by this factor (paper: 8).
+    """
+
+    subscription: str = "channel_pooling"
+    k_ratio: float = 1 / 8
+    width_divisor: float = 8.0
+
+    @property
+    def label(self) -> str:
+        """Row label: ``SNOW`` for the default, else what differs (e.g. ``SNOW K=N/16``)."""
+        parts = []
+        if self.subscription != "channel_pooling":
+            parts.append({"conv1x1": "1×1 conv", "attention": "channel attention", "all": "all channels"}[self.subscription])
+        if self.k_ratio != 1 / 8 and self.subscription in ("channel_pooling", "conv1x1"):
+            parts.append(f"K=N/{round(1 / self.k_ratio)}")
+        if self.width_divisor != 8.0:
+            parts.append(f"width/{self.width_divisor:g}")
+        return "SNOW" + (" " + ", ".join(parts) if parts else "")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """All settings of one benchmark run (recorded in the JSON output).
+
+    Attributes:
+        name: configuration name.
+        source: source model (``snowhub.models.sources.SOURCES``).
+        image_size: training and serving resolution, pixels.
+        batch_size: images per SGD step (and per evaluation batch).
+        epochs: passes over the training images.
+        lr: peak learning rate of FO, FE, FT, MP, PN (paper: 0.1 at batch 256).
+        snow_lr: peak learning rate of SNOW's delta.
+        score_lr_scale: channel pooling scores learn this many times faster than the delta (product default).
+        weight_decay: L2 on weights (not on channel pooling scores).
+        warmup_epochs: linear warm-up length in epochs.
+        noise_var: σ² of the channel pooling selection noise.
+        attention_reduction: CBAM hidden-layer reduction r (hidden units = max(1, N // r)).
+        fe_tap: FE retrains everything after this tap (index into the source's taps; -2 = the last stage).
+        seed: seeds data order, augmentation, initialisation and noise.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        threads: torch CPU threads per worker process (None = torch's default). One thread per process
+            keeps CPU timings stable on a shared machine; see docs/benchmarks.md.
+        datasets: the tasks every method is trained on.
+        methods: methods in the main comparison (subset of :data:`METHODS`).
+        ablation_datasets: names of the datasets the SNOW variants below run on.
+        variants: SNOW variants besides the default (subscription alternatives, K, width).
+        evals_per_epoch: validation passes per epoch (the accuracy-vs-time curve's resolution).
+        max_train_per_class, max_val_per_class: keep only the first n images of each class (None = all).
+        skip_steps: first SGD steps left out of the training images/s (one-time allocation, autotuning).
+        target_fraction: "time to accuracy" is the training time to reach this fraction of the best final
+            top-1 of the main methods on the same dataset.
+        serve_tasks: numbers of added tasks N for the serving scaling measurement.
+        serve_table_tasks: N for the all-methods serving table (paper Table 4 serves ImageNet + 5 tasks).
+        serve_batch: images per serving batch.
+        serve_min_seconds: each serving measurement runs at least this long (and at least 3 batches).
+    """
+
+    name: str
+    source: str
+    image_size: int
+    batch_size: int
+    epochs: int
+    lr: float
+    snow_lr: float
+    datasets: tuple[DatasetSpec, ...]
+    score_lr_scale: float = 10.0
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    noise_var: float = 1e-3
+    attention_reduction: int = 16
+    fe_tap: int = -2
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    methods: tuple[str, ...] = METHODS
+    ablation_datasets: tuple[str, ...] = ()
+    variants: tuple[SnowVariant, ...] = ()
+    evals_per_epoch: int = 1
+    max_train_per_class: int | None = None
+    max_val_per_class: int | None = None
+    skip_steps: int = 2
+    target_fraction: float = 0.95
+    serve_tasks: tuple[int, ...] = (1, 2, 5, 10, 20)
+    serve_table_tasks: int = 5
+    serve_batch: int = 64
+    serve_min_seconds: float = 2.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["variants"] = [dataclasses.asdict(v) | {"label": v.label} for v in self.variants]
+        return d
+
+    def replace(self, **changes) -> "BenchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _ablation_variants() -> tuple[SnowVariant, ...]:
+    """Paper Table 5 (subscription alternatives) plus K ∈ {N/4, N/16} and width divisor ∈ {4, 16}."""
+    return (
+        SnowVariant(subscription="conv1x1"),
+        SnowVariant(subscription="attention"),
+        SnowVariant(subscription="all"),
+        SnowVariant(k_ratio=1 / 4),
+        SnowVariant(k_ratio=1 / 16),
+        SnowVariant(width_divisor=4.0),
+        SnowVariant(width_divisor=16.0),
+    )
+
+
+OFFLINE_DATASETS = (DatasetSpec("fashion", "fashion", hflip=True), DatasetSpec("mnist", "mnist", hflip=False))
+
+CONFIGS: dict[str, BenchConfig] = {
+    "smoke": BenchConfig(
+        name="smoke", source="efficientnet_lite0", image_size=32, batch_size=32, epochs=1,
+        lr=0.1 * 32 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS[:1], threads=1,
+        ablation_datasets=("fashion",),
+        variants=(SnowVariant(subscription="conv1x1"), SnowVariant(subscription="attention"),
+                  SnowVariant(subscription="all"), SnowVariant(k_ratio=1 / 16), SnowVariant(width_divisor=16.0)),
+        max_train_per_class=16, max_val_per_class=8, skip_steps=1,
+        serve_tasks=(1, 2), serve_table_tasks=2, serve_batch=16, serve_min_seconds=0.2,
+    ),
+    # Baselines: the paper's lr 0.1 at batch 256, scaled linearly to batch 64. SNOW: the product's
+    # defaults (snowhub add-task: lr 0.1 at batch 64, channel pooling scores 10x faster).
+    "cpu": BenchConfig(
+        name="cpu", source="efficientnet_lite0", image_size=64, batch_size=64, epochs=3,
+        lr=0.1 * 64 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS, threads=1,
+        ablation_datasets=("fashion",), variants=_ablation_variants(),
+        serve_batch=64, serve_min_seconds=1.0,
+    ),
+    # The paper's setting (section 3.1): ResNet-50 source, 224 px, batch 256, lr 0.1 for the baselines;
+    # SNOW's channel pooling scores at 1.0 (= 0.1 x score_lr_scale 10). Warm-up + cosine instead of the
+    # paper's step decay, so every configuration shares one schedule. Add the paper's datasets with
+    # --dataset food=/data/food-101 etc.
+    "gpu": BenchConfig(
+        name="gpu", source="resnet50", image_size=224, batch_size=256, epochs=30,
+        lr=0.1, snow_lr=0.1, datasets=OFFLINE_DATASETS, warmup_epochs=1.0,
+        ablation_datasets=("fashion",), variants=_ablation_variants(), skip_steps=5,
+        serve_batch=256, serve_min_seconds=3.0,
+    ),
+}
+
+
+def get_config(name: str) -> BenchConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise SystemExit(f"unknown configuration {name!r}; choose one of: {', '.join(CONFIGS)}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work, run in its own fresh process so its peak memory is its own.
+
+    Attributes:
+        kind: ``train`` (one method on one dataset) or ``serve`` (the serving measurements).
+        method: FO, FE, FT, MP, PN or SNOW (``train`` only).
+        dataset: the dataset name (``train`` only).
+        variant: SNOW's knobs (``method == "SNOW"`` only).
+    """
+
+    kind: str
+    method: str = ""
+    dataset: str = ""
+    variant: SnowVariant = field(default_factory=SnowVariant)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "serve":
+            return "serving"
+        name = self.variant.label if self.method == "SNOW" else self.method
+        return f"{name} · {self.dataset}"
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identifier."""
+        if self.kind == "serve":
+            return "serve"
+        v = self.variant
+        extra = "" if self.method != "SNOW" else f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
+        return f"{self.dataset}-{self.method}{extra}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "method": self.method, "dataset": self.dataset,
+                "variant": dataclasses.asdict(self.variant), "label": self.label, "key": self.key}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Job":
+        return Job(d["kind"], d["method"], d["dataset"], SnowVariant(**d["variant"]))
+
+
+def plan(config: BenchConfig) -> list[Job]:
+    """The jobs of a run: every method on every dataset, the SNOW variants on the ablation datasets, serving."""
+    jobs = [Job("train", m, d.name) for d in config.datasets for m in config.methods]
+    jobs += [Job("train", "SNOW", d, v) for d in config.ablation_datasets for v in config.variants]
+    return jobs + [Job("serve")]

@@ -1,0 +1,149 @@
+"""The one training loop every method goes through, so they differ only in their model.
+
+It is the product's ``snowhub.training.train_delta`` loop (same loaders, SGD with momentum 0.9, warm-up +
+cosine schedule, AMP on CUDA, one ``loss.item()`` per step) with the benchmark's measurements added:
+training time excluding evaluation, steady-state images/s, and validation accuracy at regular points
+(the accuracy-vs-time curve behind "time to accuracy").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from snowhub.device import amp_dtype, autocast
+from snowhub.evaluation import accuracy_counts, iterate
+from snowhub.progress import Progress
+from snowhub.training import _warmup_cosine
+
+
+@dataclass
+class CurvePoint:
+    """Validation accuracy after `images` training images (`train_seconds` s of training, evaluation excluded)."""
+
+    epoch: float
+    images: int
+    train_seconds: float
+    top1: float
+    top5: float
+    loss: float
+
+
+@dataclass
+class LoopResult:
+    """What the loop measured.
+
+    Attributes:
+        curve: validation points, in training order; the last one is the final accuracy.
+        train_seconds: wall time of the SGD steps, s.
+        images: training images processed.
+        images_per_s: steady-state training images/s (first ``skip_steps`` steps left out).
+        images_per_s_all: images / train_seconds.
+        epoch_losses: mean training loss of each epoch (nats).
+        step_losses: loss of each of the first 20 steps (reproducibility checks).
+    """
+
+    curve: list[CurvePoint]
+    train_seconds: float
+    images: int
+    images_per_s: float
+    images_per_s_all: float
+    epoch_losses: list[float] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float, float]:
+    """(top-1 %, top-5 %, mean cross-entropy) of `model` in eval mode on every batch of `loader`."""
+    was_training = model.training
+    model.eval()
+    top1 = top5 = n = 0
+    loss = 0.0
+    for images, labels in iterate(loader):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(images).float()
+        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        h1, h5 = accuracy_counts(logits, labels)
+        top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
+    model.train(was_training)
+    return 100.0 * top1 / n, 100.0 * top5 / n, loss / n
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loader, *, epochs: int,
+               warmup_epochs: float, device: torch.device, progress: Progress, evals_per_epoch: int = 1,
+               skip_steps: int = 2) -> LoopResult:
+    """Train `model` (its trainable parameters are in `param_groups`) and validate along the way.
+
+    Args:
+        model: uint8 images ``(B, 3, H, W)`` → logits; already on `device`.
+        param_groups: SGD parameter groups, each with its own ``lr`` (peak) and ``weight_decay``.
+        train_loader, val_loader: ``snowhub.evaluation.make_loader`` loaders.
+        epochs, warmup_epochs: schedule length and linear warm-up length (epochs).
+        device: where to train; AMP on CUDA as in the product.
+        progress: one phase per epoch (steps = batches).
+        evals_per_epoch: validation passes per epoch, evenly spaced.
+        skip_steps: steps left out of the steady-state images/s.
+    """
+    optimizer = torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=0.9)
+    steps_per_epoch = len(train_loader)
+    total = steps_per_epoch * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(total, max(1, round(warmup_epochs * steps_per_epoch))))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+    eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
+
+    curve: list[CurvePoint] = []
+    epoch_losses: list[float] = []
+    step_losses: list[float] = []
+    seconds, images, step = 0.0, 0, 0
+    skip_seconds, skip_images = None, 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        progress.start(f"epoch {epoch}/{epochs}", steps_per_epoch)
+        loss_sum, n = 0.0, 0
+        start = time.perf_counter()
+        for i, (images_b, labels) in enumerate(iterate(train_loader), start=1):
+            images_b, labels = images_b.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device):
+                loss = F.cross_entropy(model(images_b).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            value = loss.detach().item()
+            loss_sum, n, images, step = loss_sum + value * len(labels), n + len(labels), images + len(labels), step + 1
+            if len(step_losses) < 20:
+                step_losses.append(value)
+            progress.advance(1, loss=value)
+            if step == skip_steps:
+                _sync(device)
+                skip_seconds, skip_images = seconds + time.perf_counter() - start, images
+            if i in eval_at:
+                _sync(device)
+                seconds += time.perf_counter() - start
+                top1, top5, val_loss = evaluate_model(model, val_loader, device)
+                curve.append(CurvePoint(epoch - 1 + i / steps_per_epoch, images, seconds, top1, top5, val_loss))
+                progress.advance(0, loss=value, val_top1=f"{top1:.2f} %")
+                start = time.perf_counter()
+        progress.finish(f"epoch {epoch}: train loss {loss_sum / max(1, n):.4f}, val top-1 {curve[-1].top1:.2f} %")
+        epoch_losses.append(loss_sum / max(1, n))
+    if skip_seconds is None or seconds <= skip_seconds:
+        skip_seconds, skip_images = 0.0, 0
+    return LoopResult(curve=curve, train_seconds=seconds, images=images,
+                      images_per_s=(images - skip_images) / (seconds - skip_seconds),
+                      images_per_s_all=images / seconds, epoch_losses=epoch_losses, step_losses=step_losses)

@@ -1,0 +1,156 @@
+"""Write a run's ``results.md`` (tables), ``results.json`` (every setting and measurement) and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import paper
+from benchmarks.analysis import analyse
+from benchmarks.configs import BenchConfig
+
+
+def fmt_params(n: int | None) -> str:
+    if n is None:
+        return "—"
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "—" if value is None else f"{value:{spec}}{suffix}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _time_to(row: dict) -> str:
+    t = row["time_to_target"]
+    return "not reached" if t is None else f"{t['train_seconds']:.0f} s (epoch {t['epoch']:g})"
+
+
+def training_section(name: str, a: dict, config: BenchConfig) -> list[str]:
+    if not a["rows"]:
+        return [f"### {name}: no results", ""]
+    lines = [f"### {name} ({a['train_images']} training images, {a['val_images']} held-out "
+             f"{'test' if a['val_source'] == 'given' else 'validation'} images)", ""]
+    rows = [[r["label"], fmt(r["top1"]), fmt(r["top5"]), fmt(r["images_per_s"], ".1f"), fmt(r["memory_mib"], ".0f"),
+             fmt(r["rss_peak_mib"], ".0f"), fmt_params(r["trainable_params"]), fmt_params(r["task_params"]),
+             _time_to(r)] for r in a["rows"]]
+    lines += table(["method", "top-1 %", "top-5 %", "train images/s", "memory MiB", "peak RSS MiB",
+                    "trainable", "per-task params", f"time to {a['target_top1']:.2f} % top-1"], rows)
+    r = a["ratios"]
+    lines += ["", f"SNOW ÷ FT training images/s: **{fmt(r['snow_over_ft_train_images_per_s'], '.2f', '×')}**; "
+              f"FT ÷ SNOW memory: **{fmt(r['ft_over_snow_memory'], '.2f', '×')}** "
+              f"(peak RSS {fmt(r['ft_over_snow_rss_peak'], '.2f', '×')}); "
+              f"SNOW − FE top-1: **{fmt(r['snow_minus_fe_top1'], '+.2f', ' pp')}**; "
+              f"SNOW − FT top-1: **{fmt(r['snow_minus_ft_top1'], '+.2f', ' pp')}**.", ""]
+    return lines
+
+
+def variants_section(variants: dict) -> list[str]:
+    lines = []
+    for name, rows in variants.items():
+        if not rows:
+            continue
+        lines += [f"### SNOW variants on {name} (subscription: paper Table 5; K and width: section 3.1)", ""]
+        lines += table(["variant", "subscription params", "delta params", "top-1 %", "top-5 %",
+                        "train images/s", "memory MiB"],
+                       [[r["label"], fmt_params(r["subscription_params"]), fmt_params(r["task_params"]),
+                         fmt(r["top1"]), fmt(r["top5"]), fmt(r["images_per_s"], ".1f"),
+                         fmt(r["memory_mib"], ".0f")] for r in rows])
+        lines.append("")
+    return lines
+
+
+def serving_section(serve: dict | None, ratios: dict) -> list[str]:
+    if not serve:
+        return []
+    n = serve["table_tasks"]
+    lines = [f"### Serving the source's task + {n} added tasks on one batch of {serve['batch']} images "
+             f"(paper Table 4 serves ImageNet + 5)", ""]
+    lines += table(["method", "total params", "images/s", "paper: total params", "paper: images/s (V100)"],
+                   [[m, fmt_params(v["params"]), fmt(v["images_per_s"], ".1f"),
+                     f"{paper.TABLE4_SERVING[m][0]:.1f} M", f"{paper.TABLE4_SERVING[m][1]:.1f}"]
+                    for m, v in serve["table"].items()])
+    lines += ["", f"SNOW ÷ FT serving images/s: **{fmt(ratios['snow_over_ft_serving_images_per_s'], '.2f', '×')}** "
+              f"(paper {paper.paper_ratios()['snow_over_ft_serving_images_per_s']:.2f}×); SNOW serving ÷ "
+              f"source-alone forward: **{fmt(ratios['snow_serving_over_source_alone'], '.2f', '×')}**. "
+              f"Source alone: {serve['source_images_per_s']:.1f} images/s; FLOPs per image: source "
+              f"{serve['flops_per_image']['source'] / 1e6:.1f} M, one delta "
+              f"{serve['flops_per_image']['delta'] / 1e6:.2f} M.", "", "### Serving cost vs number of added tasks", ""]
+    rows = []
+    for r, vs_ideal in zip(serve["scaling"], ratios["snow_over_ideal"]):
+        rows.append([str(r["tasks"]), fmt(r["SNOW_images_per_s"], ".1f"), fmt(r["ideal_snow_images_per_s"], ".1f"),
+                     fmt(vs_ideal, ".2f"), fmt(r["FE_images_per_s"], ".1f"), fmt(r["FT_images_per_s"], ".1f"),
+                     fmt_params(r["SNOW_params"]), fmt_params(r["FE_params"]), fmt_params(r["FT_params"])])
+    lines += table(["tasks N", "SNOW images/s", "FLOP ideal", "SNOW ÷ ideal", "FE images/s", "FT images/s",
+                    "SNOW params", "FE params", "FT params"], rows)
+    return lines + [""]
+
+
+def paper_section() -> list[str]:
+    r = paper.paper_ratios()
+    lines = ["### The paper's numbers (ResNet-50, 224 px, Tesla V100; not comparable in absolute terms)", ""]
+    lines += table(["method"] + [f"{d} top-1 (top-5)" for d in paper.PAPER_DATASETS] +
+                   [f"{d} images/s, GB" for d in paper.PAPER_DATASETS],
+                   [[m] + [f"{a:.2f} ({b:.2f})" for a, b in paper.TABLE6_ACCURACY[m]] +
+                    [f"{s:.0f}, {g:.1f}" for s, g in paper.TABLE7_TRAINING[m]] for m in paper.TABLE6_ACCURACY])
+    lines += ["", f"Paper ratios (mean of 5 datasets): SNOW ÷ FT training images/s {r['snow_over_ft_train_images_per_s']:.2f}×, "
+              f"FT ÷ SNOW memory {r['ft_over_snow_memory']:.2f}×, SNOW ÷ FT serving {r['snow_over_ft_serving_images_per_s']:.2f}×, "
+              f"SNOW − FE top-1 {r['snow_minus_fe_top1']:+.2f} pp, SNOW − FT top-1 {r['snow_minus_ft_top1']:+.2f} pp.", ""]
+    return lines
+
+
+def settings_lines(config: BenchConfig, env: dict, wall: float, command: str) -> list[str]:
+    gpu = env["gpu"]["name"] if env.get("gpu") else "none"
+    load = " / ".join(f"{env[k][0]:.1f}" for k in ("load_average_start", "load_average_end") if env.get(k))
+    return [
+        f"`{command}` — {wall / 60:.1f} min wall time, git {env.get('git_commit')}", "",
+        f"Machine: {env['cpu']} ({env['cpu_count']} cores, {env['memory_gib']} GiB), GPU {gpu}; {env['os']}; "
+        f"Python {env['python']}, torch {env['packages']['torch']}, torchvision {env['packages']['torchvision']}; "
+        f"1-minute load average at start / end: {load}", "",
+        f"Settings: source {config.source}, {config.image_size} px, batch {config.batch_size}, {config.epochs} epochs, "
+        f"SGD momentum 0.9, weight decay {config.weight_decay:g}, {config.warmup_epochs:g}-epoch warm-up then cosine; "
+        f"peak lr {config.lr:g} (FO, FE, FT, MP, PN), {config.snow_lr:g} (SNOW delta; channel pooling scores "
+        f"×{config.score_lr_scale:g}); K = N/8, width ÷ 8, σ² = {config.noise_var:g}; seed {config.seed}; "
+        f"{config.threads or 'default'} CPU thread(s) per worker process. Memory: "
+        + ("`torch.cuda.max_memory_allocated`." if gpu != "none" and config.device != "cpu" else
+           "peak resident set size of the method's own process minus its size after importing the libraries."),
+        "",
+    ]
+
+
+def markdown(config: BenchConfig, a: dict, env: dict, wall: float, command: str) -> str:
+    lines = [f"# snowhub benchmark: {config.name}", ""] + settings_lines(config, env, wall, command)
+    if a["failed"]:
+        lines += ["**Failed jobs:**", ""] + [f"- {f['job']}: {f['error']} ({f['log']})" for f in a["failed"]] + [""]
+    lines += ["## Training (paper Fig. 4, Tables 6 and 7)", ""]
+    for name, d in a["datasets"].items():
+        lines += training_section(name, d, config)
+    lines += variants_section(a["variants"])
+    if a["serving"]:
+        lines += ["## Serving (paper section 3.2)", ""] + serving_section(a["serving"], a["serving_ratios"])
+    lines += ["## Reference", ""] + paper_section()
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out: Path, config: BenchConfig, results: list[dict], env: dict, wall: float,
+                 command: str) -> list[Path]:
+    """Write results.md, results.json and the figures into `out`; return the paths written."""
+    a = analyse(config, results)
+    md = out / "results.md"
+    md.write_text(markdown(config, a, env, wall, command))
+    js = out / "results.json"
+    js.write_text(json.dumps({"command": command, "wall_seconds": wall, "config": config.to_dict(),
+                              "environment": env, "analysis": a, "results": results,
+                              "paper": {"table4": paper.TABLE4_SERVING, "table5": paper.TABLE5_SUBSCRIPTION,
+                                        "table6": paper.TABLE6_ACCURACY, "table7": paper.TABLE7_TRAINING,
+                                        "ratios": paper.paper_ratios()}}, indent=1))
+    paths = [md, js]
+    try:
+        from benchmarks.plots import plot_all
+    except ImportError:  # matplotlib is optional (the "benchmarks" extra)
+        return paths
+    return paths + plot_all(out, a, results)

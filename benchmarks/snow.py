@@ -1,0 +1,130 @@
+"""SNOW as benchmarked: the product's FrozenSource + Delta, with the subscription alternatives of the
+paper's Table 5 plugged into ``Delta.pools``.
+
+* ``channel_pooling``: the product's :class:`ChannelPooling` (top-K of N, one score per channel).
+* ``conv1x1``: an N→K 1×1 convolution (N·K parameters), as in progressive nets' adapters.
+* ``attention``: CBAM channel attention (Woo et al., 2018) over all N channels; the delta then reads all N.
+* ``all``: subscribing to every channel: channel pooling with K = N (the scores only scale).
+
+Every alternative standardises the source map with the same calibrated per-channel statistics as channel
+pooling (``calibrate``), so only the subscription itself differs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmarks.configs import SnowVariant
+from snowhub.models.channel_pooling import ChannelPooling
+from snowhub.models.delta import Delta, DeltaShape
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.network import task_logits
+from snowhub.models.sources import SourceSpec
+
+
+class _Standardised(nn.Module):
+    """Per-channel standardisation with fixed source statistics (set by ``calibrate``), as in channel pooling."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("inv_std", torch.ones(channels))
+
+    @torch.no_grad()
+    def calibrate(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.inv_std.copy_(1.0 / std.clamp_min(1e-5))
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.view(1, -1, 1, 1)) * self.inv_std.view(1, -1, 1, 1)
+
+    def freeze(self) -> None:
+        """Nothing to fix for serving (kept for ``Delta.freeze_channel_pooling``)."""
+
+
+class ConvSubscription(_Standardised):
+    """N→K 1×1 convolution over the standardised source map: ``(B, N, h, w)`` → ``(B, K, h, w)``."""
+
+    def __init__(self, channels: int, k: int):
+        super().__init__(channels)
+        self.conv = nn.Conv2d(channels, k, 1, bias=False)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.standardise(x))
+
+
+class ChannelAttention(_Standardised):
+    """CBAM channel attention: ``x · sigmoid(MLP(avgpool x) + MLP(maxpool x))``, all N channels kept.
+
+    The shared MLP is N → max(1, N // reduction) → N (1×1 convolutions), about 2N²/reduction parameters.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__(channels)
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.standardise(x)
+        att = self.mlp(z.mean(dim=(2, 3), keepdim=True)) + self.mlp(z.amax(dim=(2, 3), keepdim=True))
+        return z * torch.sigmoid(att)
+
+
+def delta_shape(spec: SourceSpec, num_classes: int, variant: SnowVariant, noise_var: float) -> DeltaShape:
+    """The delta's sizes for `variant`: the product's shape, with K = N where the subscription keeps every channel."""
+    shape = DeltaShape.from_ratios(spec.block, spec.taps, variant.width_divisor, variant.k_ratio, num_classes,
+                                   noise_var)
+    if variant.subscription in ("attention", "all"):
+        shape = DeltaShape(shape.block, shape.taps, shape.widths, tuple(t.channels for t in spec.taps),
+                           num_classes, noise_var)
+    return shape
+
+
+def build_delta(spec: SourceSpec, num_classes: int, variant: SnowVariant, noise_var: float,
+                attention_reduction: int = 16) -> Delta:
+    """The product's Delta with the subscription modules of `variant` in ``delta.pools``."""
+    delta = Delta(delta_shape(spec, num_classes, variant, noise_var))
+    if variant.subscription in ("channel_pooling", "all"):
+        return delta  # the product's ChannelPooling (with K = N for "all")
+    taps, ks = delta.shape.taps, delta.shape.ks
+    if variant.subscription == "conv1x1":
+        pools = [ConvSubscription(t.channels, k) for t, k in zip(taps, ks)]
+    elif variant.subscription == "attention":
+        pools = [ChannelAttention(t.channels, attention_reduction) for t in taps]
+    else:
+        raise ValueError(f"unknown subscription {variant.subscription!r}")
+    delta.pools = nn.ModuleList(pools)
+    return delta
+
+
+def subscription_parameters(delta: Delta) -> int:
+    """Parameters of the subscription modules alone (paper Table 5's "parameter overhead")."""
+    return sum(p.numel() for p in delta.pools.parameters())
+
+
+def snow_param_groups(delta: Delta, lr: float, score_lr_scale: float, weight_decay: float) -> list[dict]:
+    """SGD parameter groups as the product's trainer builds them: channel pooling scores learn
+    `score_lr_scale` × faster without weight decay; every other delta parameter (including the
+    alternatives' convolutions) at `lr` with weight decay."""
+    scores = [m.scores for m in delta.pools if isinstance(m, ChannelPooling)]
+    ids = {id(p) for p in scores}
+    rest = [p for p in delta.parameters() if id(p) not in ids]
+    groups = [{"params": rest, "weight_decay": weight_decay, "lr": lr}]
+    if scores:
+        groups.append({"params": scores, "weight_decay": 0.0, "lr": lr * score_lr_scale})
+    return groups
+
+
+class SnowModel(nn.Module):
+    """Source + one delta, uint8 images in, logits out (the product's ``task_logits``)."""
+
+    def __init__(self, source: FrozenSource, delta: Delta):
+        super().__init__()
+        self.source, self.delta = source, delta
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return task_logits(self.source, self.delta, images)
+

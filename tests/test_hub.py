@@ -1,0 +1,110 @@
+"""The Hub API: append-only registration, unique names, atomic failure, serving and forgetting checks."""
+
+import pytest
+
+from conftest import FAST
+from snowhub import Hub, TrainConfig
+from snowhub.errors import DataError, HubExistsError, HubNotFoundError, InvalidNameError, TaskExistsError
+import snowhub.hub as hub_module
+
+
+def _hub_files(path):
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != "hub.lock"
+                  and not p.name.startswith("hub.db"))
+
+
+def test_tasks_are_listed_in_append_order_after_the_source_task(trained_hub):
+    with Hub.open(trained_hub) as hub:
+        tasks = hub.tasks()
+    assert [(t.seq, t.name) for t in tasks] == [(0, "imagenet"), (1, "fashion"), (2, "fashion2")]
+    assert tasks[0].details["kind"] == "source" and len(tasks[0].classes) == 1000
+    assert tasks[1].classes == ["Bag", "Sandal", "Trouser"]
+    assert tasks[1].k == sum(round(n / 8) for n in (16, 24, 40, 112, 320))
+
+
+def test_a_taken_name_is_refused_before_any_training(hub_copy, fashion_dir, monkeypatch):
+    monkeypatch.setattr(hub_module, "train_delta", lambda *a, **k: pytest.fail("trained anyway"))
+    with Hub.open(hub_copy) as hub:
+        with pytest.raises(TaskExistsError, match="already exists"):
+            hub.add_task("fashion", fashion_dir, TrainConfig(**FAST))
+        with pytest.raises(TaskExistsError):
+            hub.add_task("imagenet", fashion_dir, TrainConfig(**FAST))
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "x" * 65, "-lead", "sp ace"])
+def test_bad_task_names_are_refused(hub_copy, fashion_dir, name):
+    with Hub.open(hub_copy) as hub, pytest.raises(InvalidNameError):
+        hub.add_task(name, fashion_dir, TrainConfig(**FAST))
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(hub_copy, fashion_dir, monkeypatch, failure):
+    before = _hub_files(hub_copy)
+    real_save = hub_module.atomic_save_safetensors
+    calls = []
+
+    def save_then_fail(tensors, path, metadata=None):
+        calls.append(path)
+        digest = real_save(tensors, path, metadata)
+        if len(calls) == 2:  # both files written, registry row not yet committed
+            raise failure
+        return digest
+
+    monkeypatch.setattr(hub_module, "atomic_save_safetensors", save_then_fail)
+    with Hub.open(hub_copy) as hub:
+        with pytest.raises(type(failure)):
+            hub.add_task("third", fashion_dir, TrainConfig(**FAST))
+        assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2"]
+    assert len(calls) == 2
+    assert _hub_files(hub_copy) == before
+
+
+def test_unreadable_image_is_a_data_error_naming_the_file_and_changes_nothing(hub_copy, fashion_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(fashion_dir, data)
+    bad = data / "train" / "Bag" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    before = _hub_files(hub_copy)
+    with Hub.open(hub_copy) as hub:
+        with pytest.raises(DataError, match="broken.png"):
+            hub.add_task("broken", data, TrainConfig(**FAST))
+        assert len(hub.tasks()) == 3
+    assert _hub_files(hub_copy) == before
+
+
+def test_init_twice_and_open_missing_are_clear_errors(trained_hub, tmp_path):
+    with pytest.raises(HubExistsError):
+        Hub.init(trained_hub, "efficientnet_lite0")
+    with pytest.raises(HubNotFoundError, match="snowhub init"):
+        Hub.open(tmp_path / "nothing")
+
+
+def test_predict_answers_every_task_from_one_call(trained_hub, fashion_dir):
+    image = sorted((fashion_dir / "val" / "Trouser").glob("*.png"))[0]
+    with Hub.open(trained_hub) as hub:
+        [result] = hub.predict([image], top=2, device="cpu")
+        assert list(result.tasks) == ["imagenet", "fashion", "fashion2"]
+        assert len(result.tasks["imagenet"]) == 2 and len(result.tasks["fashion"]) == 2
+        assert result.tasks["fashion"][0][0] == "Trouser"
+        probs = [p for _, p in result.tasks["fashion"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.0001
+        [only] = hub.predict([image], tasks=["fashion2"], top=1, device="cpu")
+        assert list(only.tasks) == ["fashion2"]
+
+
+def test_predicting_tasks_together_gives_the_same_answers_as_alone(trained_hub, fashion_dir):
+    images = sorted((fashion_dir / "val" / "Bag").glob("*.png"))[:3]
+    with Hub.open(trained_hub) as hub:
+        together = hub.predict(images, device="cpu")
+        alone = hub.predict(images, tasks=["fashion"], device="cpu")
+    assert [r.tasks["fashion"] for r in together] == [r.tasks["fashion"] for r in alone]
+
+
+def test_verify_forgetting_passes_with_zero_bwt(trained_hub):
+    with Hub.open(trained_hub) as hub:
+        report = hub.verify_forgetting(device="cpu")
+    assert report.ok and report.bwt == 0.0
+    assert all(t.bit_identical and t.max_logit_diff == 0.0 for t in report.tasks)
+    assert [t.name for t in report.tasks] == ["fashion", "fashion2"]

@@ -1,0 +1,48 @@
+"""Training learns real images, is reproducible on CPU, and validates its options."""
+
+import pytest
+
+from conftest import FAST
+from snowhub.data import discover
+from snowhub.errors import ConfigError
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.sources import get_spec
+from snowhub.models.weights import load_source_state, resolve_weights
+from snowhub.device import pick_device
+from snowhub.store import tensor_digest
+from snowhub.training import TrainConfig, train_delta
+
+
+@pytest.fixture(scope="module")
+def source():
+    spec = get_spec("efficientnet_lite0")
+    backbone = spec.build()
+    state, _ = resolve_weights(spec)
+    return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
+
+
+def test_same_seed_and_data_give_the_same_weights_on_cpu(source, fashion_dir):
+    split = discover(fashion_dir)
+    runs = [train_delta(source, split, TrainConfig(**FAST), pick_device("cpu")) for _ in range(2)]
+    assert tensor_digest(runs[0].delta.state_dict()) == tensor_digest(runs[1].delta.state_dict())
+    assert runs[0].cp_indices == runs[1].cp_indices
+    other = train_delta(source, split, TrainConfig(**(FAST | {"seed": 1})), pick_device("cpu"))
+    assert tensor_digest(other.delta.state_dict()) != tensor_digest(runs[0].delta.state_dict())
+
+
+def test_learns_real_fashion_mnist_classes_well_above_chance(source, fashion_dir):
+    split = discover(fashion_dir)
+    result = train_delta(source, split, TrainConfig(**FAST), pick_device("cpu"))
+    assert result.val.images == 36
+    assert result.val.top1 >= 80.0  # chance is 33 %
+    assert result.images_per_s > 0 and result.train_seconds > 0
+    assert [h["epoch"] for h in result.history] == list(range(1, FAST["epochs"] + 1))
+    assert all(len(idx) == k for idx, k in zip(result.cp_indices.values(), result.delta.shape.ks))
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("k_ratio", 0.0), ("k_ratio", 1.5),
+                                         ("width_divisor", 0.5), ("width_divisor", 100), ("lr", -1.0),
+                                         ("image_size", 16), ("batch_size", 0)])
+def test_out_of_range_options_are_refused(field, value):
+    with pytest.raises(ConfigError):
+        TrainConfig(**{field: value}).validate()
