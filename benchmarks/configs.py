@@ -164,9 +164,10 @@ CONFIGS: dict[str, BenchConfig] = {
     # Baselines: the paper's lr 0.1 at batch 256, scaled linearly to batch 64. SNOW: the product's
     # defaults (snowhub add-task: lr 0.1 at batch 64, channel pooling scores 10x faster).
     "cpu": BenchConfig(
-        name="cpu", source="efficientnet_lite0", image_size=64, batch_size=64, epochs=3,
+        name="cpu", source="efficientnet_lite0", image_size=64, batch_size=64, epochs=2,
         lr=0.1 * 64 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS, threads=1,
-        ablation_datasets=("fashion",), variants=_ablation_variants(),
+        ablation_datasets=("fashion",), variants=_ablation_variants(), evals_per_epoch=2,
+        max_train_per_class=300,
         serve_batch=64, serve_min_seconds=1.0,
     ),
     # The paper's setting (section 3.1): ResNet-50 source, 224 px, batch 256, lr 0.1 for the baselines;

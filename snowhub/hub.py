@@ -29,14 +29,17 @@ from snowhub.progress import Progress, SilentProgress
 from snowhub.serving import ImagePrediction, ServedTask, predict_images
 from snowhub.store import (
     HubLayout,
+    HubReadOnlyError,
     Registry,
     SourceRow,
     TaskRow,
     atomic_save_safetensors,
     clean_if_idle,
+    clear_intent,
     load_safetensors_verified,
     remove_leftovers,
     tensor_digest,
+    write_intent,
     writer_lock,
 )
 from snowhub.training import TrainConfig, train_delta
@@ -268,6 +271,8 @@ class Hub:
         check_task_name(name)
         config.validate()
         progress = watch_progress(progress or SilentProgress())
+        if self.registry.read_only:  # say so before any training, not at the commit
+            raise HubReadOnlyError(f"the hub at {self.layout.root} is read-only; make it writable to add tasks")
         if self.registry.has_task(name):
             raise self._exists(name)
         crash_point("add-task:start")
@@ -294,6 +299,7 @@ class Hub:
             stem = f"{seq:04d}-{name}"
             delta_path = self.layout.tasks_dir / f"{stem}.delta.safetensors"
             probe_path = self.layout.tasks_dir / f"{stem}.probe.safetensors"
+            write_intent(self.layout, seq, name, (delta_path, probe_path))  # lets recovery find them
             try:
                 # These names are new (seq is unused, orphans were removed), so on failure both may go.
                 delta_sha = atomic_save_safetensors(result.delta.state_dict(), delta_path, {"task": name})
@@ -323,6 +329,7 @@ class Hub:
                 except Exception:  # e.g. the registry cannot be read (disk gone): the next writer cleans up
                     pass
                 raise
+            clear_intent(self.layout, seq)
         return self.task(name)
 
     def _exists(self, name: str) -> TaskExistsError:

@@ -13,7 +13,14 @@ from snowhub.store.files import (
 from snowhub.store.integrity import record_digest
 from snowhub.store.lock import writer_lock
 from snowhub.store.models import Base, SourceRow, TaskRow, utcnow
-from snowhub.store.recovery import Leftovers, clean_if_idle, find_leftovers, remove_leftovers
+from snowhub.store.recovery import (
+    Leftovers,
+    clean_if_idle,
+    clear_intent,
+    find_leftovers,
+    remove_leftovers,
+    write_intent,
+)
 from snowhub.store.registry import Registry
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "TaskRow",
     "atomic_save_safetensors",
     "clean_if_idle",
+    "clear_intent",
     "current_revision",
     "find_leftovers",
     "head_revision",
@@ -39,5 +47,6 @@ __all__ = [
     "tensor_digest",
     "upgrade",
     "utcnow",
+    "write_intent",
     "writer_lock",
 ]

@@ -1,32 +1,37 @@
 """Finding and removing what a crashed writer left in a hub.
 
 A writer only creates files while it holds the writer lock, each under a temporary name first
-(``.<name>.<16 hex>.tmp``), and an add-task names its files after the ``seq`` it is about to take (one
-more than the last committed task). So, with the lock free, these are provably leftovers and are removed:
+(``.<name>.<16 hex>.tmp``). Before an add-task writes its task files it records an *intent*
+(``staging/NNNN.intent.json``: the ``seq`` it is about to commit and the files it will create), and it
+removes the intent once the registry row is committed. So, with the lock free, these are provably
+leftovers and are removed:
 
-* temporary files anywhere in ``source/``, ``tasks/`` and ``staging/``, and anything else in ``staging/``;
-* task files (``NNNN-name.delta|probe.safetensors``) numbered above the last committed task.
+* temporary files in ``source/``, ``tasks/`` and ``staging/``, and anything else in ``staging/``;
+* the files listed by an intent whose ``seq`` was never committed (and stale intents themselves).
 
-Any other file no registry row refers to is *unexpected* (e.g. a task file whose row was deleted from the
-registry): it is reported by ``snowhub doctor`` but never deleted, since it may be the only copy of a task.
+Any other file that no registry row refers to is *unexpected* -- e.g. a task file whose row was deleted
+from the registry: it is reported by ``snowhub doctor`` but never deleted, since it may be the only copy
+of a task.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from snowhub.errors import HubLockedError, SnowhubError
-from snowhub.store.files import HubLayout
+from snowhub.store.files import HubLayout, _fsync_dir, write_error
 from snowhub.store.models import SourceRow, TaskRow
 
 log = logging.getLogger("snowhub")
 
 _TMP = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")
-_TASK_FILE = re.compile(r"^(\d{4,})-[A-Za-z0-9][A-Za-z0-9_-]{0,63}\.(?:delta|probe)\.safetensors$")
+_INTENT = re.compile(r"^(\d+)\.intent\.json$")
 
 
 @dataclass
@@ -40,6 +45,49 @@ class Leftovers:
 
     removable: list[Path] = field(default_factory=list)
     unexpected: list[Path] = field(default_factory=list)
+
+
+def _intent_path(layout: HubLayout, seq: int) -> Path:
+    return layout.staging_dir / f"{seq:04d}.intent.json"
+
+
+def write_intent(layout: HubLayout, seq: int, name: str, files: Iterable[Path]) -> None:
+    """Record, durably, that task `seq` is about to create `files` (call under the writer lock)."""
+    path, files = _intent_path(layout, seq), list(files)
+    for file in files:
+        if file.exists():  # not a leftover (those were removed): perhaps the files of a deleted record
+            raise SnowhubError(f"{file} already exists but no registry record refers to it; nothing was "
+                               "changed: run `snowhub doctor` and restore hub.db from a backup if it is a task's")
+    tmp = layout.staging_dir / f".{path.name}.{os.urandom(8).hex()}.tmp"
+    payload = {"seq": seq, "name": name, "files": [layout.relative(f) for f in files]}
+    try:
+        layout.staging_dir.mkdir(exist_ok=True)
+        with open(tmp, "x", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(layout.staging_dir)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+
+
+def clear_intent(layout: HubLayout, seq: int) -> None:
+    """Drop the intent of task `seq` once its row is committed (best effort: a stale one is harmless)."""
+    try:
+        _intent_path(layout, seq).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _intent_files(layout: HubLayout, path: Path) -> list[Path]:
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        files = [layout.resolve(str(f)) for f in payload["files"]]
+    except (OSError, ValueError, KeyError, TypeError, SnowhubError):
+        return []
+    return [f for f in files if f.parent == layout.tasks_dir]  # an intent never names other places
 
 
 def find_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[TaskRow]) -> Leftovers:
@@ -57,7 +105,13 @@ def find_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[
             known.add(layout.resolve(source.weights_file))
         except SnowhubError:
             pass
-    last_seq = max((row.seq for row in tasks), default=0)
+    committed = {row.seq for row in tasks}
+    abandoned: set[Path] = set()  # files of add-tasks that never committed
+    if layout.staging_dir.is_dir():
+        for path in layout.staging_dir.iterdir():
+            numbered = _INTENT.match(path.name)
+            if numbered and int(numbered.group(1)) not in committed and path.is_file():
+                abandoned |= set(_intent_files(layout, path))
     found = Leftovers()
     for directory in (layout.source_dir, layout.tasks_dir, layout.staging_dir):
         if not directory.is_dir():
@@ -67,13 +121,12 @@ def find_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[
                 continue
             if path.is_symlink() or not path.is_file():
                 found.unexpected.append(path)  # a writer only ever creates regular files
-                continue
-            numbered = _TASK_FILE.match(path.name)
-            if (directory == layout.staging_dir or _TMP.match(path.name)
-                    or (directory == layout.tasks_dir and numbered and int(numbered.group(1)) > last_seq)):
+            elif directory == layout.staging_dir or _TMP.match(path.name) or path in abandoned:
                 found.removable.append(path)
             else:
                 found.unexpected.append(path)
+    # Files first, intents last: a crash half-way through cleaning leaves the intent to finish the job.
+    found.removable.sort(key=lambda p: p.parent == layout.staging_dir and bool(_INTENT.match(p.name)))
     return found
 
 

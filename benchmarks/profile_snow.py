@@ -1,0 +1,134 @@
+"""Where SNOW's training and serving time goes, next to FT: ``python -m benchmarks.profile_snow --config cpu``.
+
+Times (ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images at
+the configuration's source, image size, batch and threads; counts their FLOPs; lists the delta's most
+expensive operators; and times the data pipeline. Prints Markdown and writes ``profile.json`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from benchmarks.backbones import load_pretrained
+from benchmarks.baselines import build_baseline
+from benchmarks.configs import SnowVariant, get_config
+from benchmarks.serving import forward_flops
+from benchmarks.snow import build_delta, snow_param_groups
+from benchmarks.worker import setup_torch
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+class Parts:
+    """Times each part of a training step separately (the parts run in order, as in a real step)."""
+
+    def __init__(self, repeats: int):
+        self.repeats, self.ms = repeats, {}
+
+    def time(self, name: str, fn):
+        out = None
+
+        def run():
+            nonlocal out
+            out = fn()
+
+        self.ms[name] = median_ms(run, self.repeats)
+        return out
+
+
+def profile(config_name: str, repeats: int, batch: int | None) -> dict:
+    config = get_config(config_name)
+    device = setup_torch(config)
+    batch = batch or config.batch_size
+    pretrained = load_pretrained(config.source)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, config.image_size, config.image_size), dtype=torch.uint8).to(device)
+    labels = torch.randint(0, 10, (batch,), device=device)
+
+    ft = build_baseline("FT", pretrained, 10).to(device).train()
+    ft_opt = torch.optim.SGD([p for p in ft.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    ft_parts = Parts(repeats)
+    loss = ft_parts.time("forward", lambda: F.cross_entropy(ft(images), labels))
+    ft_parts.time("backward", lambda: loss.backward(retain_graph=True))
+    ft_parts.time("optimizer step", ft_opt.step)
+
+    source = pretrained.frozen_source().to(device)
+    delta = build_delta(pretrained.spec, 10, SnowVariant(), config.noise_var).to(device).train()
+    opt = torch.optim.SGD(snow_param_groups(delta, 1e-3, 10.0, 1e-4), lr=1e-3, momentum=0.9)
+    snow_parts = Parts(repeats)
+    x = snow_parts.time("normalise", lambda: source.normalizer(images))
+    taps, _ = snow_parts.time("source forward (no grad)", lambda: source(x))
+    loss = snow_parts.time("delta forward", lambda: F.cross_entropy(delta(x, taps), labels))
+    snow_parts.time("delta backward", lambda: loss.backward(retain_graph=True))
+    snow_parts.time("optimizer step", opt.step)
+
+    with torch.no_grad():
+        flops = {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
+                 "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
+                 "FT forward": forward_flops(ft, images)}
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            F.cross_entropy(delta(x, taps), labels).backward()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
+    top_ops = [{"op": e.key, "calls_per_step": e.count // 3, "share": e.self_cpu_time_total / total_us}
+               for e in ops]
+
+    return {"config": config_name, "batch": batch, "image_size": config.image_size, "source": config.source,
+            "threads": torch.get_num_threads(), "ft_ms": ft_parts.ms, "snow_ms": snow_parts.ms,
+            "flops_per_image": flops, "delta_top_ops": top_ops,
+            "delta_params": sum(p.numel() for p in delta.parameters()), "delta_widths": list(delta.shape.widths)}
+
+
+def markdown(r: dict) -> str:
+    ft, snow = sum(r["ft_ms"].values()), sum(r["snow_ms"].values())
+    f = r["flops_per_image"]
+    lines = [f"{r['source']}, {r['image_size']} px, batch {r['batch']}, {r['threads']} thread(s); ms per batch", "",
+             "| FT part | ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["ft_ms"].items()] + [f"| **total** | **{ft:.1f}** |", ""]
+    lines += ["| SNOW part | ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["snow_ms"].items()] + [f"| **total** | **{snow:.1f}** |", ""]
+    delta_ms = sum(v for k, v in r["snow_ms"].items() if k.startswith("delta"))
+    src_ms = r["snow_ms"]["source forward (no grad)"]
+    lines += [f"FT ÷ SNOW step time: {ft / snow:.2f}×. FLOPs per image: source forward "
+              f"{f['source forward'] / 1e6:.1f} M, delta forward {f['delta forward'] / 1e6:.2f} M "
+              f"({100 * f['delta forward'] / f['source forward']:.1f} % of the source); delta forward + backward "
+              f"takes {100 * delta_ms / src_ms:.0f} % of the source forward's time.", "",
+              "| delta operator (forward + backward) | calls per step | share of delta CPU time |", "|---|---|---|"]
+    lines += [f"| {o['op']} | {o['calls_per_step']} | {100 * o['share']:.1f} % |" for o in r["delta_top_ops"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_snow", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    result = profile(args.config, args.repeats, args.batch)
+    print(markdown(result))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "profile.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

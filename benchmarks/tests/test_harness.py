@@ -1,0 +1,124 @@
+"""Checks of the benchmark harness: ``.venv/bin/python -m pytest benchmarks/tests`` (about 3 minutes).
+
+They need the offline efficientnet_lite0 weights (the ``offline`` extra); the images are generated here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.backbones import load_pretrained, suffix_after_tap
+from benchmarks.baselines import build_baseline
+from benchmarks.configs import CONFIGS, DatasetSpec, Job, SnowVariant
+from benchmarks.snow import build_delta
+from benchmarks.training_job import load_split, run_training
+from snowhub.models.channel_pooling import ChannelPooling
+from snowhub.progress import SilentProgress
+from snowhub.training import TrainConfig, train_delta
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    return load_pretrained("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory) -> Path:
+    """A train/val ImageFolder of 3 classes of seeded 28×28 grey images (class = brightness band)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 12), ("val", 4)):
+        for c in range(3):
+            (root / part / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(60 * c, 60 * c + 100, (28, 28)).astype(np.uint8)
+                Image.fromarray(pixels, mode="L").save(root / part / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_snow_job_follows_the_product_trainer(pretrained, images_dir):
+    """SNOW in the shared loop draws the same random numbers as ``snowhub.training.train_delta``: same losses."""
+    config = CONFIGS["smoke"].replace(image_size=32, batch_size=8, epochs=2, max_train_per_class=None,
+                                      max_val_per_class=None, device="cpu")
+    dataset = DatasetSpec("toy", str(images_dir))
+    ours = run_training(config, Job("train", "SNOW", "toy"), dataset, images_dir, pretrained,
+                        torch.device("cpu"), SilentProgress())
+    product = train_delta(
+        pretrained.frozen_source(), load_split(dataset, images_dir, config),
+        TrainConfig(epochs=2, batch_size=8, lr=config.snow_lr, score_lr_scale=config.score_lr_scale,
+                    weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, k_ratio=1 / 8,
+                    width_divisor=8, noise_var=config.noise_var, image_size=32, hflip=True, seed=config.seed,
+                    device="cpu", num_workers=0),
+        torch.device("cpu"))
+    assert ours["loop"]["epoch_losses"] == pytest.approx([h["train_loss"] for h in product.history], rel=1e-6)
+    assert ours["top1"] == pytest.approx(product.val.top1)
+
+
+def test_fe_suffix_continues_the_source(pretrained):
+    """FE serving: the part after the second-to-last tap, fed that tap, gives the full network's logits."""
+    source = pretrained.frozen_source()
+    x = source.normalizer(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    taps, logits = source(x)
+    with torch.no_grad():
+        out = suffix_after_tap(pretrained.spec, pretrained.copy().eval(), -2)(taps[-2])
+    torch.testing.assert_close(out, logits, rtol=1e-4, atol=1e-4)
+
+
+def _trainable(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_baselines_train_what_their_definition_says(pretrained):
+    fo, fe, ft, mp, pn = (build_baseline(m, pretrained, 5) for m in ("FO", "FE", "FT", "MP", "PN"))
+    assert _trainable(fo) == {"backbone._fc.weight", "backbone._fc.bias"}
+    assert "backbone._blocks.11._project_conv.weight" in _trainable(fe)
+    assert not any(n.startswith("backbone._blocks.10.") for n in _trainable(fe))
+    assert _trainable(ft) == {n for n, _ in ft.named_parameters()}
+    assert all("_bn" in n or "_fc" in n for n in _trainable(mp))
+    assert not any(n.startswith("source.") for n in _trainable(pn)) and "laterals.0.0.weight" in _trainable(pn)
+    for model in (fo, fe, mp):
+        model.train()
+    assert not fo.backbone._bn1.training and fo.backbone._dropout.training
+    assert not fe.backbone._blocks[10].training and fe.backbone._blocks[11].training
+    assert mp.backbone._bn0.training
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for model in (fo, fe, ft, mp, pn):
+        assert model(images).shape == (2, 5)
+
+
+@pytest.mark.parametrize("subscription", ["channel_pooling", "conv1x1", "attention", "all"])
+def test_subscription_alternatives_plug_into_the_delta(pretrained, subscription):
+    spec = pretrained.spec
+    delta = build_delta(spec, 5, SnowVariant(subscription=subscription), 1e-3)
+    keep_all = subscription in ("attention", "all")
+    assert delta.shape.ks == tuple(t.channels if keep_all else max(1, round(t.channels / 8)) for t in spec.taps)
+    assert all(isinstance(p, ChannelPooling) for p in delta.pools) == (subscription in ("channel_pooling", "all"))
+    source = pretrained.frozen_source()
+    x = source.normalizer(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    taps, _ = source(x)
+    for pool, tap, k in zip(delta.pools, taps, delta.shape.ks):
+        assert pool(tap).shape == (2, k, *tap.shape[2:])
+    assert delta(x, taps).shape == (2, 5)
+
+
+def test_smoke_configuration_runs_end_to_end(tmp_path):
+    """``python -m benchmarks.run --config smoke`` finishes every job and writes the report (< 2 minutes)."""
+    subprocess.run([sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--out", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    (run,) = tmp_path.iterdir()
+    report = json.loads((run / "results.json").read_text())
+    assert report["analysis"]["failed"] == []
+    assert len(report["results"]) == len(report["config"]["methods"]) + len(report["config"]["variants"]) + 1
+    ratios = report["analysis"]["datasets"]["fashion"]["ratios"]
+    assert ratios["snow_over_ft_train_images_per_s"] > 0 and ratios["ft_over_snow_memory"] > 0
+    assert {p.name for p in run.iterdir()} >= {"results.md", "results.json", "serving.png", "training_fashion.png"}
