@@ -22,5 +22,5 @@ step snowhub add-task fashion --data "$DATA/fashion" --image-size 64 --epochs 5
 step snowhub add-task mnist --data "$DATA/mnist" --image-size 64 --epochs 5 --no-hflip
 step snowhub list
 PHOTO=$(python -c 'import pathlib, sklearn; print(pathlib.Path(sklearn.__file__).parent / "datasets/images/china.jpg")')
-step snowhub predict "$PHOTO" "$DATA/fashion/val/Sneaker/0000.png" "$DATA/mnist/7/$(ls "$DATA/mnist/7" | head -1)" --all --top 3
+step snowhub predict "$PHOTO" "$DATA/fashion/val/Sneaker/$(ls "$DATA/fashion/val/Sneaker" | head -1)" "$DATA/mnist/7/$(ls "$DATA/mnist/7" | head -1)" --all --top 3
 step snowhub verify-forgetting

@@ -17,7 +17,7 @@ import torch
 from snowhub import __version__
 from snowhub.data import discover, fingerprint
 from snowhub.device import pick_device
-from snowhub.errors import HubNotFoundError, InvalidNameError, TaskExistsError
+from snowhub.errors import ConfigError, HubNotFoundError, InvalidNameError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point, watch_progress
 from snowhub.forgetting import ForgettingReport, verify_hub
 from snowhub.models.delta import Delta, DeltaShape
@@ -369,6 +369,11 @@ class Hub:
                 row = self.registry.get_task(name)
                 served.append(ServedTask(name, self.load_delta(row), list(row.class_names),
                                          int(row.hyperparams["image_size"])))
+        if not served:
+            raise TaskNotFoundError(f"the hub at {self.layout.root} has no tasks to answer yet; "
+                                    "add one with `snowhub add-task NAME --data DIR`")
+        if top < 1:
+            raise ConfigError("--top must be at least 1")
         return predict_images(self.source_model(), served, [Path(p) for p in images], top, pick_device(device))
 
     def verify_forgetting(self, device: str = "auto", progress: Progress | None = None) -> ForgettingReport:

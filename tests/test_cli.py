@@ -108,3 +108,30 @@ def test_console_script_runs_outside_the_test_process(trained_hub):
     done = subprocess.run([snowhub, "list", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [t["name"] for t in json.loads(done.stdout)["tasks"]] == ["imagenet", "fashion", "fashion2"]
+
+
+def test_add_task_reads_the_cub_release_layout(trained_hub, tmp_path):
+    import shutil
+
+    from conftest_data import make_cub
+
+    hub = tmp_path / "hub"
+    shutil.copytree(trained_hub, hub)
+    make_cub(tmp_path / "download" / "CUB_200_2011", ["Black_footed_Albatross", "Laysan_Albatross", "Rusty_Blackbird"],
+             per_class=8)
+    result = run("add-task", "birds", "--data", tmp_path / "download", *FAST_ARGS, "--json", hub=hub)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(run("show", "birds", "--json", hub=hub).stdout)
+    assert shown["classes"] == ["Black_footed_Albatross", "Laysan_Albatross", "Rusty_Blackbird"]
+    assert shown["dataset"]["layout"] == "cub" and shown["dataset"]["val_source"] == "given"
+    assert shown["dataset"]["train_images"] == 12 and shown["dataset"]["val_images"] == 12
+
+
+def test_predict_on_a_hub_without_tasks_says_what_to_do(tmp_path):
+    assert run("init", "--source", "mobilenet_v2", hub=tmp_path / "hub").exit_code == 0
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), "white").save(image)
+    result = run("predict", image, hub=tmp_path / "hub")
+    assert result.exit_code == 1 and "add-task" in result.stderr
