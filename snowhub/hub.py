@@ -6,6 +6,7 @@ Everything the CLI does goes through here: :meth:`Hub.init`, :meth:`Hub.open`, :
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import re
@@ -17,7 +18,7 @@ import torch
 from snowhub import __version__
 from snowhub.data import discover, fingerprint
 from snowhub.device import pick_device
-from snowhub.errors import ConfigError, HubNotFoundError, InvalidNameError, TaskExistsError, TaskNotFoundError
+from snowhub.errors import ConfigError, InvalidNameError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point, watch_progress
 from snowhub.forgetting import ForgettingReport, verify_hub
 from snowhub.models.delta import Delta, DeltaShape
@@ -193,10 +194,9 @@ class Hub:
         if self._source is None:
             row = self.source_row()
             self.registry.check_record(row)  # the recorded hashes themselves must be the ones written
-            spec = get_spec(row.name)
-            spec_taps = tuple(Tap.from_dict(t) for t in row.taps)
-            if spec_taps != spec.taps:  # the tap list is part of the hub's contract with its deltas
-                raise HubNotFoundError(f"the hub's recorded taps for {row.name} differ from this snowhub's")
+            # The hub's recorded taps are its contract with its deltas: a later snowhub may tap new hubs
+            # elsewhere, but this hub is always served as it was recorded.
+            spec = dataclasses.replace(get_spec(row.name), taps=tuple(Tap.from_dict(t) for t in row.taps))
             state = load_safetensors_verified(self.layout.resolve(row.weights_file), row.weights_file_sha256)
             backbone = spec.build()
             load_source_state(spec, backbone, state)

@@ -15,6 +15,8 @@ import math
 import torch
 from torch import nn
 
+INIT_SPREAD = 0.1
+
 
 class ChannelPooling(nn.Module):
     """Select K of N source channels and scale each by its learned score.
@@ -30,8 +32,8 @@ class ChannelPooling(nn.Module):
         noise_var: σ², variance of the selection noise while training (paper: 1e-3).
 
     Forward:
-        x: ``(B, N, H, W)`` source feature map. Returns ``(B, K, H, W)``. Selected channels are in ascending
-        channel order, so a stable selection feeds the delta's next convolution in a stable order.
+        x: ``(B, N, H, W)`` source feature map. Returns ``(B, K, H, W)``, the selected channels in
+        descending order of their (noise-free) scores, as ``topK`` returns them in Algorithm 1.
     """
 
     def __init__(self, channels: int, k: int, noise_var: float = 1e-3):
@@ -39,21 +41,29 @@ class ChannelPooling(nn.Module):
         if not 1 <= k <= channels:
             raise ValueError(f"K must be in [1, {channels}], got {k}")
         self.channels, self.k, self.noise_std = channels, k, math.sqrt(noise_var)
-        # Equal scores: the first selections are uniformly random, every channel gets a chance.
-        self.scores = nn.Parameter(torch.ones(channels))
+        # Scores start spread well beyond the noise σ: the initial top-K is a random but *stable* subset
+        # (equal scores would reshuffle the subset every step, feeding the delta's next convolution a
+        # different channel in each position); the noise then trades channels near the top-K boundary.
+        self.scores = nn.Parameter(1.0 + INIT_SPREAD * torch.randn(channels))
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("inv_std", torch.ones(channels))
         self.register_buffer("indices", torch.zeros(k, dtype=torch.long))
         self.register_buffer("frozen", torch.tensor(False))
 
     def select(self) -> torch.Tensor:
-        """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic."""
+        """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic.
+
+        The selected channels are ordered by their noise-free score, highest first, so a channel keeps
+        its position in the delta's input while the scores do not cross: the noise only trades channels
+        at the top-K boundary, and those sit in the last positions.
+        """
         if bool(self.frozen):
             return self.indices
         scores = self.scores.detach()
-        if self.training and self.noise_std > 0:
-            scores = scores + torch.randn_like(scores) * self.noise_std
-        return torch.topk(scores, self.k, sorted=False).indices.sort().values
+        if not (self.training and self.noise_std > 0):
+            return torch.topk(scores, self.k).indices
+        idx = torch.topk(scores + torch.randn_like(scores) * self.noise_std, self.k, sorted=False).indices
+        return idx[torch.argsort(scores[idx], descending=True, stable=True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx = self.select()
@@ -63,14 +73,19 @@ class ChannelPooling(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Set the per-channel standardisation from source statistics ``mean, std`` of shape ``(N,)``."""
+        """Set the per-channel standardisation from source statistics ``mean, std`` of shape ``(N,)``.
+
+        A channel that hardly moves on the calibration images (a ReLU unit that is nearly always 0) would
+        be scaled up enormously the first time it fires; its std is floored at a tenth of the tap's median.
+        """
+        floor = max(1e-3, 0.1 * float(std.median()))
         self.mean.copy_(mean)
-        self.inv_std.copy_(1.0 / std.clamp_min(1e-5))
+        self.inv_std.copy_(1.0 / std.clamp_min(floor))
 
     @torch.no_grad()
     def freeze(self) -> torch.Tensor:
         """Fix the deterministic top-K of the trained scores for serving; returns the indices ``(K,)``."""
-        self.indices.copy_(torch.topk(self.scores, self.k).indices.sort().values)
+        self.indices.copy_(torch.topk(self.scores, self.k).indices)
         self.frozen.fill_(True)
         return self.indices.clone()
 
