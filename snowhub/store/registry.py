@@ -72,6 +72,11 @@ def database_error(db_path: Path, error: BaseException) -> SnowhubError:
     return SnowhubError(f"{db_path} is not a readable snowhub registry ({text}); restore it from a backup")
 
 
+def _writable(layout: HubLayout) -> bool:
+    """Whether this process may change the hub (its directory and its registry file)."""
+    return os.access(layout.root, os.W_OK) and os.access(layout.db_path, os.W_OK)
+
+
 def _names(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
@@ -151,7 +156,7 @@ class Registry:
                 f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
             )
         # A hub on read-only storage (or without write permission) can still be listed and served.
-        read_only = not (os.access(layout.root, os.W_OK) and os.access(layout.db_path, os.W_OK))
+        read_only = not _writable(layout)
         engine = open_engine(layout.db_path, read_only=read_only)
         try:
             upgrade(engine, read_only=read_only)

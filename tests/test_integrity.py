@@ -1,0 +1,203 @@
+"""Tampering and bit rot: any changed byte of the source weights, a delta, a probe set or the registry's
+records is caught by ``snowhub doctor`` (no model run), by ``verify-forgetting``, and by loading -- a
+damaged task is never served, and the other tasks keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from fixtures.hubkit import flip_byte, snapshot, sql
+from snowhub import Hub
+from snowhub.doctor import check_hub
+from snowhub.errors import IntegrityError, SnowhubError
+from snowhub_cli.main import app
+
+
+def _bag_image(fashion_dir):
+    return sorted((fashion_dir / "val" / "Bag").glob("*.png"))[0]
+
+
+def test_an_untouched_hub_is_healthy(trained_hub):
+    before = snapshot(trained_hub)
+    report = check_hub(trained_hub)
+    assert report.ok and report.problems == [] and report.warnings == []
+    assert report.tasks == 2 and report.files == 5
+    result = CliRunner().invoke(app, ["doctor", "--hub", str(trained_hub)])
+    assert result.exit_code == 0 and result.stdout.startswith(f"ok: {trained_hub}: 2 task(s), 5 file(s) checked")
+    assert snapshot(trained_hub) == before  # the doctor only reads
+
+
+# Offsets: in the JSON header, at the start of the tensor data, and in the middle/end of it.
+_OFFSETS = [9, 200, -5000, -1]
+_FILES = {"delta": "tasks/0001-fashion.delta.safetensors", "probe": "tasks/0001-fashion.probe.safetensors"}
+
+
+@pytest.mark.parametrize("offset", _OFFSETS)
+@pytest.mark.parametrize("kind", ["delta", "probe"])
+def test_one_flipped_bit_in_a_task_file(hub_copy, fashion_dir, kind, offset):
+    flip_byte(hub_copy / _FILES[kind], offset)
+    report = check_hub(hub_copy)
+    assert [p.split(": ", 1)[0] for p in report.problems] == ["task 1 'fashion'"], report.problems
+    assert f"{kind} file" in report.problems[0] and "does not match its recorded sha256" in report.problems[0]
+    with Hub.open(hub_copy) as hub:
+        row = hub.registry.get_task("fashion")
+        with pytest.raises(IntegrityError, match="does not match its recorded sha256"):
+            (hub.load_delta if kind == "delta" else hub.load_probe)(row)
+        if kind == "delta":
+            with pytest.raises(IntegrityError):
+                hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
+            assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
+
+
+@pytest.mark.parametrize("offset", [20, 5_000_000, -1])
+def test_one_flipped_bit_in_the_source_weights(hub_copy, fashion_dir, offset):
+    flip_byte(hub_copy / "source" / "efficientnet_lite0.safetensors", offset)
+    report = check_hub(hub_copy)
+    assert len(report.problems) == 1 and report.problems[0].startswith("source: weights file")
+    with Hub.open(hub_copy) as hub:
+        assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2"]  # listing still works
+        with pytest.raises(IntegrityError):
+            hub.predict([_bag_image(fashion_dir)], device="cpu")
+
+
+def test_verify_forgetting_names_every_damaged_part(hub_copy):
+    flip_byte(hub_copy / _FILES["probe"], -1)
+    sql(hub_copy, "UPDATE task SET val_top1 = 99.9 WHERE name = 'fashion2'")
+    with Hub.open(hub_copy) as hub:
+        report = hub.verify_forgetting(device="cpu")
+    assert not report.ok and report.source_ok
+    assert [(t.name, t.status) for t in report.tasks] == [("fashion", "damaged"), ("fashion2", "damaged")]
+    assert "probe.safetensors does not match" in report.tasks[0].problems[0]
+    assert "registry record of task 'fashion2' cannot be trusted" in report.tasks[1].problems[0]
+    result = CliRunner().invoke(app, ["verify-forgetting", "--hub", str(hub_copy), "--device", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+# -- the registry's own records ---------------------------------------------------------------------------
+
+_RECORD_EDITS = {
+    "val_top1": "UPDATE task SET val_top1 = val_top1 + 0.01 WHERE seq = 1",
+    "probe_top1": "UPDATE task SET probe_top1 = probe_top1 - 1 WHERE seq = 1",
+    "metrics": "UPDATE task SET metrics = replace(metrics, '\"epoch\": 1', '\"epoch\": 2') WHERE seq = 1",
+    "class_names": "UPDATE task SET class_names = '[\"Sandal\", \"Bag\", \"Trouser\"]' WHERE seq = 1",
+    "cp_indices": "UPDATE task SET cp_indices = replace(cp_indices, '[', '[0, ') WHERE seq = 1",
+    "hyperparams": "UPDATE task SET hyperparams = replace(hyperparams, '\"lr\": 0.1', '\"lr\": 0.2') WHERE seq = 1",
+    "weights_sha256": "UPDATE task SET weights_sha256 = 'ab' || substr(weights_sha256, 3) WHERE seq = 1",
+    "created_at": "UPDATE task SET created_at = '2001-01-01 00:00:00.000000' WHERE seq = 1",
+    "seal removed": "UPDATE task SET record_sha256 = NULL WHERE seq = 1",
+    "seal forged": "UPDATE task SET record_sha256 = (SELECT record_sha256 FROM task WHERE seq = 2) WHERE seq = 1",
+}
+
+
+@pytest.mark.parametrize("field", list(_RECORD_EDITS))
+def test_an_edited_task_record(hub_copy, fashion_dir, field):
+    sql(hub_copy, _RECORD_EDITS[field])
+    report = check_hub(hub_copy)
+    assert report.problems and all(p.startswith("task 1 'fashion'") for p in report.problems), report.problems
+    assert any("record" in p for p in report.problems)
+    with Hub.open(hub_copy) as hub:
+        with pytest.raises(IntegrityError, match="registry record of task 'fashion' cannot be trusted"):
+            hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
+        assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
+
+
+@pytest.mark.parametrize("edit", [
+    "UPDATE source SET head_classes = '[\"cat\", \"dog\"]'",
+    "UPDATE source SET weights_file_sha256 = 'ab' || substr(weights_file_sha256, 3)",
+    "UPDATE source SET taps = '[]'",
+])
+def test_an_edited_source_record(hub_copy, fashion_dir, edit):
+    sql(hub_copy, edit)
+    report = check_hub(hub_copy)
+    assert report.problems and report.problems[0] == \
+        "source: the record was changed after it was written (its record_sha256 does not match)"
+    with Hub.open(hub_copy) as hub:
+        with pytest.raises(SnowhubError):
+            hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
+        report = hub.verify_forgetting(device="cpu")
+    assert not report.ok and not report.source_ok
+
+
+def test_a_registry_path_leading_out_of_the_hub_is_never_followed(hub_copy, tmp_path):
+    secret = tmp_path / "secret.safetensors"
+    shutil.copy(hub_copy / _FILES["delta"], secret)
+    sql(hub_copy, "UPDATE task SET weights_file = '../secret.safetensors' WHERE seq = 1")
+    problems = check_hub(hub_copy).problems
+    assert "task 1 'fashion': the registry records a delta file outside the hub ('../secret.safetensors')" in problems
+    with Hub.open(hub_copy) as hub, pytest.raises(IntegrityError):
+        hub.load_delta(hub.registry.get_task("fashion"))
+    assert (hub_copy / _FILES["delta"]).exists() and secret.exists()  # nothing deleted either side
+
+
+def test_a_deleted_record_in_the_middle_is_a_gap(hub_copy):
+    sql(hub_copy, "DELETE FROM task WHERE seq = 1")
+    problems = check_hub(hub_copy).problems
+    assert "task 2 'fashion2': numbered 2 but task 1 is missing (a registry record was deleted)" in problems
+    assert any(p.startswith("tasks/0001-fashion.delta.safetensors: a file no registry record") for p in problems)
+    with Hub.open(hub_copy):
+        pass
+    assert (hub_copy / _FILES["delta"]).exists()  # kept: it may be the only copy of the task
+
+
+def test_a_malformed_record_is_one_line_everywhere(hub_copy):
+    sql(hub_copy, "UPDATE task SET class_names = '[\"Bag\", ' WHERE seq = 2")
+    problems = check_hub(hub_copy).problems
+    assert problems and all(p.startswith("task 2 'fashion2'") for p in problems)
+    for command in (["list"], ["verify-forgetting", "--device", "cpu"], ["show", "fashion2"]):
+        result = CliRunner().invoke(app, [*command, "--hub", str(hub_copy)])
+        assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip().startswith("error: ") and "malformed record" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupted_database_page(hub_copy):
+    db = hub_copy / "hub.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as raw:
+        root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'task'").fetchone()[0]
+        size = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    data = bytearray(db.read_bytes())
+    data[(root - 1) * size:root * size] = b"\x5a" * size  # rot the task table's root page entirely
+    db.write_bytes(bytes(data))
+    report = check_hub(hub_copy)
+    assert not report.ok and report.problems[0].startswith("registry: ")
+    for command in (["list"], ["doctor"]):
+        result = CliRunner().invoke(app, [*command, "--hub", str(hub_copy)])
+        assert result.exit_code in (1, 2) and "Traceback" not in result.stderr, result.stderr
+
+
+def test_doctor_json_lists_each_problem(hub_copy):
+    flip_byte(hub_copy / _FILES["delta"], -1)
+    flip_byte(hub_copy / "tasks" / "0002-fashion2.probe.safetensors", -1)
+    sql(hub_copy, "UPDATE task SET val_top5 = 0 WHERE seq = 2")
+    result = CliRunner().invoke(app, ["doctor", "--hub", str(hub_copy), "--json"])
+    assert result.exit_code == 2
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and len(data["problems"]) == 3 and data["tasks"] == 2
+
+
+def test_seals_cover_every_column():
+    """A new column is sealed automatically; the seal format is frozen (migration 0002 has a copy)."""
+    from snowhub.store import record_digest
+    from snowhub.store.integrity import RECORD_COLUMN
+
+    row = {"seq": 1, "name": "a", "val_top1": 1.0, "blob": b"\x00", "none": None, RECORD_COLUMN: "x"}
+    digest = record_digest("task", row)
+    assert digest == record_digest("task", {**row, RECORD_COLUMN: "other"})
+    for key, value in [("val_top1", 1.0000000000000002), ("val_top1", 1), ("name", "b"), ("none", 0),
+                       ("blob", b"\x01"), ("new_column", None)]:
+        assert record_digest("task", {**row, key: value}) != digest, key
+    assert record_digest("source", row) != digest
+    assert digest == "8f5e55cc6ae9c8ca1a95df6b5a403b2292d0c2aa37b0ef9aae1f200f96d5ad50"  # snowhub.record.v1
+
+
+def test_sqlite_sees_what_the_seal_covers(trained_hub):
+    with sqlite3.connect(f"file:{trained_hub / 'hub.db'}?mode=ro", uri=True) as db:
+        seals = [s for (s,) in db.execute("SELECT record_sha256 FROM task UNION ALL SELECT record_sha256 FROM source")]
+    assert len(seals) == 3 and all(len(s) == 64 for s in seals)
