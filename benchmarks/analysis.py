@@ -33,7 +33,8 @@ def row(result: dict, target: float | None) -> dict:
     loop = result["loop"]
     return {"label": result["job"]["label"].split(" · ")[0], "method": result["job"]["method"],
             "variant": result["job"]["variant"], "top1": result["top1"], "top5": result["top5"],
-            "images_per_s": loop["images_per_s"], "memory_mib": result["memory"]["training_mib"],
+            "images_per_s": loop["images_per_s"], "images_per_cpu_s": loop["images_per_cpu_s"],
+            "memory_mib": result["memory"]["training_mib"],
             "rss_peak_mib": result["memory"]["rss_peak_mib"], "trainable_params": result["params"]["trainable"],
             "task_params": result["params"]["task"], "subscription_params": result["params"].get("subscription"),
             "train_seconds": loop["train_seconds"],
@@ -58,6 +59,7 @@ def dataset_analysis(config: BenchConfig, name: str, trained: list[dict]) -> dic
     get = lambda x, k: x[k] if x else None  # noqa: E731
     ratios = {
         "snow_over_ft_train_images_per_s": _ratio(get(snow, "images_per_s"), get(ft, "images_per_s")),
+        "snow_over_ft_train_images_per_cpu_s": _ratio(get(snow, "images_per_cpu_s"), get(ft, "images_per_cpu_s")),
         "ft_over_snow_memory": _ratio(get(ft, "memory_mib"), get(snow, "memory_mib")),
         "ft_over_snow_rss_peak": _ratio(get(ft, "rss_peak_mib"), get(snow, "rss_peak_mib")),
         "snow_minus_fe_top1": snow["top1"] - fe["top1"] if snow and fe else None,
@@ -82,12 +84,14 @@ def serving_ratios(serve: dict | None) -> dict:
     if not serve:
         return {}
     table = serve["table"]
-    return {
-        "tasks": serve["table_tasks"],
-        "snow_over_ft_serving_images_per_s": _ratio(table["SNOW"]["images_per_s"], table["FT"]["images_per_s"]),
-        "snow_serving_over_source_alone": _ratio(table["SNOW"]["images_per_s"], serve["source_images_per_s"]),
-        "snow_over_ideal": [_ratio(r["SNOW_images_per_s"], r["ideal_snow_images_per_s"]) for r in serve["scaling"]],
-    }
+    out = {"tasks": serve["table_tasks"]}
+    for unit in ("images_per_s", "images_per_cpu_s"):
+        out |= {
+            f"snow_over_ft_serving_{unit}": _ratio(table["SNOW"][unit], table["FT"][unit]),
+            f"snow_serving_over_source_alone_{unit}": _ratio(table["SNOW"][unit], serve[f"source_{unit}"]),
+            f"snow_over_ideal_{unit}": [_ratio(r[f"SNOW_{unit}"], r[f"ideal_snow_{unit}"]) for r in serve["scaling"]],
+        }
+    return out
 
 
 def analyse(config: BenchConfig, results: list[dict]) -> dict:

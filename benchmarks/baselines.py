@@ -118,6 +118,16 @@ class ProgressiveModel(FrozenPartsEval):
             self._taps = None
 
 
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    """Give every BatchNorm with trainable parameters this running-statistics momentum (None: leave as is)."""
+    if momentum is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
+                and module.weight.requires_grad:
+            module.momentum = momentum
+
+
 def build_baseline(method: str, pretrained: Pretrained, num_classes: int, fe_tap: int = -2,
                    source: FrozenSource | None = None) -> nn.Module:
     """The FO/FE/FT/MP/PN model for a task of `num_classes` classes (PN needs the frozen `source`)."""

@@ -78,10 +78,16 @@ class BenchConfig:
         noise_var: σ² of the channel pooling selection noise.
         attention_reduction: CBAM hidden-layer reduction r (hidden units = max(1, N // r)).
         fe_tap: FE retrains everything after this tap (index into the source's taps; -2 = the last stage).
+        bn_momentum: running-statistics momentum of every BatchNorm that trains (None = the model's own).
+            0.1 is PyTorch's default and the delta's; the efficientnet_lite0 port keeps TensorFlow's 0.01,
+            which in a few-epoch run leaves FT/MP/PN evaluating with mostly ImageNet statistics.
         seed: seeds data order, augmentation, initialisation and noise.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         threads: torch CPU threads per worker process (None = torch's default). One thread per process
             keeps CPU timings stable on a shared machine; see docs/benchmarks.md.
+        num_workers: DataLoader processes per job (None = the product's default for the device). With one
+            compute thread, one loader process decodes the next batches on the second core, as loaders do
+            beside a GPU, so images/s measures the method rather than PNG decoding.
         datasets: the tasks every method is trained on.
         methods: methods in the main comparison (subset of :data:`METHODS`).
         ablation_datasets: names of the datasets the SNOW variants below run on.
@@ -111,9 +117,11 @@ class BenchConfig:
     noise_var: float = 1e-3
     attention_reduction: int = 16
     fe_tap: int = -2
+    bn_momentum: float | None = 0.1
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    num_workers: int | None = None
     methods: tuple[str, ...] = METHODS
     ablation_datasets: tuple[str, ...] = ()
     variants: tuple[SnowVariant, ...] = ()
@@ -157,7 +165,7 @@ CONFIGS: dict[str, BenchConfig] = {
         lr=0.1 * 32 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS[:1], threads=1,
         ablation_datasets=("fashion",),
         variants=(SnowVariant(subscription="conv1x1"), SnowVariant(subscription="attention"),
-                  SnowVariant(subscription="all"), SnowVariant(k_ratio=1 / 16), SnowVariant(width_divisor=16.0)),
+                  SnowVariant(subscription="all", k_ratio=1 / 16, width_divisor=16.0)),
         max_train_per_class=16, max_val_per_class=8, skip_steps=1,
         serve_tasks=(1, 2), serve_table_tasks=2, serve_batch=16, serve_min_seconds=0.2,
     ),
@@ -165,7 +173,7 @@ CONFIGS: dict[str, BenchConfig] = {
     # defaults (snowhub add-task: lr 0.1 at batch 64, channel pooling scores 10x faster).
     "cpu": BenchConfig(
         name="cpu", source="efficientnet_lite0", image_size=64, batch_size=64, epochs=2,
-        lr=0.1 * 64 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS, threads=1,
+        lr=0.1 * 64 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS, threads=1, num_workers=1,
         ablation_datasets=("fashion",), variants=_ablation_variants(), evals_per_epoch=2,
         max_train_per_class=300,
         serve_batch=64, serve_min_seconds=1.0,

@@ -44,6 +44,9 @@ class LoopResult:
         images: training images processed.
         images_per_s: steady-state training images/s (first ``skip_steps`` steps left out).
         images_per_s_all: images / train_seconds.
+        cpu_seconds: CPU time this process spent in the SGD steps, s (all its threads; loader processes
+            excluded). On a shared CPU it grows only with the work done, not with the waiting.
+        images_per_cpu_s: steady-state training images per CPU-second.
         epoch_losses: mean training loss of each epoch (nats).
         step_losses: loss of each of the first 20 steps (reproducibility checks).
     """
@@ -53,6 +56,8 @@ class LoopResult:
     images: int
     images_per_s: float
     images_per_s_all: float
+    cpu_seconds: float
+    images_per_cpu_s: float
     epoch_losses: list[float] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
 
@@ -109,13 +114,13 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
     curve: list[CurvePoint] = []
     epoch_losses: list[float] = []
     step_losses: list[float] = []
-    seconds, images, step = 0.0, 0, 0
-    skip_seconds, skip_images = None, 0
+    seconds, cpu_seconds, images, step = 0.0, 0.0, 0, 0
+    skip_seconds, skip_cpu, skip_images = None, 0.0, 0
     for epoch in range(1, epochs + 1):
         model.train()
         progress.start(f"epoch {epoch}/{epochs}", steps_per_epoch)
         loss_sum, n = 0.0, 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for i, (images_b, labels) in enumerate(iterate(train_loader), start=1):
             images_b, labels = images_b.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast(device):
@@ -133,17 +138,21 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
             if step == skip_steps:
                 _sync(device)
                 skip_seconds, skip_images = seconds + time.perf_counter() - start, images
+                skip_cpu = cpu_seconds + time.process_time() - start_cpu
             if i in eval_at:
                 _sync(device)
                 seconds += time.perf_counter() - start
+                cpu_seconds += time.process_time() - start_cpu
                 top1, top5, val_loss = evaluate_model(model, val_loader, device)
                 curve.append(CurvePoint(epoch - 1 + i / steps_per_epoch, images, seconds, top1, top5, val_loss))
                 progress.advance(0, loss=value, val_top1=f"{top1:.2f} %")
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
         progress.finish(f"epoch {epoch}: train loss {loss_sum / max(1, n):.4f}, val top-1 {curve[-1].top1:.2f} %")
         epoch_losses.append(loss_sum / max(1, n))
-    if skip_seconds is None or seconds <= skip_seconds:
-        skip_seconds, skip_images = 0.0, 0
+    if skip_seconds is None or seconds <= skip_seconds or cpu_seconds <= skip_cpu:
+        skip_seconds, skip_cpu, skip_images = 0.0, 0.0, 0
     return LoopResult(curve=curve, train_seconds=seconds, images=images,
                       images_per_s=(images - skip_images) / (seconds - skip_seconds),
-                      images_per_s_all=images / seconds, epoch_losses=epoch_losses, step_losses=step_losses)
+                      images_per_s_all=images / seconds, cpu_seconds=cpu_seconds,
+                      images_per_cpu_s=(images - skip_images) / (cpu_seconds - skip_cpu),
+                      epoch_losses=epoch_losses, step_losses=step_losses)

@@ -1,8 +1,12 @@
 """Where SNOW's training and serving time goes, next to FT: ``python -m benchmarks.profile_snow --config cpu``.
 
-Times (ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images at
-the configuration's source, image size, batch and threads; counts their FLOPs; lists the delta's most
-expensive operators; and times the data pipeline. Prints Markdown and writes ``profile.json`` into ``--out``.
+Times (CPU ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images
+at the configuration's source, image size, batch and threads; counts their FLOPs; lists the delta's most
+expensive operators; and times the source forward without its classifier (the change proposed in
+docs/benchmarks.md). Prints Markdown and writes ``profile.json`` into ``--out``.
+
+CPU time of this process, not wall time: with one thread it is the work done, whatever else the machine
+is running.
 """
 
 from __future__ import annotations
@@ -14,23 +18,27 @@ import time
 from pathlib import Path
 
 import torch
+from torch.fx import GraphModule as _FX
 from torch.nn import functional as F
 
 from benchmarks.backbones import load_pretrained
 from benchmarks.baselines import build_baseline
 from benchmarks.configs import SnowVariant, get_config
+from benchmarks.experiments import HeadlessSource
 from benchmarks.serving import forward_flops
+from benchmarks.snapshot import run_in_snapshot, snapshot_info
 from benchmarks.snow import build_delta, snow_param_groups
 from benchmarks.worker import setup_torch
 
 
 def median_ms(fn, repeats: int) -> float:
+    """Median CPU milliseconds of `fn()` over `repeats` calls (after one warm-up call)."""
     fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return 1000 * statistics.median(times)
 
 
@@ -77,6 +85,11 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
     snow_parts.time("delta backward", lambda: loss.backward(retain_graph=True))
     snow_parts.time("optimizer step", opt.step)
 
+    headless = HeadlessSource(pretrained).to(device) if not isinstance(source.extractor, _FX) else None
+    source_ms = {"with classifier (product)": median_ms(lambda: source(x), repeats)}
+    if headless is not None:
+        source_ms["stopping at the last tap"] = median_ms(lambda: headless(x), repeats)
+
     with torch.no_grad():
         flops = {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
                  "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
@@ -92,6 +105,7 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
 
     return {"config": config_name, "batch": batch, "image_size": config.image_size, "source": config.source,
             "threads": torch.get_num_threads(), "ft_ms": ft_parts.ms, "snow_ms": snow_parts.ms,
+            "source_forward_ms": source_ms,
             "flops_per_image": flops, "delta_top_ops": top_ops,
             "delta_params": sum(p.numel() for p in delta.parameters()), "delta_widths": list(delta.shape.widths)}
 
@@ -99,7 +113,7 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
 def markdown(r: dict) -> str:
     ft, snow = sum(r["ft_ms"].values()), sum(r["snow_ms"].values())
     f = r["flops_per_image"]
-    lines = [f"{r['source']}, {r['image_size']} px, batch {r['batch']}, {r['threads']} thread(s); ms per batch", "",
+    lines = [f"{r['source']}, {r['image_size']} px, batch {r['batch']}, {r['threads']} thread(s); CPU ms per batch", "",
              "| FT part | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["ft_ms"].items()] + [f"| **total** | **{ft:.1f}** |", ""]
     lines += ["| SNOW part | ms |", "|---|---|"]
@@ -112,6 +126,8 @@ def markdown(r: dict) -> str:
               f"takes {100 * delta_ms / src_ms:.0f} % of the source forward's time.", "",
               "| delta operator (forward + backward) | calls per step | share of delta CPU time |", "|---|---|---|"]
     lines += [f"| {o['op']} | {o['calls_per_step']} | {100 * o['share']:.1f} % |" for o in r["delta_top_ops"]]
+    lines += ["", "| source forward (no grad) | CPU ms |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in r["source_forward_ms"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -121,12 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int)
     p.add_argument("--out", type=Path)
+    p.add_argument("--product", default="worktree", help="snowhub/ to profile: worktree or a git revision")
     args = p.parse_args(argv)
+    out = (args.out or Path("benchmarks/results/tmp/profile")).resolve()
+    forwarded = ["--config", args.config, "--repeats", str(args.repeats), "--out", str(out)]
+    code = run_in_snapshot("benchmarks.profile_snow", forwarded + (["--batch", str(args.batch)] if args.batch else []),
+                           args.product, out / "code")
+    if code is not None:
+        return code
     result = profile(args.config, args.repeats, args.batch)
     print(markdown(result))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "profile.json").write_text(json.dumps(result, indent=1))
+    result["code"] = snapshot_info()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(result, indent=1))
+    (out / "profile.md").write_text(markdown(result))
     return 0
 
 

@@ -27,7 +27,7 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def _time_to(row: dict) -> str:
     t = row["time_to_target"]
-    return "not reached" if t is None else f"{t['train_seconds']:.0f} s (epoch {t['epoch']:g})"
+    return "not reached" if t is None else f"{t['train_seconds']:.0f} s (epoch {t['epoch']:.2f})"
 
 
 def training_section(name: str, a: dict, config: BenchConfig) -> list[str]:
@@ -35,13 +35,14 @@ def training_section(name: str, a: dict, config: BenchConfig) -> list[str]:
         return [f"### {name}: no results", ""]
     lines = [f"### {name} ({a['train_images']} training images, {a['val_images']} held-out "
              f"{'test' if a['val_source'] == 'given' else 'validation'} images)", ""]
-    rows = [[r["label"], fmt(r["top1"]), fmt(r["top5"]), fmt(r["images_per_s"], ".1f"), fmt(r["memory_mib"], ".0f"),
-             fmt(r["rss_peak_mib"], ".0f"), fmt_params(r["trainable_params"]), fmt_params(r["task_params"]),
-             _time_to(r)] for r in a["rows"]]
-    lines += table(["method", "top-1 %", "top-5 %", "train images/s", "memory MiB", "peak RSS MiB",
-                    "trainable", "per-task params", f"time to {a['target_top1']:.2f} % top-1"], rows)
+    rows = [[r["label"], fmt(r["top1"]), fmt(r["top5"]), fmt(r["images_per_s"], ".1f"),
+             fmt(r["images_per_cpu_s"], ".1f"), fmt(r["memory_mib"], ".0f"), fmt(r["rss_peak_mib"], ".0f"),
+             fmt_params(r["trainable_params"]), fmt_params(r["task_params"]), _time_to(r)] for r in a["rows"]]
+    lines += table(["method", "top-1 %", "top-5 %", "train images/s", "train images/CPU-s", "memory MiB",
+                    "peak RSS MiB", "trainable", "per-task params", f"time to {a['target_top1']:.2f} % top-1"], rows)
     r = a["ratios"]
-    lines += ["", f"SNOW ÷ FT training images/s: **{fmt(r['snow_over_ft_train_images_per_s'], '.2f', '×')}**; "
+    lines += ["", f"SNOW ÷ FT training images/s: **{fmt(r['snow_over_ft_train_images_per_s'], '.2f', '×')}** "
+              f"(per CPU-second: {fmt(r['snow_over_ft_train_images_per_cpu_s'], '.2f', '×')}); "
               f"FT ÷ SNOW memory: **{fmt(r['ft_over_snow_memory'], '.2f', '×')}** "
               f"(peak RSS {fmt(r['ft_over_snow_rss_peak'], '.2f', '×')}); "
               f"SNOW − FE top-1: **{fmt(r['snow_minus_fe_top1'], '+.2f', ' pp')}**; "
@@ -56,10 +57,10 @@ def variants_section(variants: dict) -> list[str]:
             continue
         lines += [f"### SNOW variants on {name} (subscription: paper Table 5; K and width: section 3.1)", ""]
         lines += table(["variant", "subscription params", "delta params", "top-1 %", "top-5 %",
-                        "train images/s", "memory MiB"],
+                        "train images/s", "train images/CPU-s", "memory MiB"],
                        [[r["label"], fmt_params(r["subscription_params"]), fmt_params(r["task_params"]),
                          fmt(r["top1"]), fmt(r["top5"]), fmt(r["images_per_s"], ".1f"),
-                         fmt(r["memory_mib"], ".0f")] for r in rows])
+                         fmt(r["images_per_cpu_s"], ".1f"), fmt(r["memory_mib"], ".0f")] for r in rows])
         lines.append("")
     return lines
 
@@ -70,23 +71,28 @@ def serving_section(serve: dict | None, ratios: dict) -> list[str]:
     n = serve["table_tasks"]
     lines = [f"### Serving the source's task + {n} added tasks on one batch of {serve['batch']} images "
              f"(paper Table 4 serves ImageNet + 5)", ""]
-    lines += table(["method", "total params", "images/s", "paper: total params", "paper: images/s (V100)"],
-                   [[m, fmt_params(v["params"]), fmt(v["images_per_s"], ".1f"),
+    lines += table(["method", "total params", "images/s", "images/CPU-s", "paper: total params",
+                    "paper: images/s (V100)"],
+                   [[m, fmt_params(v["params"]), fmt(v["images_per_s"], ".1f"), fmt(v["images_per_cpu_s"], ".1f"),
                      f"{paper.TABLE4_SERVING[m][0]:.1f} M", f"{paper.TABLE4_SERVING[m][1]:.1f}"]
                     for m, v in serve["table"].items()])
     lines += ["", f"SNOW ÷ FT serving images/s: **{fmt(ratios['snow_over_ft_serving_images_per_s'], '.2f', '×')}** "
-              f"(paper {paper.paper_ratios()['snow_over_ft_serving_images_per_s']:.2f}×); SNOW serving ÷ "
-              f"source-alone forward: **{fmt(ratios['snow_serving_over_source_alone'], '.2f', '×')}**. "
+              f"(per CPU-second {fmt(ratios['snow_over_ft_serving_images_per_cpu_s'], '.2f', '×')}; paper "
+              f"{paper.paper_ratios()['snow_over_ft_serving_images_per_s']:.2f}×); SNOW serving ÷ source-alone "
+              f"forward: **{fmt(ratios['snow_serving_over_source_alone_images_per_s'], '.2f', '×')}** (per CPU-second "
+              f"{fmt(ratios['snow_serving_over_source_alone_images_per_cpu_s'], '.2f', '×')}). "
               f"Source alone: {serve['source_images_per_s']:.1f} images/s; FLOPs per image: source "
               f"{serve['flops_per_image']['source'] / 1e6:.1f} M, one delta "
               f"{serve['flops_per_image']['delta'] / 1e6:.2f} M.", "", "### Serving cost vs number of added tasks", ""]
     rows = []
-    for r, vs_ideal in zip(serve["scaling"], ratios["snow_over_ideal"]):
+    for r, wall, cpu in zip(serve["scaling"], ratios["snow_over_ideal_images_per_s"],
+                            ratios["snow_over_ideal_images_per_cpu_s"]):
         rows.append([str(r["tasks"]), fmt(r["SNOW_images_per_s"], ".1f"), fmt(r["ideal_snow_images_per_s"], ".1f"),
-                     fmt(vs_ideal, ".2f"), fmt(r["FE_images_per_s"], ".1f"), fmt(r["FT_images_per_s"], ".1f"),
-                     fmt_params(r["SNOW_params"]), fmt_params(r["FE_params"]), fmt_params(r["FT_params"])])
-    lines += table(["tasks N", "SNOW images/s", "FLOP ideal", "SNOW ÷ ideal", "FE images/s", "FT images/s",
-                    "SNOW params", "FE params", "FT params"], rows)
+                     fmt(wall, ".2f"), fmt(cpu, ".2f"), fmt(r["FE_images_per_s"], ".1f"),
+                     fmt(r["FT_images_per_s"], ".1f"), fmt_params(r["SNOW_params"]), fmt_params(r["FE_params"]),
+                     fmt_params(r["FT_params"])])
+    lines += table(["tasks N", "SNOW images/s", "FLOP ideal images/s", "SNOW ÷ ideal", "SNOW ÷ ideal per CPU-s",
+                    "FE images/s", "FT images/s", "SNOW params", "FE params", "FT params"], rows)
     return lines + [""]
 
 
@@ -106,8 +112,13 @@ def paper_section() -> list[str]:
 def settings_lines(config: BenchConfig, env: dict, wall: float, command: str) -> list[str]:
     gpu = env["gpu"]["name"] if env.get("gpu") else "none"
     load = " / ".join(f"{env[k][0]:.1f}" for k in ("load_average_start", "load_average_end") if env.get(k))
+    code = env.get("code", {})
+    product = f"snowhub/ at commit {code.get('commit')}" + (
+        f" plus uncommitted changes to {', '.join(code['uncommitted_product_files'])}"
+        if code.get("uncommitted_product_files") else "")
     return [
-        f"`{command}` — {wall / 60:.1f} min wall time, git {env.get('git_commit')}", "",
+        f"`{command}` — {wall / 60:.1f} min wall time. Product measured: {product} "
+        f"(sha256 of its .py files {str(code.get('snowhub_sha256'))[:12]}).", "",
         f"Machine: {env['cpu']} ({env['cpu_count']} cores, {env['memory_gib']} GiB), GPU {gpu}; {env['os']}; "
         f"Python {env['python']}, torch {env['packages']['torch']}, torchvision {env['packages']['torchvision']}; "
         f"1-minute load average at start / end: {load}", "",
@@ -154,3 +165,23 @@ def write_report(out: Path, config: BenchConfig, results: list[dict], env: dict,
     except ImportError:  # matplotlib is optional (the "benchmarks" extra)
         return paths
     return paths + plot_all(out, a, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render a run's results.md and figures from its results.json: ``python -m benchmarks.report RUN_DIR``."""
+    import argparse
+
+    from benchmarks.worker import config_from_dict
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
+    p.add_argument("run", type=Path, help="a run folder holding results.json")
+    run = p.parse_args(argv).run
+    saved = json.loads((run / "results.json").read_text())
+    paths = write_report(run, config_from_dict(saved["config"]), saved["results"], saved["environment"],
+                         saved["wall_seconds"], saved["command"])
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,8 @@
 """Run a benchmark configuration: ``python -m benchmarks.run --config {smoke,cpu,gpu}``.
 
 Each job (one method on one dataset, or the serving measurements) runs in a fresh worker process, one at
-a time, so its timings and peak memory are its own. Results land in ``benchmarks/results/<config>-<time>/``:
+a time, so its timings and peak memory are its own; every worker runs a copy of the code taken when the
+run starts (``benchmarks.snapshot``), so later edits to the working tree cannot mix in. Results land in ``benchmarks/results/<config>-<time>/``:
 ``results.md``, ``results.json`` and the figures; worker logs in ``benchmarks/results/tmp/``.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.configs import METHODS, BenchConfig, DatasetSpec, Job, get_config, plan
 from benchmarks.environment import describe_environment
+from benchmarks.snapshot import make_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default: the configuration's)")
     p.add_argument("--no-variants", action="store_true", help="skip the SNOW variants (subscription, K, width)")
     p.add_argument("--no-serving", action="store_true", help="skip the serving measurements")
+    p.add_argument("--product", default="worktree",
+                   help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
     return p.parse_args(argv)
 
 
@@ -80,14 +85,14 @@ def prepare_offline_data(config: BenchConfig, data: Path, console: Console) -> N
 class JobRunner:
     """Runs jobs in worker processes and draws their progress."""
 
-    def __init__(self, config: BenchConfig, data: Path, work: Path, console: Console):
-        self.config, self.data, self.work, self.console = config, data, work, console
+    def __init__(self, config: BenchConfig, data: Path, work: Path, code: Path, console: Console):
+        self.config, self.data, self.work, self.code, self.console = config, data, work, code, console
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                             console=console)
 
     def _env(self) -> dict:
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = dict(os.environ, PYTHONPATH=str(self.code) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         if self.config.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.config.threads)
         return env
@@ -100,14 +105,19 @@ class JobRunner:
                                     "data": str(self.data), "result": str(result_path)}))
         phase = None
         with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(spec)], cwd=REPO,
+            proc = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", str(spec)], cwd=self.code,
                                     env=self._env(), stdout=subprocess.PIPE, stderr=log, text=True)
-            for line in proc.stdout:
-                if not line.startswith("@@progress "):
-                    log.write(line)
-                    continue
-                phase = self._draw(job, json.loads(line[len("@@progress "):]), phase)
-            code = proc.wait()
+            try:
+                for line in proc.stdout:
+                    if not line.startswith("@@progress "):
+                        log.write(line)
+                        continue
+                    phase = self._draw(job, json.loads(line[len("@@progress "):]), phase)
+                code = proc.wait()
+            finally:
+                if proc.poll() is None:  # the runner is being stopped: take the worker down with it
+                    proc.terminate()
+                    proc.wait()
         if phase is not None:
             self.bar.remove_task(phase)
         if code != 0 or not result_path.is_file():
@@ -143,12 +153,14 @@ def summary_line(result: dict) -> str:
         return f"✓ {label}: source alone {result['source_images_per_s']:.1f} images/s"
     loop = result["loop"]
     return (f"✓ {label}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, "
-            f"{loop['images_per_s']:.1f} images/s, {result['memory']['training_mib']:.0f} MiB, "
+            f"{loop['images_per_s']:.1f} images/s ({loop['images_per_cpu_s']:.1f} per CPU-s), "
+            f"{result['memory']['training_mib']:.0f} MiB, "
             f"{result['params']['trainable'] / 1e6:.3f} M trainable, {result['wall_seconds']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run stops its worker too
     config = configure(args)
     console = Console(stderr=True)
     data = args.data.resolve()
@@ -158,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     work.mkdir(parents=True)
     jobs = [j for j in plan(config) if not (args.no_serving and j.kind == "serve")]
-    environment = describe_environment()
+    environment = describe_environment() | {"code": make_snapshot(work / "code", args.product)}
     console.print(f"[bold]snowhub benchmark[/bold] '{config.name}': {len(jobs)} jobs, source {config.source}, "
                   f"{config.image_size} px, batch {config.batch_size}, {config.epochs} epochs → {out}")
     started = time.time()
-    runner = JobRunner(config, data, work, console)
+    runner = JobRunner(config, data, work, work / "code", console)
     results = []
     with runner.bar:
         overall = runner.bar.add_task("[bold]all jobs", total=len(jobs), info="")

@@ -86,8 +86,9 @@ class SharedFeatures(nn.Module):
 
 @torch.no_grad()
 def images_per_s(model: Callable, images: torch.Tensor, device: torch.device, min_seconds: float,
-                 min_batches: int = 3) -> float:
-    """Forward images/s of `model` on `images`, measured over at least `min_seconds` and `min_batches`."""
+                 min_batches: int = 3) -> tuple[float, float]:
+    """Forward (images/s, images per CPU-second of this process) of `model` on `images`, measured over at
+    least `min_seconds` and `min_batches`."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -96,12 +97,12 @@ def images_per_s(model: Callable, images: torch.Tensor, device: torch.device, mi
         for _ in range(2 if device.type == "cuda" else 1):
             model(images)
         sync()
-        n, start = 0, time.perf_counter()
+        n, start, start_cpu = 0, time.perf_counter(), time.process_time()
         while n < min_batches or time.perf_counter() - start < min_seconds:
             model(images)
             n += 1
         sync()
-    return n * len(images) / (time.perf_counter() - start)
+    return n * len(images) / (time.perf_counter() - start), n * len(images) / (time.process_time() - start_cpu)
 
 
 @torch.no_grad()
@@ -161,14 +162,15 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     }
     steps = len(config.serve_tasks) * len(builders) + 1
     progress.start("serving vs number of tasks", steps)
-    source_ips = images_per_s(alone, images, device, config.serve_min_seconds)
+    source_ips, source_ipcs = images_per_s(alone, images, device, config.serve_min_seconds)
     progress.advance(1)
     scaling = []
     for n in config.serve_tasks:
-        row = {"tasks": n, "ideal_snow_images_per_s": source_ips * flops["source"]
-               / (flops["source"] + n * flops["delta"])}
+        share = flops["source"] / (flops["source"] + n * flops["delta"])
+        row = {"tasks": n, "ideal_snow_images_per_s": source_ips * share, "ideal_snow_images_per_cpu_s": source_ipcs * share}
         for name, build in builders.items():
-            row[f"{name}_images_per_s"] = images_per_s(build(n), images, device, config.serve_min_seconds)
+            row[f"{name}_images_per_s"], row[f"{name}_images_per_cpu_s"] = images_per_s(
+                build(n), images, device, config.serve_min_seconds)
             row[f"{name}_params"] = source_params + n * per_task[name]
             progress.advance(1, method=name, tasks=n)
         scaling.append(row)
@@ -191,10 +193,11 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     }
     table = {}
     for name, (model, task_params) in table_models.items():
-        table[name] = {"images_per_s": images_per_s(model, images, device, config.serve_min_seconds),
-                       "params": source_params + n * task_params, "task_params": task_params}
+        ips, ipcs = images_per_s(model, images, device, config.serve_min_seconds)
+        table[name] = {"images_per_s": ips, "images_per_cpu_s": ipcs, "params": source_params + n * task_params,
+                       "task_params": task_params}
         progress.advance(1, method=name)
     progress.finish()
-    return {"source_images_per_s": source_ips, "flops_per_image": flops, "source_params": source_params,
+    return {"source_images_per_s": source_ips, "source_images_per_cpu_s": source_ipcs, "flops_per_image": flops, "source_params": source_params,
             "per_task_params": per_task, "scaling": scaling, "table_tasks": n, "table": table,
             "batch": batch, "image_size": size, "num_classes": NUM_CLASSES}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.backbones import Pretrained
-from benchmarks.baselines import build_baseline
+from benchmarks.baselines import build_baseline, set_bn_momentum
 from benchmarks.configs import BenchConfig, DatasetSpec, Job
 from benchmarks.loop import train_loop
 from benchmarks.memory import current_rss_mib, reset_cuda_peak
@@ -59,7 +59,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
     split = load_split(dataset, data_dir, config)
     num_classes = len(split.class_names)
     size, batch = config.image_size, config.batch_size
-    workers = default_num_workers(device)
+    workers = default_num_workers(device) if config.num_workers is None else config.num_workers
     source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN") else None
 
     seed_everything(config.seed)
@@ -70,6 +70,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
         model = SnowModel(source, delta)
     else:
         model = build_baseline(job.method, pretrained, num_classes, config.fe_tap, source).to(device)
+    set_bn_momentum(model, config.bn_momentum)
     train_loader = make_loader(split.train, train_transform(size, dataset.hflip), batch, shuffle=True,
                                seed=config.seed, num_workers=workers, device=device)
     val_loader = make_loader(split.val, eval_transform(size), batch, shuffle=False, seed=config.seed,

@@ -1,0 +1,216 @@
+"""Experiments behind docs/benchmarks.md's "why is SNOW behind" section: candidate product changes, tried
+here by patching the product from the outside (the product itself is unchanged).
+
+    python -m benchmarks.experiments NAME [--config cpu] [--dataset fashion] [--product REV] [--out DIR]
+
+Each experiment trains SNOW (the ``SNOW`` job of the configuration) with one change and writes the same
+result JSON as a benchmark job. Names:
+
+* ``baseline``: no change (re-measured beside the others);
+* ``epochs6``: 6 epochs instead of the configuration's;
+* ``lr_paper``: the paper's SNOW learning rate, 1.0 at batch 256, scaled linearly to the batch size;
+* ``head_tap``: the last tap moves from ``_blocks.15`` (320 channels) to ``_bn1`` (the 1280 channels
+  efficientnet_lite0's own classifier reads), so the delta can subscribe to the source's best features;
+* ``expand3``: the delta's inverted-residual blocks expand 3× instead of 6×;
+* ``headless_source``: the source stops after its last tap while training a delta (its classifier's
+  logits are never used there);
+* ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
+  other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little;
+* ``score_spread``: channel pooling scores start at 1 + 0.1·N(0, 1) instead of all 1, so the first top-K
+  subsets are random but stable instead of reshuffled every step;
+* ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
+  so a channel that is (almost) constant on the calibration images cannot be amplified 10⁵×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.backbones import Pretrained, load_pretrained
+from benchmarks.configs import Job, get_config
+from benchmarks.memory import peak_rss_mib
+from benchmarks.run import DEFAULT_DATA
+from benchmarks.snapshot import run_in_snapshot, snapshot_info
+from benchmarks.training_job import run_training
+from benchmarks.worker import JsonLinesProgress, setup_torch
+from snowhub.models.channel_pooling import ChannelPooling
+from snowhub.models.delta import DeltaShape
+from snowhub.models.frozen import FrozenSource, _HookExtractor
+from snowhub.models.sources import Tap
+
+
+class _StopForward(Exception):
+    """Raised by the last tap's hook: everything after it is not needed."""
+
+
+class HeadlessSource(FrozenSource):
+    """A FrozenSource that runs the network only up to its last tap (proposed for delta training)."""
+
+    def __init__(self, pretrained: Pretrained):
+        super().__init__(pretrained.spec, pretrained.copy(), has_head=False)
+        if not isinstance(self.extractor, _HookExtractor):
+            raise TypeError("FX-traced sources already skip their head when has_head=False")
+        self.extractor.model.get_submodule(self.spec.taps[-1].name).register_forward_hook(self._stop)
+
+    @staticmethod
+    def _stop(*_):
+        raise _StopForward
+
+    def forward(self, x):
+        with torch.no_grad():
+            try:
+                self.extractor.model(x)
+            except _StopForward:
+                pass
+            out, self.extractor._out = self.extractor._out, {}
+        return [out[t.name] for t in self.spec.taps], None
+
+
+@contextlib.contextmanager
+def patched(name: str, pretrained: Pretrained):
+    """Apply experiment `name` to the product (and `pretrained`) for the duration of the block."""
+    import snowhub.models.delta as delta_module
+
+    if name == "head_tap":
+        taps = pretrained.spec.taps[:-1] + (Tap("_bn1", 1280, 32, pretrained.spec.taps[-1].blocks),)
+        pretrained.spec = dataclasses.replace(pretrained.spec, taps=taps)
+    if name == "expand3":
+        original = delta_module.InvertedResidual
+        delta_module.InvertedResidual = lambda cin, cout, stride, expand_ratio: original(cin, cout, stride, 3)
+        try:
+            yield
+        finally:
+            delta_module.InvertedResidual = original
+        return
+    if name == "last_tap_all":
+        original_from_ratios = DeltaShape.from_ratios
+
+        def from_ratios(*args, **kwargs):
+            shape = original_from_ratios(*args, **kwargs)
+            return dataclasses.replace(shape, ks=shape.ks[:-1] + (shape.taps[-1].channels,))
+
+        DeltaShape.from_ratios = staticmethod(from_ratios)
+        try:
+            yield
+        finally:
+            DeltaShape.from_ratios = staticmethod(original_from_ratios)
+        return
+    if name == "score_spread":
+        original_init = ChannelPooling.__init__
+
+        def spread_init(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            with torch.no_grad():
+                self.scores.add_(0.1 * torch.randn_like(self.scores))
+
+        ChannelPooling.__init__ = spread_init
+        try:
+            yield
+        finally:
+            ChannelPooling.__init__ = original_init
+        return
+    if name == "std_floor":
+        original_calibrate = ChannelPooling.calibrate
+        ChannelPooling.calibrate = lambda self, mean, std: original_calibrate(
+            self, mean, std.clamp_min(0.1 * float(std.median())))
+        try:
+            yield
+        finally:
+            ChannelPooling.calibrate = original_calibrate
+        return
+    if name == "headless_source":
+        original_source = Pretrained.frozen_source
+        Pretrained.frozen_source = lambda self: HeadlessSource(self)
+        try:
+            yield
+        finally:
+            Pretrained.frozen_source = original_source
+        return
+    yield
+
+
+class SelectionRecorder:
+    """Records, for every training step, the share of each channel pooling layer's K channels that changed
+    since the previous step (1 = a completely new subset, 0 = the same subset)."""
+
+    def __init__(self):
+        self.churn: dict[int, list[float]] = {}
+        self._last: dict[int, set] = {}
+        self._original = ChannelPooling.select
+
+    def __enter__(self) -> "SelectionRecorder":
+        recorder, original = self, self._original
+
+        def select(pool):
+            idx = original(pool)
+            if pool.training:
+                current, key = set(idx.tolist()), id(pool)
+                if key in recorder._last:
+                    recorder.churn.setdefault(key, []).append(1 - len(current & recorder._last[key]) / pool.k)
+                recorder._last[key] = current
+            return idx
+
+        ChannelPooling.select = select
+        return self
+
+    def __exit__(self, *exc) -> None:
+        ChannelPooling.select = self._original
+
+    def summary(self, every: int = 10) -> list[list[float]]:
+        """Per channel pooling layer (tap order): mean churn over each run of `every` steps."""
+        return [[round(sum(c[i:i + every]) / len(c[i:i + every]), 3) for i in range(0, len(c), every)]
+                for c in self.churn.values()]
+
+
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all",
+               "score_spread",
+               "std_floor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", choices=EXPERIMENTS)
+    p.add_argument("--config", default="cpu")
+    p.add_argument("--dataset", default="fashion")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=DEFAULT_DATA.parent / "experiments")
+    p.add_argument("--product", default="worktree", help="snowhub/ to patch: worktree or a git revision")
+    args = p.parse_args(argv)
+    code = run_in_snapshot(  # in a frozen copy of the code, as benchmark jobs are
+        "benchmarks.experiments", [args.name, "--config", args.config, "--dataset", args.dataset, "--data",
+                                   str(args.data.resolve()), "--out", str(args.out.resolve())],
+        args.product, args.out.resolve() / f"code-{args.name}-{args.dataset}")
+    if code is not None:
+        return code
+    config = get_config(args.config)
+    if args.name == "epochs6":
+        config = config.replace(epochs=6)
+    if args.name == "lr_paper":
+        config = config.replace(snow_lr=1.0 * config.batch_size / 256, score_lr_scale=1.0)
+    device = setup_torch(config)
+    pretrained = load_pretrained(config.source)
+    dataset = next(d for d in config.datasets if d.name == args.dataset)
+    with patched(args.name, pretrained), SelectionRecorder() as recorder:
+        result = run_training(config, Job("train", "SNOW", dataset.name), dataset, args.data.resolve(), pretrained,
+                              device, JsonLinesProgress())
+    result |= {"experiment": args.name, "selection_churn_per_10_steps": recorder.summary(),
+               "config": config.to_dict(), "rss_peak_mib": peak_rss_mib(),
+               "code": snapshot_info()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}-{args.dataset}.json").write_text(json.dumps(result, indent=1))
+    loop = result["loop"]
+    print(f"{args.name}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, {loop['images_per_s']:.1f} "
+          f"images/s, {loop['images_per_cpu_s']:.1f} images/CPU-s, delta {result['params']['task']} params",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
