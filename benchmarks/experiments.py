@@ -16,6 +16,9 @@ result JSON as a benchmark job. Names:
   logits are never used there);
 * ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
   other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little;
+* ``stable_slots``: each of the K positions of the delta's input keeps its channel while that channel
+  stays selected; a newly selected channel takes the slot its predecessor left (neither channel index
+  order nor score order keeps positions when the subset or the scores change);
 * ``score_spread``: channel pooling scores start at 1 + 0.1·N(0, 1) instead of all 1, so the first top-K
   subsets are random but stable instead of reshuffled every step;
 * ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
@@ -102,6 +105,25 @@ def patched(name: str, pretrained: Pretrained):
         finally:
             DeltaShape.from_ratios = staticmethod(original_from_ratios)
         return
+    if name == "stable_slots":
+        original_select = ChannelPooling.select
+
+        def select(pool):
+            idx = original_select(pool).tolist()
+            slots = getattr(pool, "_slots", None) or idx
+            chosen = set(idx)
+            incoming = iter(c for c in idx if c not in set(slots))
+            placed = [c if c in chosen else next(incoming) for c in slots]
+            if pool.training:
+                pool._slots = placed
+            return torch.tensor(placed, device=pool.scores.device)
+
+        ChannelPooling.select = select
+        try:
+            yield
+        finally:
+            ChannelPooling.select = original_select
+        return
     if name == "score_spread":
         original_init = ChannelPooling.__init__
 
@@ -169,7 +191,7 @@ class SelectionRecorder:
                 for c in self.churn.values()]
 
 
-EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all",
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all", "stable_slots",
                "score_spread",
                "std_floor")
 

@@ -228,9 +228,11 @@ def test_no_hub_there(tmp_path, command):
     assert not (tmp_path / "nothing").exists()
 
 
-def test_a_read_only_hub_serves_but_refuses_writes(hub, fashion_dir, tmp_path):
-    """Real permissions, in another process (as root, without the capabilities that bypass them)."""
-    image = next((fashion_dir / "val" / "Bag").glob("*.png"))
+def test_a_read_only_hub_lists_but_refuses_writes(hub, fashion_dir, tmp_path):
+    """Real permissions, in another process (as root, without the capabilities that bypass them).
+
+    Serving a read-only hub is tested in-process in tests/test_migrations.py.
+    """
     make_read_only(hub)
     try:
         listed = run_cli("list", "--hub", str(hub), "--json", read_only_root=True)
@@ -240,9 +242,6 @@ def test_a_read_only_hub_serves_but_refuses_writes(hub, fashion_dir, tmp_path):
         added = run_cli("add-task", "t", "--data", str(fashion_dir), "--hub", str(hub), *FAST_ARGS,
                         read_only_root=True)
         assert_one_line_error(added, "is read-only; make it writable")
-        predicted = run_cli("predict", str(image), "--task", "fashion", "--hub", str(hub), "--device", "cpu",
-                            read_only_root=True)
-        assert predicted.returncode == 0, predicted.stderr
     finally:
         make_writable(hub)
 

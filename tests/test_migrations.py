@@ -121,7 +121,7 @@ def test_a_hub_from_a_newer_snowhub_is_refused(trained_hub, tmp_path):
     assert snapshot(hub) == before
 
 
-def test_a_read_only_hub_lists_without_upgrading_or_writing(trained_hub, tmp_path, monkeypatch):
+def test_a_read_only_hub_lists_and_serves_without_writing(trained_hub, fashion_dir, tmp_path, monkeypatch):
     """Read-only media: SQLite is opened read-only (immutable), nothing is migrated, cleaned or locked."""
     import snowhub.store.registry as registry_module
 
@@ -132,6 +132,10 @@ def test_a_read_only_hub_lists_without_upgrading_or_writing(trained_hub, tmp_pat
     result = CliRunner().invoke(app, ["list", "--hub", str(hub), "--json"])
     assert result.exit_code == 0, result.stderr
     assert [t["name"] for t in json.loads(result.stdout)["tasks"]] == ["imagenet", "fashion", "fashion2"]
+    image = next((fashion_dir / "val" / "Bag").glob("*.png"))
+    result = CliRunner().invoke(app, ["predict", str(image), "--hub", str(hub), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    assert list(json.loads(result.stdout)[0]["tasks"]) == ["imagenet", "fashion", "fashion2"]
     assert_one_line_error(CliRunner().invoke(app, ["add-task", "x", "--data", str(tmp_path), "--hub", str(hub)]),
                           "is read-only; make it writable to add tasks")
     assert snapshot(hub) == before and (hub / "staging" / "junk").exists()
