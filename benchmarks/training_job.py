@@ -72,7 +72,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
         model = build_baseline(job.method, pretrained, num_classes, config.fe_tap, source).to(device)
     set_bn_momentum(model, config.bn_momentum)
     train_loader = make_loader(split.train, train_transform(size, dataset.hflip), batch, shuffle=True,
-                               seed=config.seed, num_workers=workers, device=device)
+                               seed=config.seed, num_workers=workers, device=device, drop_last=True)
     val_loader = make_loader(split.val, eval_transform(size), batch, shuffle=False, seed=config.seed,
                              num_workers=workers, device=device)
     if delta is not None:
