@@ -50,8 +50,9 @@ def load_pretrained(source: str) -> Pretrained:
     return Pretrained(spec, model.eval(), has_head, origin)
 
 
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
+def parameter_count(params) -> int:
+    """Number of scalars in an iterable of parameters (e.g. ``module.parameters()``)."""
+    return sum(p.numel() for p in params)
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -64,7 +65,7 @@ def new_head(model: nn.Module, spec: SourceSpec, num_classes: int) -> nn.Linear:
 
     Initialised like the delta's classifier (normal, std 0.01; zero bias).
     """
-    old = get_module(model, spec.head)
+    old = model.get_submodule(spec.head)
     if not isinstance(old, nn.Linear):
         raise TypeError(f"{spec.name}: head {spec.head!r} is {type(old).__name__}, expected nn.Linear")
     head = nn.Linear(old.in_features, num_classes)

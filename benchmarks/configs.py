@@ -52,7 +52,8 @@ class SnowVariant:
         """Row label: ``SNOW`` for the default, else what differs (e.g. ``SNOW K=N/16``)."""
         parts = []
         if self.subscription != "channel_pooling":
-            parts.append({"conv1x1": "1×1 conv", "attention": "channel attention", "all": "all channels"}[self.subscription])
+            names = {"conv1x1": "1×1 conv", "attention": "channel attention", "all": "all channels"}
+            parts.append(names[self.subscription])
         if self.k_ratio != 1 / 8 and self.subscription in ("channel_pooling", "conv1x1"):
             parts.append(f"K=N/{round(1 / self.k_ratio)}")
         if self.width_divisor != 8.0:

@@ -191,7 +191,8 @@ class SelectionRecorder:
                 for c in self.churn.values()]
 
 
-EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all", "stable_slots",
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all",
+               "stable_slots",
                "score_spread",
                "std_floor")
 

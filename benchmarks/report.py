@@ -103,9 +103,12 @@ def paper_section() -> list[str]:
                    [f"{d} images/s, GB" for d in paper.PAPER_DATASETS],
                    [[m] + [f"{a:.2f} ({b:.2f})" for a, b in paper.TABLE6_ACCURACY[m]] +
                     [f"{s:.0f}, {g:.1f}" for s, g in paper.TABLE7_TRAINING[m]] for m in paper.TABLE6_ACCURACY])
-    lines += ["", f"Paper ratios (mean of 5 datasets): SNOW ÷ FT training images/s {r['snow_over_ft_train_images_per_s']:.2f}×, "
-              f"FT ÷ SNOW memory {r['ft_over_snow_memory']:.2f}×, SNOW ÷ FT serving {r['snow_over_ft_serving_images_per_s']:.2f}×, "
-              f"SNOW − FE top-1 {r['snow_minus_fe_top1']:+.2f} pp, SNOW − FT top-1 {r['snow_minus_ft_top1']:+.2f} pp.", ""]
+    lines += ["", "Paper ratios (mean of 5 datasets): "
+              f"SNOW ÷ FT training images/s {r['snow_over_ft_train_images_per_s']:.2f}×, "
+              f"FT ÷ SNOW memory {r['ft_over_snow_memory']:.2f}×, "
+              f"SNOW ÷ FT serving {r['snow_over_ft_serving_images_per_s']:.2f}×, "
+              f"SNOW − FE top-1 {r['snow_minus_fe_top1']:+.2f} pp, "
+              f"SNOW − FT top-1 {r['snow_minus_ft_top1']:+.2f} pp.", ""]
     return lines
 
 

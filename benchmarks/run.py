@@ -2,8 +2,9 @@
 
 Each job (one method on one dataset, or the serving measurements) runs in a fresh worker process, one at
 a time, so its timings and peak memory are its own; every worker runs a copy of the code taken when the
-run starts (``benchmarks.snapshot``), so later edits to the working tree cannot mix in. Results land in ``benchmarks/results/<config>-<time>/``:
-``results.md``, ``results.json`` and the figures; worker logs in ``benchmarks/results/tmp/``.
+run starts (``benchmarks.snapshot``), so later edits to the working tree cannot mix in. Results land in
+``benchmarks/results/<config>-<time>/``: ``results.md``, ``results.json`` and the figures; worker logs in
+``benchmarks/results/tmp/``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.backbones import Pretrained, new_head, suffix_after_tap
+from benchmarks.backbones import Pretrained, new_head, parameter_count, suffix_after_tap
 from benchmarks.baselines import ProgressiveModel, TransferModel
 from benchmarks.configs import BenchConfig, SnowVariant
 from benchmarks.snow import build_delta
@@ -31,10 +31,6 @@ from snowhub.models.network import MultiTaskNetwork
 from snowhub.progress import Progress
 
 NUM_CLASSES = 10
-
-
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 class SeparateModels(nn.Module):
@@ -147,9 +143,9 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     ft = _transfer(pretrained, "all", n_max, device)
     fe = _fe_suffixes(config, pretrained, n_max, device)
     progress.finish()
-    source_params = count(pretrained.model)
-    per_task = {"SNOW": deltas[0].serving_parameter_count(), "FT": count(ft[0].backbone),
-                "FE": count(fe[0])}
+    source_params = parameter_count(pretrained.model.parameters())
+    per_task = {"SNOW": deltas[0].serving_parameter_count(), "FT": parameter_count(ft[0].backbone.parameters()),
+                "FE": parameter_count(fe[0].parameters())}
 
     alone = MultiTaskNetwork(source, {}, "imagenet")
     x = source.normalizer(images[:1])
@@ -167,7 +163,8 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     scaling = []
     for n in config.serve_tasks:
         share = flops["source"] / (flops["source"] + n * flops["delta"])
-        row = {"tasks": n, "ideal_snow_images_per_s": source_ips * share, "ideal_snow_images_per_cpu_s": source_ipcs * share}
+        row = {"tasks": n, "ideal_snow_images_per_s": source_ips * share,
+               "ideal_snow_images_per_cpu_s": source_ipcs * share}
         for name, build in builders.items():
             row[f"{name}_images_per_s"], row[f"{name}_images_per_cpu_s"] = images_per_s(
                 build(n), images, device, config.serve_min_seconds)
@@ -184,11 +181,12 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     fo_heads = [nn.Linear(features, NUM_CLASSES).to(device) for _ in range(n)]
     mp_task = sum(p.numel() for p in mp[0].backbone.parameters() if p.requires_grad)
     table_models = {
-        "FO": (SharedFeatures(pretrained, fo_heads).to(device), count(fo_heads[0])),
+        "FO": (SharedFeatures(pretrained, fo_heads).to(device), parameter_count(fo_heads[0].parameters())),
         "FE": (builders["FE"](n), per_task["FE"]),
         "FT": (builders["FT"](n), per_task["FT"]),
         "MP": (SeparateModels(source, mp), mp_task),
-        "PN": (SharedTap(source, pn, None), count(pn[0].column) + count(pn[0].laterals)),
+        "PN": (SharedTap(source, pn, None),
+               parameter_count(pn[0].column.parameters()) + parameter_count(pn[0].laterals.parameters())),
         "SNOW": (builders["SNOW"](n), per_task["SNOW"]),
     }
     table = {}
@@ -198,6 +196,6 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
                        "task_params": task_params}
         progress.advance(1, method=name)
     progress.finish()
-    return {"source_images_per_s": source_ips, "source_images_per_cpu_s": source_ipcs, "flops_per_image": flops, "source_params": source_params,
-            "per_task_params": per_task, "scaling": scaling, "table_tasks": n, "table": table,
-            "batch": batch, "image_size": size, "num_classes": NUM_CLASSES}
+    return {"source_images_per_s": source_ips, "source_images_per_cpu_s": source_ipcs, "flops_per_image": flops,
+            "source_params": source_params, "per_task_params": per_task, "scaling": scaling, "table_tasks": n,
+            "table": table, "batch": batch, "image_size": size, "num_classes": NUM_CLASSES}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.backbones import Pretrained
+from benchmarks.backbones import Pretrained, parameter_count
 from benchmarks.baselines import build_baseline, set_bn_momentum
 from benchmarks.configs import BenchConfig, DatasetSpec, Job
 from benchmarks.loop import train_loop
@@ -47,10 +47,6 @@ def load_split(dataset: DatasetSpec, data_dir: Path, config: BenchConfig) -> Dat
     split = discover(path if path.is_absolute() else data_dir / path, seed=config.seed)
     return dataclasses.replace(split, train=first_per_class(split.train, config.max_train_per_class),
                                val=first_per_class(split.val, config.max_val_per_class))
-
-
-def count(params) -> int:
-    return sum(p.numel() for p in params)
 
 
 def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: Path, pretrained: Pretrained,
@@ -92,8 +88,8 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
                       warmup_epochs=config.warmup_epochs, device=device, progress=progress,
                       evals_per_epoch=config.evals_per_epoch, skip_steps=config.skip_steps)
 
-    trainable = count(p for p in model.parameters() if p.requires_grad)
-    params = {"trainable": trainable, "task": trainable, "source": count(pretrained.model.parameters())}
+    trainable = parameter_count(p for p in model.parameters() if p.requires_grad)
+    params = {"trainable": trainable, "task": trainable, "source": parameter_count(pretrained.model.parameters())}
     if delta is not None:
         unselected = sum(m.channels - m.k for m in delta.pools if isinstance(m, ChannelPooling))
         params |= {"task": trainable - unselected, "subscription": subscription_parameters(delta),

@@ -13,18 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.memory import current_rss_mib
+import torch
+import torchvision  # noqa: F401  (part of the library baseline below)
 
-RSS_LIBS_BEFORE_TORCH = current_rss_mib()
+from benchmarks.backbones import load_pretrained
+from benchmarks.configs import BenchConfig, DatasetSpec, Job, SnowVariant
+from benchmarks.memory import cuda_peak_mib, current_rss_mib, peak_rss_mib
 
-import torch  # noqa: E402  (imported after the first memory reading on purpose)
-import torchvision  # noqa: E402,F401
-
-from benchmarks.backbones import load_pretrained  # noqa: E402
-from benchmarks.configs import BenchConfig, DatasetSpec, Job, SnowVariant  # noqa: E402
-from benchmarks.memory import cuda_peak_mib, peak_rss_mib  # noqa: E402
-
-RSS_LIBS = current_rss_mib()
+RSS_LIBS = current_rss_mib()  # after importing the libraries, before any model exists
 
 
 class JsonLinesProgress:
@@ -86,7 +82,7 @@ def main(argv: list[str]) -> int:
 
         dataset = next(d for d in config.datasets if d.name == job.dataset)
         result = run_training(config, job, dataset, Path(spec["data"]), pretrained, device, progress)
-        result["memory"] |= {"rss_before_torch_mib": RSS_LIBS_BEFORE_TORCH, "rss_libraries_mib": RSS_LIBS,
+        result["memory"] |= {"rss_libraries_mib": RSS_LIBS,
                              "rss_peak_mib": peak_rss_mib(), "cuda_peak_mib": cuda_peak_mib(device)}
         result["memory"]["training_mib"] = (result["memory"]["cuda_peak_mib"] if device.type == "cuda"
                                             else result["memory"]["rss_peak_mib"] - RSS_LIBS)

@@ -1,4 +1,4 @@
-"""Checks of the benchmark harness: ``.venv/bin/python -m pytest benchmarks/tests`` (about 3 minutes).
+"""Checks of the benchmark harness: ``.venv/bin/python -m pytest benchmarks/tests`` (about 2 minutes).
 
 They need the offline efficientnet_lite0 weights (the ``offline`` extra); the images are generated here.
 """
