@@ -16,15 +16,19 @@ def _pool(n=32, k=4, noise_var=1e-3):
     return pool
 
 
-def test_selects_k_distinct_channels_ordered_by_noise_free_score():
-    pool = _pool().train()
-    x = torch.randn(2, 32, 5, 5)
-    out = pool(x)
-    assert out.shape == (2, 4, 5, 5)
-    for _ in range(10):
-        idx = pool.select()
-        scores = pool.scores.detach()[idx]
-        assert len(set(idx.tolist())) == 4 and torch.equal(scores, scores.sort(descending=True).values)
+def test_a_channel_keeps_its_slot_while_it_stays_selected():
+    pool = ChannelPooling(320, 40, noise_var=1e-3).train()  # many near-ties at the top-K boundary
+    x = torch.randn(2, 320, 3, 3)
+    assert pool(x).shape == (2, 40, 3, 3)
+    previous, newcomers = pool.select(), 0
+    for _ in range(30):
+        current = pool.select()
+        assert len(set(current.tolist())) == 40
+        kept = torch.isin(previous, current)
+        assert torch.equal(current[kept], previous[kept])  # kept channels did not move
+        newcomers += int((~kept).sum())
+        previous = current
+    assert newcomers > 0  # the noise did trade channels, so the check above was exercised
 
 
 def test_output_is_selected_maps_standardised_then_scaled_by_noise_free_scores():
@@ -32,7 +36,7 @@ def test_output_is_selected_maps_standardised_then_scaled_by_noise_free_scores()
     mean, std = torch.rand(32), torch.rand(32) + 0.5
     pool.calibrate(mean, std)
     x = torch.randn(3, 32, 4, 4)
-    idx = torch.topk(pool.scores.detach(), 4).indices
+    idx = torch.topk(pool.scores.detach(), 4).indices.sort().values  # untrained: slots in index order
     expected = (x[:, idx] - mean[idx].view(1, -1, 1, 1)) / std[idx].view(1, -1, 1, 1) * pool.scores[idx].view(1, -1, 1, 1)
     assert torch.allclose(pool(x), expected, atol=1e-6)
 
@@ -65,12 +69,24 @@ def test_training_noise_gives_near_ties_a_turn_but_inference_is_deterministic():
 
 def test_freeze_stores_the_deterministic_top_k_and_ignores_later_score_changes():
     pool = _pool()
-    expected = torch.topk(pool.scores.detach(), 4).indices
+    expected = torch.topk(pool.scores.detach(), 4).indices.sort().values  # untrained: index order
     assert torch.equal(pool.freeze(), expected)
     with torch.no_grad():
         pool.scores.mul_(-1)  # would pick the opposite channels if still live
     pool.train()
     assert torch.equal(pool.select(), expected)
+
+
+def test_freeze_serves_each_channel_in_the_slot_training_left_it_in():
+    pool = _pool(n=64, k=8).train()
+    for _ in range(10):
+        pool.select()
+    trained = pool.slots.clone()
+    best = torch.topk(pool.scores.detach(), 8).indices
+    frozen = pool.freeze()
+    assert set(frozen.tolist()) == set(best.tolist())
+    kept = torch.isin(trained, best)
+    assert kept.any() and torch.equal(frozen[kept], trained[kept])
 
 
 def test_scores_are_trained_through_a_delta():
@@ -89,16 +105,14 @@ def test_scores_are_trained_through_a_delta():
     assert all(not torch.equal(b, p.scores.detach()) for b, p in zip(before, delta.pools))
 
 
-def test_initial_scores_keep_most_channels_in_place_under_training_noise():
-    """Scores start spread beyond σ and the selection is ordered by score, so training noise trades
-    channels at the top-K boundary without reshuffling what the delta's next layer sees (equal scores
-    would put a different channel in nearly every position at every step)."""
+def test_initial_scores_keep_most_channels_selected_under_training_noise():
+    """Scores start spread beyond σ, so training noise trades channels at the top-K boundary only (equal
+    scores would draw a new random subset at every step)."""
     torch.manual_seed(0)
     pool = ChannelPooling(320, 40, noise_var=1e-3).train()
-    first = pool.select()
-    unchanged = [int((first == pool.select()).sum()) for _ in range(20)]
-    assert sum(unchanged) / len(unchanged) >= 12
+    first = set(pool.select().tolist())
+    assert sum(len(first & set(pool.select().tolist())) for _ in range(20)) / 20 >= 20
     with torch.no_grad():
         pool.scores.fill_(1.0)
-    first = pool.select()
-    assert sum(int((first == pool.select()).sum()) for _ in range(20)) / 20 < 4
+    first = set(pool.select().tolist())
+    assert sum(len(first & set(pool.select().tolist())) for _ in range(20)) / 20 < 10

@@ -6,6 +6,12 @@ Each of the N source channels has one learnable score m. While training, the K c
 selected scores and the unselected ones stay put until noise gives them a turn. At inference the
 deterministic top-K of the scores is used; :meth:`ChannelPooling.freeze` stores those indices when a task
 is registered, so serving never depends on a tie-break again.
+
+The paper leaves open which of the delta's K input positions each selected channel takes. Here a channel
+keeps its position (its *slot*) for as long as it stays selected, and a newly selected channel takes the
+slot of the one it replaced: the weights of the delta's next layer stay attached to the same source
+channel. Ordering by channel index (one swap shifts every later channel) or by score (scores cross all
+the time) moved most positions at every step and cost up to 14 points of accuracy (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,8 +38,8 @@ class ChannelPooling(nn.Module):
         noise_var: σ², variance of the selection noise while training (paper: 1e-3).
 
     Forward:
-        x: ``(B, N, H, W)`` source feature map. Returns ``(B, K, H, W)``, the selected channels in
-        descending order of their (noise-free) scores, as ``topK`` returns them in Algorithm 1.
+        x: ``(B, N, H, W)`` source feature map. Returns ``(B, K, H, W)``, the selected channels, each in
+        its slot (see the module docstring).
     """
 
     def __init__(self, channels: int, k: int, noise_var: float = 1e-3):
@@ -49,21 +55,33 @@ class ChannelPooling(nn.Module):
         self.register_buffer("inv_std", torch.ones(channels))
         self.register_buffer("indices", torch.zeros(k, dtype=torch.long))
         self.register_buffer("frozen", torch.tensor(False))
+        # Training state only (not saved): -1 until the first selection places the channels.
+        self.register_buffer("slots", torch.full((k,), -1, dtype=torch.long), persistent=False)
 
     def select(self) -> torch.Tensor:
-        """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic.
+        """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic, in slots.
 
-        The selected channels are ordered by their noise-free score, highest first, so a channel keeps
-        its position in the delta's input while the scores do not cross: the noise only trades channels
-        at the top-K boundary, and those sit in the last positions.
+        In training the placement is remembered, so a channel keeps its slot from step to step while the
+        noise trades channels at the top-K boundary.
         """
         if bool(self.frozen):
             return self.indices
         scores = self.scores.detach()
-        if not (self.training and self.noise_std > 0):
-            return torch.topk(scores, self.k).indices
-        idx = torch.topk(scores + torch.randn_like(scores) * self.noise_std, self.k, sorted=False).indices
-        return idx[torch.argsort(scores[idx], descending=True, stable=True)]
+        if self.training and self.noise_std > 0:
+            scores = scores + torch.randn_like(scores) * self.noise_std
+        placed = self._place(torch.topk(scores, self.k, sorted=False).indices)
+        if self.training:
+            self.slots.copy_(placed)
+        return placed
+
+    def _place(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Order the ``(K,)`` channel indices `chosen` by slot: kept channels stay, newcomers fill the gaps."""
+        if bool(self.slots[0] < 0):
+            return chosen.sort().values
+        kept = torch.isin(self.slots, chosen)
+        placed = self.slots.clone()
+        placed[~kept] = chosen[~torch.isin(chosen, self.slots)]
+        return placed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx = self.select()
@@ -84,8 +102,9 @@ class ChannelPooling(nn.Module):
 
     @torch.no_grad()
     def freeze(self) -> torch.Tensor:
-        """Fix the deterministic top-K of the trained scores for serving; returns the indices ``(K,)``."""
-        self.indices.copy_(torch.topk(self.scores, self.k).indices)
+        """Fix the deterministic top-K of the trained scores for serving; returns the indices ``(K,)`` in the
+        slots training left them in, so serving feeds the delta exactly what it learned on."""
+        self.indices.copy_(self._place(torch.topk(self.scores, self.k, sorted=False).indices))
         self.frozen.fill_(True)
         return self.indices.clone()
 
