@@ -39,13 +39,15 @@ class SnowVariant:
         subscription: how the delta reads a source tap: ``channel_pooling`` (the product), ``conv1x1``
             (N→K 1×1 convolution), ``attention`` (CBAM channel attention over all N channels) or ``all``
             (every channel, i.e. channel pooling with K = N).
-        k_ratio: K/N, share of each tap's channels subscribed (paper: 1/8).
+        k_ratio: K/N, share of each tap's channels the delta's stages subscribe to (paper: 1/8).
         width_divisor: the delta is the source narrowed by this factor (paper: 8).
+        head_k_ratio: K/N of the last tap, read by the classifier (product: 1; paper: 1/8).
     """
 
     subscription: str = "channel_pooling"
     k_ratio: float = 1 / 8
     width_divisor: float = 8.0
+    head_k_ratio: float = 1.0
 
     @property
     def label(self) -> str:
@@ -58,6 +60,8 @@ class SnowVariant:
             parts.append(f"K=N/{round(1 / self.k_ratio)}")
         if self.width_divisor != 8.0:
             parts.append(f"width/{self.width_divisor:g}")
+        if self.head_k_ratio != 1.0 and self.subscription in ("channel_pooling", "conv1x1"):
+            parts.append(f"classifier K=N/{round(1 / self.head_k_ratio)} (paper)")
         return "SNOW" + (" " + ", ".join(parts) if parts else "")
 
 
@@ -146,11 +150,13 @@ class BenchConfig:
 
 
 def _ablation_variants() -> tuple[SnowVariant, ...]:
-    """Paper Table 5 (subscription alternatives) plus K ∈ {N/4, N/16} and width divisor ∈ {4, 16}."""
+    """Paper Table 5 (subscription alternatives), the paper's K = N/8 at the classifier too, K ∈ {N/4, N/16}
+    and width divisor ∈ {4, 16}."""
     return (
         SnowVariant(subscription="conv1x1"),
         SnowVariant(subscription="attention"),
         SnowVariant(subscription="all"),
+        SnowVariant(head_k_ratio=1 / 8),
         SnowVariant(k_ratio=1 / 4),
         SnowVariant(k_ratio=1 / 16),
         SnowVariant(width_divisor=4.0),
@@ -228,7 +234,8 @@ class Job:
         if self.kind == "serve":
             return "serve"
         v = self.variant
-        extra = "" if self.method != "SNOW" else f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
+        extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
+                                                  + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}"))
         return f"{self.dataset}-{self.method}{extra}"
 
     def to_dict(self) -> dict:

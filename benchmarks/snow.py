@@ -75,8 +75,10 @@ class ChannelAttention(_Standardised):
 
 def delta_shape(spec: SourceSpec, num_classes: int, variant: SnowVariant, noise_var: float) -> DeltaShape:
     """The delta's sizes for `variant`: the product's shape, with K = N where the subscription keeps every channel."""
+    # head_k_ratio only when asked for: products before it (`--product` an older revision) lack the argument.
+    head = {} if variant.head_k_ratio == 1.0 else {"head_k_ratio": variant.head_k_ratio}
     shape = DeltaShape.from_ratios(spec.block, spec.taps, variant.width_divisor, variant.k_ratio, num_classes,
-                                   noise_var)
+                                   noise_var, **head)
     if variant.subscription in ("attention", "all"):
         shape = DeltaShape(shape.block, shape.taps, shape.widths, tuple(t.channels for t in spec.taps),
                            num_classes, noise_var)

@@ -44,7 +44,7 @@ class JsonLinesProgress:
 def config_from_dict(d: dict) -> BenchConfig:
     d = dict(d)
     d["datasets"] = tuple(DatasetSpec(**x) for x in d["datasets"])
-    d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor")})
+    d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor", "head_k_ratio") if k in v})
                           for v in d["variants"])
     for key in ("methods", "ablation_datasets", "serve_tasks"):
         d[key] = tuple(d[key])

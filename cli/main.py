@@ -106,7 +106,8 @@ def add_task(
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = _DEFAULTS["epochs"],
     batch_size: Annotated[int, typer.Option(help="Images per SGD step.")] = _DEFAULTS["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, momentum 0.9, cosine decay).")] = _DEFAULTS["lr"],
-    k_ratio: Annotated[float, typer.Option(help="K/N: share of each tap's channels subscribed.")] = _DEFAULTS["k_ratio"],
+    k_ratio: Annotated[float, typer.Option(help="K/N: share of each tap's channels the delta's stages subscribe to.")] = _DEFAULTS["k_ratio"],
+    head_k_ratio: Annotated[float, typer.Option(help="K/N of the last tap, read by the classifier only (the paper: 0.125).")] = _DEFAULTS["head_k_ratio"],
     width_divisor: Annotated[float, typer.Option(help="The delta is the source narrowed by this factor.")] = _DEFAULTS["width_divisor"],
     image_size: Annotated[Optional[int], typer.Option(help="Resolution in pixels (default: the source's, 224).")] = None,
     noise_var: Annotated[float, typer.Option(help="σ² of the channel pooling selection noise.")] = _DEFAULTS["noise_var"],
@@ -119,7 +120,8 @@ def add_task(
     as_json: JsonOption = False,
 ) -> None:
     """Train a new task's delta against the frozen source and append it to the hub."""
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, k_ratio=k_ratio, width_divisor=width_divisor,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, k_ratio=k_ratio, head_k_ratio=head_k_ratio,
+                         width_divisor=width_divisor,
                          image_size=image_size, noise_var=noise_var, hflip=hflip, val_fraction=val_fraction,
                          seed=seed, device=device, num_workers=workers)
     with handled(), Hub.open(hub) as h, RichProgress(err) as progress:
@@ -149,9 +151,18 @@ def list_tasks(hub: HubOption = None, as_json: JsonOption = False) -> None:
             table.add_column(col, justify="right" if col in ("seq", "classes", "K", "parameters", "val top-1") else "left")
         for t in tasks:
             params = _params(t.source_params) + " (source)" if t.seq == 0 else _params(t.delta_params)
-            table.add_row(str(t.seq), t.name, str(len(t.classes)), str(t.k) if t.k else "—", params,
-                          _pct(t.val_top1), t.created_at[:16].replace("T", " "))
+            table.add_row(str(t.seq), t.name + (" (!)" if "record_problem" in t.details else ""),
+                          str(len(t.classes)), str(t.k) if t.k else "—", params, _pct(t.val_top1),
+                          t.created_at[:16].replace("T", " "))
         out.print(table)
+        _warn_untrusted(tasks)
+
+
+def _warn_untrusted(tasks: list) -> None:
+    """One stderr line per task whose registry record does not match its seal (marked (!) above)."""
+    for t in tasks:
+        if problem := t.details.get("record_problem"):
+            err.print(f"warning: {problem}", markup=False, highlight=False)
 
 
 @app.command()
@@ -178,6 +189,7 @@ def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the sou
                 value = json.dumps(value, default=str)
             table.add_row(key, str(value))
         out.print(table)
+        _warn_untrusted([info])
 
 
 @app.command()

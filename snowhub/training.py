@@ -38,7 +38,9 @@ class TrainConfig:
             scratch and must separate by more than the selection noise σ (the paper uses lr 1.0 for SNOW).
         weight_decay: L2 on delta weights (not on the scores, so unselected channels keep their score).
         warmup_epochs: linear warm-up length (fraction of an epoch allowed).
-        k_ratio: K/N, fraction of each tap's channels subscribed (paper: 1/8).
+        k_ratio: K/N, fraction of each tap's channels subscribed by the delta's stages (paper: 1/8).
+        head_k_ratio: K/N of the last tap, which feeds only the classifier (paper: 1/8; default all of
+            it, see :meth:`DeltaShape.from_ratios`).
         width_divisor: the delta is the source narrowed by this factor (paper: 8).
         noise_var: σ² of the channel pooling noise (paper: 1e-3).
         image_size: training/serving resolution in pixels; None = the source's native size.
@@ -57,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 0.5
     k_ratio: float = 1 / 8
+    head_k_ratio: float = 1.0
     width_divisor: float = 8.0
     noise_var: float = 1e-3
     image_size: int | None = None
@@ -75,6 +78,7 @@ class TrainConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
             (0 < self.k_ratio <= 1, "--k-ratio must be in (0, 1]"),
+            (0 < self.head_k_ratio <= 1, "--head-k-ratio must be in (0, 1]"),
             (1 <= self.width_divisor <= 64, "--width-divisor must be in [1, 64]"),
             (self.noise_var >= 0, "--noise-var must be >= 0"),
             (self.image_size is None or 32 <= self.image_size <= 1024, "--image-size must be in [32, 1024]"),
@@ -189,7 +193,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     size = config.image_size or source.spec.image_size
     workers = default_num_workers(device) if config.num_workers is None else config.num_workers
     shape = DeltaShape.from_ratios(source.spec.block, source.taps, config.width_divisor, config.k_ratio,
-                                   len(split.class_names), config.noise_var)
+                                   len(split.class_names), config.noise_var, config.head_k_ratio)
     delta = Delta(shape).to(device)
     train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
                                shuffle=True, seed=config.seed, num_workers=workers, device=device,

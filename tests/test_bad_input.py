@@ -201,7 +201,8 @@ def test_bad_task_names(hub, fashion_dir, name, reason):
 
 @pytest.mark.parametrize(("option", "value", "reason"), [
     ("--k-ratio", "0", "--k-ratio"), ("--k-ratio", "1.5", "--k-ratio"), ("--k-ratio", "nan", "--k-ratio"),
-    ("--k-ratio", "-0.1", "--k-ratio"), ("--width-divisor", "0.5", "--width-divisor"),
+    ("--k-ratio", "-0.1", "--k-ratio"), ("--head-k-ratio", "0", "--head-k-ratio"),
+    ("--head-k-ratio", "1.01", "--head-k-ratio"), ("--width-divisor", "0.5", "--width-divisor"),
     ("--width-divisor", "65", "--width-divisor"), ("--width-divisor", "nan", "--width-divisor"),
     ("--epochs", "0", "--epochs"), ("--epochs", "-3", "--epochs"), ("--batch-size", "0", "--batch-size"),
     ("--image-size", "8", "--image-size"), ("--lr", "inf", "--lr"), ("--val-fraction", "1", "--val-fraction"),

@@ -17,7 +17,10 @@ def test_delta_consumes_every_tap_of_each_source(name):
     images = torch.randn(2, 3, size, size)
     taps = [torch.randn(2, t.channels, size // t.stride, size // t.stride) for t in spec.taps]
     assert delta(images, taps).shape == (2, 7)
-    assert shape.ks == tuple(round(t.channels / 8) for t in spec.taps)
+    # K = N/8 for the stages; the classifier reads the whole last tap unless asked for the paper's N/8.
+    assert shape.ks == tuple(round(t.channels / 8) for t in spec.taps[:-1]) + (spec.taps[-1].channels,)
+    paper = DeltaShape.from_ratios(spec.block, spec.taps, 8, 1 / 8, 7, head_k_ratio=1 / 8)
+    assert paper.ks == tuple(round(t.channels / 8) for t in spec.taps)
     assert all(w >= t.channels / 8 for w, t in zip(shape.widths, spec.taps))
 
 

@@ -40,7 +40,7 @@ def test_learns_real_fashion_mnist_classes_well_above_chance(source, fashion_dir
     assert all(len(idx) == k for idx, k in zip(result.cp_indices.values(), result.delta.shape.ks))
 
 
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("k_ratio", 0.0), ("k_ratio", 1.5),
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("k_ratio", 0.0), ("k_ratio", 1.5), ("head_k_ratio", 0.0),
                                          ("width_divisor", 0.5), ("width_divisor", 100), ("lr", -1.0),
                                          ("image_size", 16), ("batch_size", 0)])
 def test_out_of_range_options_are_refused(field, value):

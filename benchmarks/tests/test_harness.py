@@ -101,7 +101,9 @@ def test_subscription_alternatives_plug_into_the_delta(pretrained, subscription)
     spec = pretrained.spec
     delta = build_delta(spec, 5, SnowVariant(subscription=subscription), 1e-3)
     keep_all = subscription in ("attention", "all")
-    assert delta.shape.ks == tuple(t.channels if keep_all else max(1, round(t.channels / 8)) for t in spec.taps)
+    stage_taps, last = spec.taps[:-1], spec.taps[-1]  # the classifier reads all of the last tap
+    assert delta.shape.ks == tuple(t.channels if keep_all else max(1, round(t.channels / 8)) for t in stage_taps) \
+        + (last.channels,)
     assert all(isinstance(p, ChannelPooling) for p in delta.pools) == (subscription in ("channel_pooling", "all"))
     source = pretrained.frozen_source()
     x = source.normalizer(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
