@@ -2,6 +2,7 @@
 here by patching the product from the outside (the product itself is unchanged).
 
     python -m benchmarks.experiments NAME [--config cpu] [--dataset fashion] [--product REV] [--out DIR]
+                                          [--seed N] [--set FIELD=VALUE ...]
 
 Each experiment trains SNOW (the ``SNOW`` job of the configuration) with one change and writes the same
 result JSON as a benchmark job. Names:
@@ -15,12 +16,16 @@ result JSON as a benchmark job. Names:
 * ``headless_source``: the source stops after its last tap while training a delta (its classifier's
   logits are never used there);
 * ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
-  other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little;
+  other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little (the product's default
+  since it was measured; a no-op on the product after 9156f2a);
 * ``stable_slots``: each of the K positions of the delta's input keeps its channel while that channel
   stays selected; a newly selected channel takes the slot its predecessor left (neither channel index
-  order nor score order keeps positions when the subset or the scores change);
+  order nor score order keeps positions when the subset or the scores change; the product's behaviour
+  after 9156f2a, so a no-op there);
 * ``score_spread``: channel pooling scores start at 1 + 0.1·N(0, 1) instead of all 1, so the first top-K
   subsets are random but stable instead of reshuffled every step;
+* ``spread_0.5``, ``spread_1``: channel pooling scores start at 1 + s·N(0, 1) with s = 0.5 or 1 instead of
+  the product's ``INIT_SPREAD``, so fewer channels sit within the noise σ of the top-K boundary;
 * ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
   so a channel that is (almost) constant on the calibration images cannot be amplified 10⁵×.
 """
@@ -147,6 +152,16 @@ def patched(name: str, pretrained: Pretrained):
         finally:
             ChannelPooling.calibrate = original_calibrate
         return
+    if name.startswith("spread_"):
+        import snowhub.models.channel_pooling as channel_pooling_module
+
+        original_spread = channel_pooling_module.INIT_SPREAD
+        channel_pooling_module.INIT_SPREAD = float(name.removeprefix("spread_"))
+        try:
+            yield
+        finally:
+            channel_pooling_module.INIT_SPREAD = original_spread
+        return
     if name == "headless_source":
         original_source = Pretrained.frozen_source
         Pretrained.frozen_source = lambda self: HeadlessSource(self)
@@ -159,12 +174,17 @@ def patched(name: str, pretrained: Pretrained):
 
 
 class SelectionRecorder:
-    """Records, for every training step, the share of each channel pooling layer's K channels that changed
-    since the previous step (1 = a completely new subset, 0 = the same subset)."""
+    """Records, for every training step and channel pooling layer: the share of its K channels that
+    changed since the previous step (1 = a completely new subset, 0 = the same subset), how far its
+    selected scores moved, and how many channels sit within one noise σ of the top-K boundary (the ones
+    the noise can swap in or out)."""
 
     def __init__(self):
         self.churn: dict[int, list[float]] = {}
-        self._last: dict[int, set] = {}
+        self.score_step: dict[int, list[float]] = {}
+        self.boundary: dict[int, list[int]] = {}
+        self.selected_mean: dict[int, list[float]] = {}
+        self._last: dict[int, tuple[set, torch.Tensor]] = {}
         self._original = ChannelPooling.select
 
     def __enter__(self) -> "SelectionRecorder":
@@ -172,29 +192,44 @@ class SelectionRecorder:
 
         def select(pool):
             idx = original(pool)
-            if pool.training:
-                current, key = set(idx.tolist()), id(pool)
-                if key in recorder._last:
-                    recorder.churn.setdefault(key, []).append(1 - len(current & recorder._last[key]) / pool.k)
-                recorder._last[key] = current
+            if pool.training and not bool(pool.frozen):
+                recorder._record(pool, idx)
             return idx
 
         ChannelPooling.select = select
         return self
 
+    def _record(self, pool: ChannelPooling, idx: torch.Tensor) -> None:
+        current, scores, key = set(idx.tolist()), pool.scores.detach().float().cpu().clone(), id(pool)
+        if key in self._last:
+            last_set, last_scores = self._last[key]
+            self.churn.setdefault(key, []).append(1 - len(current & last_set) / pool.k)
+            self.score_step.setdefault(key, []).append(float((scores - last_scores)[idx.cpu()].abs().mean()))
+        self.selected_mean.setdefault(key, []).append(float(scores[idx.cpu()].mean()))
+        if pool.k < pool.channels:
+            ranked = scores.sort(descending=True).values
+            threshold = float(ranked[pool.k - 1] + ranked[pool.k]) / 2
+            self.boundary.setdefault(key, []).append(int(((scores - threshold).abs() < pool.noise_std).sum()))
+        self._last[key] = (current, scores)
+
     def __exit__(self, *exc) -> None:
         ChannelPooling.select = self._original
 
-    def summary(self, every: int = 10) -> list[list[float]]:
-        """Per channel pooling layer (tap order): mean churn over each run of `every` steps."""
-        return [[round(sum(c[i:i + every]) / len(c[i:i + every]), 3) for i in range(0, len(c), every)]
-                for c in self.churn.values()]
+    @staticmethod
+    def _per(series: dict[int, list], every: int, digits: int) -> list[list[float]]:
+        return [[round(sum(c[i:i + every]) / len(c[i:i + every]), digits) for i in range(0, len(c), every)]
+                for c in series.values()]
+
+    def summary(self, every: int = 10) -> dict[str, list[list[float]]]:
+        """Per channel pooling layer (tap order), means over each run of `every` steps."""
+        return {"selection_churn_per_10_steps": self._per(self.churn, every, 3),
+                "selected_score_step_per_10_steps": self._per(self.score_step, every, 5),
+                "selected_score_mean_per_10_steps": self._per(self.selected_mean, every, 3),
+                "channels_within_noise_sigma_of_boundary_per_10_steps": self._per(self.boundary, every, 1)}
 
 
 EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all",
-               "stable_slots",
-               "score_spread",
-               "std_floor")
+               "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,14 +240,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=DEFAULT_DATA.parent / "experiments")
     p.add_argument("--product", default="worktree", help="snowhub/ to patch: worktree or a git revision")
+    p.add_argument("--seed", type=int, default=None, help="override the configuration's seed")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a numeric configuration field, e.g. --set snow_lr=0.05 (repeatable)")
     args = p.parse_args(argv)
     code = run_in_snapshot(  # in a frozen copy of the code, as benchmark jobs are
         "benchmarks.experiments", [args.name, "--config", args.config, "--dataset", args.dataset, "--data",
-                                   str(args.data.resolve()), "--out", str(args.out.resolve())],
+                                   str(args.data.resolve()), "--out", str(args.out.resolve())]
+        + ([] if args.seed is None else ["--seed", str(args.seed)])
+        + [a for o in args.overrides for a in ("--set", o)],
         args.product, args.out.resolve() / f"code-{args.name}-{args.dataset}")
     if code is not None:
         return code
     config = get_config(args.config)
+    if args.seed is not None:
+        config = config.replace(seed=args.seed)
+    for override in args.overrides:
+        field_name, _, value = override.partition("=")
+        config = config.replace(**{field_name: type(getattr(config, field_name))(float(value))})
     if args.name == "epochs6":
         config = config.replace(epochs=6)
     if args.name == "lr_paper":
@@ -223,11 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     with patched(args.name, pretrained), SelectionRecorder() as recorder:
         result = run_training(config, Job("train", "SNOW", dataset.name), dataset, args.data.resolve(), pretrained,
                               device, JsonLinesProgress())
-    result |= {"experiment": args.name, "selection_churn_per_10_steps": recorder.summary(),
+    result |= {"experiment": args.name, "overrides": args.overrides, "seed": config.seed, **recorder.summary(),
                "config": config.to_dict(), "rss_peak_mib": peak_rss_mib(),
                "code": snapshot_info()}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}-{args.dataset}.json").write_text(json.dumps(result, indent=1))
+    stem = "-".join([args.name, *(o.replace("=", "") for o in args.overrides), args.dataset]
+                    + ([] if args.seed is None else [f"seed{args.seed}"]))
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     loop = result["loop"]
     print(f"{args.name}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, {loop['images_per_s']:.1f} "
           f"images/s, {loop['images_per_cpu_s']:.1f} images/CPU-s, delta {result['params']['task']} params",
