@@ -93,9 +93,8 @@ def _check_source(hub: "Hub") -> list[str]:
         return [str(exc)]
     if tensor_digest(state) != row.weights_sha256:
         return ["the source tensors differ from those recorded at init"]
-    loaded = hub.source_model().extractor.state_dict()
-    if any(not torch.equal(v, state[k.removeprefix("model.")]) for k, v in loaded.items()
-           if k.removeprefix("model.") in state):
+    in_memory = hub.source_model().backbone_state_dict()
+    if any(not torch.equal(v, state[k]) for k, v in in_memory.items() if k in state):
         return ["the source model in memory differs from its weights file"]
     return []
 

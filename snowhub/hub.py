@@ -18,7 +18,7 @@ import torch
 from snowhub import __version__
 from snowhub.data import discover, fingerprint
 from snowhub.device import pick_device
-from snowhub.errors import ConfigError, InvalidNameError, TaskExistsError, TaskNotFoundError
+from snowhub.errors import ConfigError, IntegrityError, InvalidNameError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point, watch_progress
 from snowhub.forgetting import ForgettingReport, verify_hub
 from snowhub.models.delta import Delta, DeltaShape
@@ -204,13 +204,17 @@ class Hub:
         return self._source
 
     def tasks(self) -> list[TaskInfo]:
-        """Every task in append order, task 0 (the source's own head) first when the source has one."""
+        """Every task in append order, task 0 (the source's own head) first when the source has one.
+
+        A task whose registry record does not match its seal is still listed, with the reason in
+        ``details["record_problem"]``: what it shows may have been edited (see ``snowhub doctor``).
+        """
         row = self.source_row()
         infos = []
         if row.head_classes is not None:
             infos.append(TaskInfo(0, SOURCE_TASK, list(row.head_classes), 0, 0, 0, row.parameter_count, None,
                                   None, int(row.preprocessing["image_size"]), row.created_at.isoformat(),
-                                  {"kind": "source"}))
+                                  {"kind": "source"} | self._record_problem(row)))
         return infos + [self._info(t, row.parameter_count) for t in self.registry.tasks()]
 
     def task(self, name: str) -> TaskInfo:
@@ -220,9 +224,16 @@ class Hub:
                 return info
         return self._info(self.registry.get_task(name), self.source_row().parameter_count, full=True)
 
-    @staticmethod
-    def _info(t: TaskRow, source_params: int, full: bool = False) -> TaskInfo:
-        details = {"kind": "delta", "val_loss": t.val_loss, "train_seconds": t.train_seconds,
+    def _record_problem(self, row: SourceRow | TaskRow) -> dict[str, str]:
+        """``{"record_problem": reason}`` if `row`'s record does not match its seal, else ``{}``."""
+        try:
+            self.registry.check_record(row)
+        except IntegrityError as error:
+            return {"record_problem": str(error)}
+        return {}
+
+    def _info(self, t: TaskRow, source_params: int, full: bool = False) -> TaskInfo:
+        details = self._record_problem(t) | {"kind": "delta", "val_loss": t.val_loss, "train_seconds": t.train_seconds,
                    "train_images_per_s": t.train_images_per_s, "probe_size": t.probe_size,
                    "probe_top1": t.probe_top1, "weights_file": t.weights_file, "weights_sha256": t.weights_sha256,
                    "dataset_fingerprint": t.dataset_fingerprint}

@@ -105,6 +105,11 @@ def test_an_edited_task_record(hub_copy, fashion_dir, field):
         with pytest.raises(IntegrityError, match="registry record of task 'fashion' cannot be trusted"):
             hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
         assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
+        listed = {t.name: t.details for t in hub.tasks()}
+    assert "cannot be trusted" in listed["fashion"]["record_problem"] and "record_problem" not in listed["fashion2"]
+    shown = CliRunner().invoke(app, ["list", "--hub", str(hub_copy)])
+    assert shown.exit_code == 0 and "fashion (!)" in shown.stdout
+    assert "warning: the registry record of task 'fashion' cannot be trusted" in shown.stderr
 
 
 @pytest.mark.parametrize("edit", [
@@ -201,3 +206,14 @@ def test_sqlite_sees_what_the_seal_covers(trained_hub):
     with sqlite3.connect(f"file:{trained_hub / 'hub.db'}?mode=ro", uri=True) as db:
         seals = [s for (s,) in db.execute("SELECT record_sha256 FROM task UNION ALL SELECT record_sha256 FROM source")]
     assert len(seals) == 3 and all(len(s) == 64 for s in seals)
+
+
+def test_a_source_changed_in_memory_is_caught_before_any_task_is_re_evaluated(hub_copy):
+    """The weights file can be intact while the loaded source drifted (e.g. a BatchNorm left in train mode
+    by a buggy caller updates its running statistics): verify-forgetting compares the two tensor by tensor."""
+    with Hub.open(hub_copy) as hub:
+        assert hub.verify_forgetting(device="cpu").ok
+        name, stats = next((k, v) for k, v in hub.source_model().backbone_state_dict().items() if "running_mean" in k)
+        stats.add_(0.5)  # the live tensor, as an update by BatchNorm would change it
+        report = hub.verify_forgetting(device="cpu")
+    assert not report.ok and report.source_problems == ["the source model in memory differs from its weights file"]

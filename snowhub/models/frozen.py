@@ -103,6 +103,12 @@ class FrozenSource(nn.Module):
             out = self.extractor(x)
         return [out[tap.name] for tap in self.spec.taps], out.get("logits")
 
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters and buffers in use, under the backbone's own key names (those of its weights
+        file), whichever extractor reads the taps. A traced extractor keeps only the modules it runs."""
+        module = self.extractor.model if isinstance(self.extractor, _HookExtractor) else self.extractor
+        return module.state_dict()
+
     def parameter_count(self) -> int:
         """Number of parameters in the source (all frozen)."""
         return sum(p.numel() for p in self.extractor.parameters())
