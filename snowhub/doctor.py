@@ -131,20 +131,15 @@ def _check_task(layout: HubLayout, row: dict, expected_seq: int, report: DoctorR
         report.problems.append(f"{what}: {problem}")
     delta_path = _file(layout, what, "delta file", row.get("weights_file"), row.get("weights_sha256"), report)
     probe_path = _file(layout, what, "probe file", row.get("probe_file"), row.get("probe_sha256"), report)
-    if delta_path is not None:
+    for path, check, label in ((delta_path, _check_delta, "delta file"), (probe_path, _check_probe, "probe file")):
+        if path is None:
+            continue
         try:
-            _check_delta(delta_path, row)
+            check(path, row)
         except _Finding as finding:
             report.problems.append(f"{what}: {finding}")
         except Exception as exc:  # noqa: BLE001
-            report.problems.append(f"{what}: the delta file does not fit its record: {_one_line(exc)}")
-    if probe_path is not None:
-        try:
-            _check_probe(probe_path, row)
-        except _Finding as finding:
-            report.problems.append(f"{what}: {finding}")
-        except Exception as exc:  # noqa: BLE001
-            report.problems.append(f"{what}: the probe file does not fit its record: {_one_line(exc)}")
+            report.problems.append(f"{what}: the {label} does not fit its record: {_one_line(exc)}")
 
 
 class _Finding(Exception):

@@ -8,6 +8,7 @@ are read as safetensors, or as a *weights-only* torch file: snowhub never unpick
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +37,10 @@ def read_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as exc:
             raise SourceError(f"cannot read safetensors file {path}: {exc}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about any pickle protocol but 2 before deciding; its verdict is the error below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise SourceError(
             f"{path} is not a weights-only file (it would run code when unpickled); "
