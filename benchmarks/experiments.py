@@ -13,6 +13,8 @@ result JSON as a benchmark job. Names:
 * ``head_tap``: the last tap moves from ``_blocks.15`` (320 channels) to ``_bn1`` (the 1280 channels
   efficientnet_lite0's own classifier reads), so the delta can subscribe to the source's best features;
 * ``expand3``: the delta's inverted-residual blocks expand 3× instead of 6×;
+* ``min_width4``: the delta's stages may be as narrow as 4 channels instead of 8 (``MIN_WIDTH``), so the
+  first stages of a lean source are closer to its width ÷ 8;
 * ``headless_source``: the source stops after its last tap while training a delta (its classifier's
   logits are never used there);
 * ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
@@ -96,6 +98,14 @@ def patched(name: str, pretrained: Pretrained):
             yield
         finally:
             delta_module.InvertedResidual = original
+        return
+    if name == "min_width4":
+        original_min = delta_module.MIN_WIDTH
+        delta_module.MIN_WIDTH = 4
+        try:
+            yield
+        finally:
+            delta_module.MIN_WIDTH = original_min
         return
     if name == "last_tap_all":
         original_from_ratios = DeltaShape.from_ratios
@@ -228,7 +238,7 @@ class SelectionRecorder:
                 "channels_within_noise_sigma_of_boundary_per_10_steps": self._per(self.boundary, every, 1)}
 
 
-EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "headless_source", "last_tap_all",
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source", "last_tap_all",
                "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor")
 
 

@@ -158,7 +158,8 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     }
     steps = len(config.serve_tasks) * len(builders) + 1
     progress.start("serving vs number of tasks", steps)
-    source_ips, source_ipcs = images_per_s(alone, images, device, config.serve_min_seconds)
+    source_ips, source_ipcs = images_per_s(alone, images, device, config.serve_min_seconds,
+                                           config.serve_min_batches)
     progress.advance(1)
     scaling = []
     for n in config.serve_tasks:
@@ -167,7 +168,7 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
                "ideal_snow_images_per_cpu_s": source_ipcs * share}
         for name, build in builders.items():
             row[f"{name}_images_per_s"], row[f"{name}_images_per_cpu_s"] = images_per_s(
-                build(n), images, device, config.serve_min_seconds)
+                build(n), images, device, config.serve_min_seconds, config.serve_min_batches)
             row[f"{name}_params"] = source_params + n * per_task[name]
             progress.advance(1, method=name, tasks=n)
         scaling.append(row)
@@ -191,7 +192,7 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     }
     table = {}
     for name, (model, task_params) in table_models.items():
-        ips, ipcs = images_per_s(model, images, device, config.serve_min_seconds)
+        ips, ipcs = images_per_s(model, images, device, config.serve_min_seconds, config.serve_min_batches)
         table[name] = {"images_per_s": ips, "images_per_cpu_s": ipcs, "params": source_params + n * task_params,
                        "task_params": task_params}
         progress.advance(1, method=name)
