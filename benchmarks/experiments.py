@@ -19,11 +19,11 @@ result JSON as a benchmark job. Names:
   logits are never used there);
 * ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
   other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little (the product's default
-  since it was measured; a no-op on the product after 9156f2a);
+  from 16b2c6a on, where this is a no-op);
 * ``stable_slots``: each of the K positions of the delta's input keeps its channel while that channel
   stays selected; a newly selected channel takes the slot its predecessor left (neither channel index
   order nor score order keeps positions when the subset or the scores change; the product's behaviour
-  after 9156f2a, so a no-op there);
+  from 91daac1 on, where this is a no-op);
 * ``score_spread``: channel pooling scores start at 1 + 0.1·N(0, 1) instead of all 1, so the first top-K
   subsets are random but stable instead of reshuffled every step;
 * ``spread_0.5``, ``spread_1``: channel pooling scores start at 1 + s·N(0, 1) with s = 0.5 or 1 instead of
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -84,47 +85,41 @@ class HeadlessSource(FrozenSource):
 
 
 @contextlib.contextmanager
-def patched(name: str, pretrained: Pretrained):
-    """Apply experiment `name` to the product (and `pretrained`) for the duration of the block."""
+def _replaced(owner: object, attr: str, value: object):
+    """Set ``owner.attr = value`` for the duration of the block (a class's staticmethod is restored as one)."""
+    original = inspect.getattr_static(owner, attr)
+    setattr(owner, attr, value)
+    try:
+        yield
+    finally:
+        setattr(owner, attr, original)
+
+
+def _replacement(name: str) -> tuple[object, str, object] | None:
+    """``(owner, attribute, new value)`` that applies experiment `name` to the product, or None."""
+    import snowhub.models.channel_pooling as channel_pooling_module
     import snowhub.models.delta as delta_module
 
-    if name == "head_tap":
-        taps = pretrained.spec.taps[:-1] + (Tap("_bn1", 1280, 32, pretrained.spec.taps[-1].blocks),)
-        pretrained.spec = dataclasses.replace(pretrained.spec, taps=taps)
     if name == "expand3":
-        original = delta_module.InvertedResidual
-        delta_module.InvertedResidual = lambda cin, cout, stride, expand_ratio: original(cin, cout, stride, 3)
-        try:
-            yield
-        finally:
-            delta_module.InvertedResidual = original
-        return
+        block = delta_module.InvertedResidual
+        return delta_module, "InvertedResidual", lambda cin, cout, stride, expand_ratio: block(cin, cout, stride, 3)
     if name == "min_width4":
-        original_min = delta_module.MIN_WIDTH
-        delta_module.MIN_WIDTH = 4
-        try:
-            yield
-        finally:
-            delta_module.MIN_WIDTH = original_min
-        return
+        return delta_module, "MIN_WIDTH", 4
+    if name.startswith("spread_"):
+        return channel_pooling_module, "INIT_SPREAD", float(name.removeprefix("spread_"))
     if name == "last_tap_all":
-        original_from_ratios = DeltaShape.from_ratios
+        from_ratios = DeltaShape.from_ratios
 
-        def from_ratios(*args, **kwargs):
-            shape = original_from_ratios(*args, **kwargs)
+        def whole_last_tap(*args, **kwargs):
+            shape = from_ratios(*args, **kwargs)
             return dataclasses.replace(shape, ks=shape.ks[:-1] + (shape.taps[-1].channels,))
 
-        DeltaShape.from_ratios = staticmethod(from_ratios)
-        try:
-            yield
-        finally:
-            DeltaShape.from_ratios = staticmethod(original_from_ratios)
-        return
+        return DeltaShape, "from_ratios", staticmethod(whole_last_tap)
     if name == "stable_slots":
-        original_select = ChannelPooling.select
+        select = ChannelPooling.select
 
-        def select(pool):
-            idx = original_select(pool).tolist()
+        def select_into_slots(pool):
+            idx = select(pool).tolist()
             slots = getattr(pool, "_slots", None) or idx
             chosen = set(idx)
             incoming = iter(c for c in idx if c not in set(slots))
@@ -133,54 +128,34 @@ def patched(name: str, pretrained: Pretrained):
                 pool._slots = placed
             return torch.tensor(placed, device=pool.scores.device)
 
-        ChannelPooling.select = select
-        try:
-            yield
-        finally:
-            ChannelPooling.select = original_select
-        return
+        return ChannelPooling, "select", select_into_slots
     if name == "score_spread":
-        original_init = ChannelPooling.__init__
+        init = ChannelPooling.__init__
 
         def spread_init(self, *args, **kwargs):
-            original_init(self, *args, **kwargs)
+            init(self, *args, **kwargs)
             with torch.no_grad():
                 self.scores.add_(0.1 * torch.randn_like(self.scores))
 
-        ChannelPooling.__init__ = spread_init
-        try:
-            yield
-        finally:
-            ChannelPooling.__init__ = original_init
-        return
+        return ChannelPooling, "__init__", spread_init
     if name == "std_floor":
-        original_calibrate = ChannelPooling.calibrate
-        ChannelPooling.calibrate = lambda self, mean, std: original_calibrate(
+        calibrate = ChannelPooling.calibrate
+        return ChannelPooling, "calibrate", lambda self, mean, std: calibrate(
             self, mean, std.clamp_min(0.1 * float(std.median())))
-        try:
-            yield
-        finally:
-            ChannelPooling.calibrate = original_calibrate
-        return
-    if name.startswith("spread_"):
-        import snowhub.models.channel_pooling as channel_pooling_module
-
-        original_spread = channel_pooling_module.INIT_SPREAD
-        channel_pooling_module.INIT_SPREAD = float(name.removeprefix("spread_"))
-        try:
-            yield
-        finally:
-            channel_pooling_module.INIT_SPREAD = original_spread
-        return
     if name == "headless_source":
-        original_source = Pretrained.frozen_source
-        Pretrained.frozen_source = lambda self: HeadlessSource(self)
-        try:
-            yield
-        finally:
-            Pretrained.frozen_source = original_source
-        return
-    yield
+        return Pretrained, "frozen_source", lambda self: HeadlessSource(self)
+    return None
+
+
+@contextlib.contextmanager
+def patched(name: str, pretrained: Pretrained):
+    """Apply experiment `name` to the product (and `pretrained`) for the duration of the block."""
+    if name == "head_tap":
+        taps = pretrained.spec.taps[:-1] + (Tap("_bn1", 1280, 32, pretrained.spec.taps[-1].blocks),)
+        pretrained.spec = dataclasses.replace(pretrained.spec, taps=taps)
+    replacement = _replacement(name)
+    with _replaced(*replacement) if replacement else contextlib.nullcontext():
+        yield
 
 
 class SelectionRecorder:
@@ -238,8 +213,8 @@ class SelectionRecorder:
                 "channels_within_noise_sigma_of_boundary_per_10_steps": self._per(self.boundary, every, 1)}
 
 
-EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source", "last_tap_all",
-               "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor")
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
+               "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor")
 
 
 def main(argv: list[str] | None = None) -> int:
