@@ -128,7 +128,8 @@ def settings_lines(config: BenchConfig, env: dict, wall: float, command: str) ->
         f"Settings: source {config.source}, {config.image_size} px, batch {config.batch_size}, {config.epochs} epochs, "
         f"SGD momentum 0.9, weight decay {config.weight_decay:g}, {config.warmup_epochs:g}-epoch warm-up then cosine; "
         f"peak lr {config.lr:g} (FO, FE, FT, MP, PN), {config.snow_lr:g} (SNOW delta; channel pooling scores "
-        f"×{config.score_lr_scale:g}); K = N/8, width ÷ 8, σ² = {config.noise_var:g}; seed {config.seed}; "
+        f"×{config.score_lr_scale:g}); K = N/8 (at the classifier's tap: the measured "
+        f"product's default), width ÷ 8, σ² = {config.noise_var:g}; seed {config.seed}; "
         f"{config.threads or 'default'} CPU thread(s) per worker process. Memory: "
         + ("`torch.cuda.max_memory_allocated`." if gpu != "none" and config.device != "cpu" else
            "peak resident set size of the method's own process minus its size after importing the libraries."),

@@ -121,9 +121,8 @@ def add_task(
 ) -> None:
     """Train a new task's delta against the frozen source and append it to the hub."""
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, k_ratio=k_ratio, head_k_ratio=head_k_ratio,
-                         width_divisor=width_divisor,
-                         image_size=image_size, noise_var=noise_var, hflip=hflip, val_fraction=val_fraction,
-                         seed=seed, device=device, num_workers=workers)
+                         width_divisor=width_divisor, image_size=image_size, noise_var=noise_var, hflip=hflip,
+                         val_fraction=val_fraction, seed=seed, device=device, num_workers=workers)
     with handled(), Hub.open(hub) as h, RichProgress(err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:

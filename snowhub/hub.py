@@ -233,10 +233,10 @@ class Hub:
         return {}
 
     def _info(self, t: TaskRow, source_params: int, full: bool = False) -> TaskInfo:
-        details = self._record_problem(t) | {"kind": "delta", "val_loss": t.val_loss, "train_seconds": t.train_seconds,
+        details = {"kind": "delta", "val_loss": t.val_loss, "train_seconds": t.train_seconds,
                    "train_images_per_s": t.train_images_per_s, "probe_size": t.probe_size,
                    "probe_top1": t.probe_top1, "weights_file": t.weights_file, "weights_sha256": t.weights_sha256,
-                   "dataset_fingerprint": t.dataset_fingerprint}
+                   "dataset_fingerprint": t.dataset_fingerprint} | self._record_problem(t)
         if full:
             details |= {"hyperparams": t.hyperparams, "cp_indices": t.cp_indices, "metrics": t.metrics,
                         "dataset": t.dataset_summary, "probe_file": t.probe_file,
