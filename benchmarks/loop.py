@@ -1,7 +1,7 @@
 """The one training loop every method goes through, so they differ only in their model.
 
-It is the product's ``snowhub.training.train_delta`` loop (same loaders, SGD with momentum 0.9, warm-up +
-cosine schedule, AMP on CUDA, one ``loss.item()`` per step) with the benchmark's measurements added:
+It is the product's ``snowhub.training.train_delta`` loop (same loaders, the same update rule
+:class:`snowhub.training.SGDSteps`, one ``loss.item()`` per step) with the benchmark's measurements added:
 training time excluding evaluation, steady-state images/s, and validation accuracy at regular points
 (the accuracy-vs-time curve behind "time to accuracy").
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from snowhub.device import amp_dtype, autocast
+from snowhub.device import autocast
 from snowhub.evaluation import accuracy_counts, iterate
 from snowhub.progress import Progress
-from snowhub.training import _warmup_cosine
+from snowhub.training import SGDSteps
 
 
 @dataclass
@@ -103,12 +103,8 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
         evals_per_epoch: validation passes per epoch, evenly spaced.
         skip_steps: steps left out of the steady-state images/s.
     """
-    optimizer = torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=0.9)
     steps_per_epoch = len(train_loader)
-    total = steps_per_epoch * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(total, max(1, round(warmup_epochs * steps_per_epoch))))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+    sgd = SGDSteps(param_groups, steps_per_epoch * epochs, max(1, round(warmup_epochs * steps_per_epoch)), device)
     eval_at = {round(steps_per_epoch * (k + 1) / evals_per_epoch) for k in range(evals_per_epoch)}
 
     curve: list[CurvePoint] = []
@@ -123,14 +119,7 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
         start, start_cpu = time.perf_counter(), time.process_time()
         for i, (images_b, labels) in enumerate(iterate(train_loader), start=1):
             images_b, labels = images_b.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device):
-                loss = F.cross_entropy(model(images_b).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            value = loss.detach().item()
+            value = sgd.step(model, images_b, labels)
             loss_sum, n, images, step = loss_sum + value * len(labels), n + len(labels), images + len(labels), step + 1
             if len(step_losses) < 20:
                 step_losses.append(value)

@@ -27,8 +27,9 @@ from benchmarks.configs import SnowVariant, get_config
 from benchmarks.experiments import HeadlessSource
 from benchmarks.serving import forward_flops
 from benchmarks.snapshot import run_in_snapshot, snapshot_info
-from benchmarks.snow import build_delta, snow_param_groups
+from benchmarks.snow import build_delta
 from benchmarks.worker import setup_torch
+from snowhub.training import delta_param_groups
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -77,7 +78,7 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
 
     source = pretrained.frozen_source().to(device)
     delta = build_delta(pretrained.spec, 10, SnowVariant(), config.noise_var).to(device).train()
-    opt = torch.optim.SGD(snow_param_groups(delta, 1e-3, 10.0, 1e-4), lr=1e-3, momentum=0.9)
+    opt = torch.optim.SGD(delta_param_groups(delta, 1e-3, 10.0, 1e-4), lr=1e-3, momentum=0.9)
     snow_parts = Parts(repeats)
     x = snow_parts.time("normalise", lambda: source.normalizer(images))
     taps, _ = snow_parts.time("source forward (no grad)", lambda: source(x))

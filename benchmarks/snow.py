@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from benchmarks.configs import SnowVariant
-from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
@@ -105,19 +104,6 @@ def build_delta(spec: SourceSpec, num_classes: int, variant: SnowVariant, noise_
 def subscription_parameters(delta: Delta) -> int:
     """Parameters of the subscription modules alone (paper Table 5's "parameter overhead")."""
     return sum(p.numel() for p in delta.pools.parameters())
-
-
-def snow_param_groups(delta: Delta, lr: float, score_lr_scale: float, weight_decay: float) -> list[dict]:
-    """SGD parameter groups as the product's trainer builds them: channel pooling scores learn
-    `score_lr_scale` × faster without weight decay; every other delta parameter (including the
-    alternatives' convolutions) at `lr` with weight decay."""
-    scores = [m.scores for m in delta.pools if isinstance(m, ChannelPooling)]
-    ids = {id(p) for p in scores}
-    rest = [p for p in delta.parameters() if id(p) not in ids]
-    groups = [{"params": rest, "weight_decay": weight_decay, "lr": lr}]
-    if scores:
-        groups.append({"params": scores, "weight_decay": 0.0, "lr": lr * score_lr_scale})
-    return groups
 
 
 class SnowModel(nn.Module):

@@ -19,13 +19,13 @@ from benchmarks.baselines import build_baseline, set_bn_momentum
 from benchmarks.configs import BenchConfig, DatasetSpec, Job
 from benchmarks.loop import train_loop
 from benchmarks.memory import current_rss_mib, reset_cuda_peak
-from benchmarks.snow import SnowModel, build_delta, snow_param_groups, subscription_parameters
+from benchmarks.snow import SnowModel, build_delta, subscription_parameters
 from snowhub.data import DatasetSplit, discover, eval_transform, train_transform
 from snowhub.device import default_num_workers
 from snowhub.evaluation import make_loader
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.progress import Progress
-from snowhub.training import calibrate_channel_pooling, seed_everything
+from snowhub.training import calibrate_channel_pooling, delta_param_groups, seed_everything
 
 
 def first_per_class(samples: Sequence[tuple[Path, int]], n: int | None) -> list[tuple[Path, int]]:
@@ -77,7 +77,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
         progress.start("measuring source statistics", None)
         calibrate_channel_pooling(source, delta, calib_loader, device)
         progress.finish()
-        groups = snow_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)
+        groups = delta_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad],
                    "weight_decay": config.weight_decay, "lr": config.lr}]

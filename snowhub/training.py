@@ -20,6 +20,7 @@ from snowhub.data import DatasetSplit, eval_transform, train_transform
 from snowhub.device import amp_dtype, autocast, default_num_workers
 from snowhub.errors import ConfigError
 from snowhub.evaluation import EvalResult, evaluate, iterate, make_loader
+from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
@@ -148,15 +149,18 @@ def calibrate_channel_pooling(source: FrozenSource, delta: Delta, loader, device
         pool.calibrate(mean.cpu(), (q / n - mean.pow(2)).clamp_min(0).sqrt().cpu())
 
 
-def _optimizer(delta: Delta, config: TrainConfig) -> torch.optim.SGD:
-    scores = [pool.scores for pool in delta.pools]
+def delta_param_groups(delta: Delta, lr: float, score_lr_scale: float, weight_decay: float) -> list[dict]:
+    """SGD parameter groups of a delta: every weight at `lr` with `weight_decay`; the channel pooling
+    scores at ``lr × score_lr_scale`` without decay (they start from scratch and must separate by more
+    than the noise σ; decay would move unselected scores). Subscription modules that are not
+    :class:`ChannelPooling` (the benchmarks' alternatives) train with the weights."""
+    scores = [pool.scores for pool in delta.pools if isinstance(pool, ChannelPooling)]
     score_ids = {id(p) for p in scores}
-    rest = [p for p in delta.parameters() if id(p) not in score_ids]
-    return torch.optim.SGD(
-        [{"params": rest, "weight_decay": config.weight_decay, "lr": config.lr},
-         {"params": scores, "weight_decay": 0.0, "lr": config.lr * config.score_lr_scale}],
-        lr=config.lr, momentum=0.9,
-    )
+    groups = [{"params": [p for p in delta.parameters() if id(p) not in score_ids], "weight_decay": weight_decay,
+               "lr": lr}]
+    if scores:
+        groups.append({"params": scores, "weight_decay": 0.0, "lr": lr * score_lr_scale})
+    return groups
 
 
 def _warmup_cosine(total_steps: int, warmup_steps: int):
@@ -167,6 +171,35 @@ def _warmup_cosine(total_steps: int, warmup_steps: int):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+class SGDSteps:
+    """The product's update rule: SGD with momentum 0.9, linear warm-up then cosine decay per step, AMP
+    (with loss scaling for float16) on CUDA. The benchmark harness trains every method with it.
+
+    Args:
+        param_groups: SGD groups, each with its peak ``lr`` and ``weight_decay``.
+        total_steps: steps of the whole schedule; warmup_steps: steps of the linear warm-up (>= 1).
+        device: where the model runs.
+    """
+
+    def __init__(self, param_groups: list[dict], total_steps: int, warmup_steps: int, device: torch.device):
+        self.device = device
+        self.optimizer = torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=0.9)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(total_steps, warmup_steps))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+
+    def step(self, forward, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One step on a batch: `forward` maps images ``(B, 3, H, W)`` to logits ``(B, C)``; returns the
+        batch's mean cross-entropy (nats) as a float."""
+        with autocast(self.device):
+            loss = F.cross_entropy(forward(images).float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach().item()
 
 
 def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
@@ -206,12 +239,9 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     calibrate_channel_pooling(source, delta, calib_loader, device)
     progress.finish()
 
-    optimizer = _optimizer(delta, config)
     steps_per_epoch = len(train_loader)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(total, max(1, round(config.warmup_epochs * steps_per_epoch))))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+    sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
+                   steps_per_epoch * config.epochs, max(1, round(config.warmup_epochs * steps_per_epoch)), device)
 
     history: list[dict] = []
     train_seconds, seen = 0.0, 0
@@ -223,14 +253,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         start = time.perf_counter()
         for images, labels in iterate(train_loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device):
-                loss = F.cross_entropy(task_logits(source, delta, images).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            value = loss.detach().item()
+            value = sgd.step(lambda x: task_logits(source, delta, x), images, labels)
             epoch_loss += value * len(labels)
             epoch_n += len(labels)
             progress.advance(1, loss=value)
