@@ -14,10 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from snowhub.device import autocast
-from snowhub.evaluation import accuracy_counts, iterate
+from snowhub.evaluation import evaluate_forward, iterate
 from snowhub.progress import Progress
 from snowhub.training import SGDSteps
 
@@ -65,22 +63,10 @@ class LoopResult:
         return asdict(self)
 
 
-@torch.no_grad()
 def evaluate_model(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[float, float, float]:
     """(top-1 %, top-5 %, mean cross-entropy) of `model` in eval mode on every batch of `loader`."""
-    was_training = model.training
-    model.eval()
-    top1 = top5 = n = 0
-    loss = 0.0
-    for images, labels in iterate(loader):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(images).float()
-        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        h1, h5 = accuracy_counts(logits, labels)
-        top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
-    model.train(was_training)
-    return 100.0 * top1 / n, 100.0 * top5 / n, loss / n
+    result = evaluate_forward(model, model, loader, device)
+    return result.top1, result.top5, result.loss
 
 
 def _sync(device: torch.device) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
@@ -71,27 +72,40 @@ def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, in
 
 
 @torch.no_grad()
+def evaluate_forward(forward: Callable[[torch.Tensor], torch.Tensor], module: nn.Module, loader: Iterable,
+                     device: torch.device, progress: Progress | None = None) -> EvalResult:
+    """Accuracy of `forward` (uint8 images ``(B, 3, H, W)`` → logits ``(B, C)``) on every batch of `loader`,
+    with `module` (what `forward` trains) in eval mode meanwhile and its mode restored after.
+
+    Raises:
+        DataError: an image in the loader cannot be read, or the loader is empty.
+    """
+    progress = progress or SilentProgress()
+    was_training = module.training
+    module.eval()
+    top1 = top5 = n = 0
+    loss = 0.0
+    try:
+        for images, labels in iterate(loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device):
+                logits = forward(images).float()
+            loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+            h1, h5 = accuracy_counts(logits, labels)
+            top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
+            progress.advance(1)
+    finally:
+        module.train(was_training)
+    if n == 0:
+        raise DataError("no images to evaluate")
+    return EvalResult(100.0 * top1 / n, 100.0 * top5 / n, loss / n, n)
+
+
 def evaluate(source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device,
              progress: Progress | None = None) -> EvalResult:
     """Evaluate `delta` (in eval mode: deterministic top-K) on every batch of `loader`.
 
     Raises:
-        DataError: an image in the loader cannot be read.
+        DataError: an image in the loader cannot be read, or the loader is empty.
     """
-    progress = progress or SilentProgress()
-    was_training = delta.training
-    delta.eval()
-    top1 = top5 = n = 0
-    loss = 0.0
-    for images, labels in iterate(loader):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device):
-            logits = task_logits(source, delta, images).float()
-        loss += float(F.cross_entropy(logits, labels, reduction="sum"))
-        h1, h5 = accuracy_counts(logits, labels)
-        top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
-        progress.advance(1)
-    delta.train(was_training)
-    if n == 0:
-        raise DataError("no images to evaluate")
-    return EvalResult(100.0 * top1 / n, 100.0 * top5 / n, loss / n, n)
+    return evaluate_forward(lambda images: task_logits(source, delta, images), delta, loader, device, progress)
