@@ -210,19 +210,21 @@ class Hub:
         ``details["record_problem"]``: what it shows may have been edited (see ``snowhub doctor``).
         """
         row = self.source_row()
-        infos = []
-        if row.head_classes is not None:
-            infos.append(TaskInfo(0, SOURCE_TASK, list(row.head_classes), 0, 0, 0, row.parameter_count, None,
-                                  None, int(row.preprocessing["image_size"]), row.created_at.isoformat(),
-                                  {"kind": "source"} | self._record_problem(row)))
+        infos = [] if row.head_classes is None else [self._source_info(row)]
         return infos + [self._info(t, row.parameter_count) for t in self.registry.tasks()]
 
     def task(self, name: str) -> TaskInfo:
         """One task by name (``imagenet`` is task 0). Raises TaskNotFoundError listing the known names."""
-        for info in self.tasks():
-            if info.name == name and info.seq == 0:
-                return info
-        return self._info(self.registry.get_task(name), self.source_row().parameter_count, full=True)
+        row = self.source_row()
+        if name == SOURCE_TASK and row.head_classes is not None:  # the name is reserved for task 0
+            return self._source_info(row)
+        return self._info(self.registry.get_task(name), row.parameter_count, full=True)
+
+    def _source_info(self, row: SourceRow) -> TaskInfo:
+        """Task 0: the source's own classifier (only for a source with a head)."""
+        return TaskInfo(0, SOURCE_TASK, list(row.head_classes), 0, 0, 0, row.parameter_count, None, None,
+                        int(row.preprocessing["image_size"]), row.created_at.isoformat(),
+                        {"kind": "source"} | self._record_problem(row))
 
     def _record_problem(self, row: SourceRow | TaskRow) -> dict[str, str]:
         """``{"record_problem": reason}`` if `row`'s record does not match its seal, else ``{}``."""
