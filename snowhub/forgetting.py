@@ -6,6 +6,12 @@ class names or hashes are caught, see :mod:`snowhub.store.integrity`), its delta
 the registry, its probe file's sha256, and a fresh evaluation on its probe set compared with the accuracy
 and logits recorded at registration. Backward transfer (BWT) is the mean change in probe accuracy,
 current − at registration, in percentage points (Lopez-Paz & Ranzato, 2017); SNOW's promise is exactly 0.
+
+Which promise is checked depends on where the probe logits were recorded and where they are re-run
+(:mod:`snowhub.numerics`): in the same numerics environment they must be **bit-identical**; in another
+one (another CPU kernel family, device or torch build) every probe label must be the same and every logit
+within :data:`~snowhub.probe.LOGIT_TOLERANCE` (**within tolerance**). Anything else is **changed**.
+``strict`` demands bit-identical logits everywhere.
 """
 
 from __future__ import annotations
@@ -17,12 +23,45 @@ import torch
 
 from snowhub.errors import SnowhubError
 from snowhub.evaluation import accuracy_counts
-from snowhub.probe import LOGIT_ATOL, LOGIT_RTOL, logits_digest, probe_logits
+from snowhub.numerics import numerics_environment, same_environment
+from snowhub.probe import LOGIT_TOLERANCE, logits_digest, probe_logits
 from snowhub.progress import Progress
 from snowhub.store import load_safetensors_verified, tensor_digest
 
 if TYPE_CHECKING:
     from snowhub.hub import Hub
+
+
+BIT_IDENTICAL = "bit-identical"
+WITHIN_TOLERANCE = "within tolerance"
+CHANGED = "changed"
+DAMAGED = "damaged"
+
+
+def judge_logits(recorded: torch.Tensor, now: torch.Tensor, same_env: bool | None,
+                 strict: bool = False) -> tuple[str, str | None]:
+    """The verdict on re-run probe logits ``(P, classes)`` against the recorded ones, and the problem if any.
+
+    Args:
+        same_env: the logits are re-run in the environment they were recorded in (None: unknown, treated
+            as another environment, since nothing then says which kernels produced them).
+        strict: demand bit-identical logits even in another environment.
+
+    Returns:
+        (:data:`BIT_IDENTICAL` | :data:`WITHIN_TOLERANCE` | :data:`CHANGED`, one-line problem or None).
+    """
+    if torch.equal(now, recorded):
+        return BIT_IDENTICAL, None
+    drift = float((now - recorded).abs().max()) if now.shape == recorded.shape else float("inf")
+    if same_env or strict:
+        why = "in the environment they were recorded in" if same_env else "and --strict demands bit-identical"
+        return CHANGED, f"probe logits differ by up to {drift:.3g} {why}"
+    flipped = int((now.argmax(1) != recorded.argmax(1)).sum()) if now.shape == recorded.shape else len(now)
+    if flipped:
+        return CHANGED, f"{flipped} probe label(s) changed (logits differ by up to {drift:.3g})"
+    if drift > LOGIT_TOLERANCE:
+        return CHANGED, f"probe logits drifted by up to {drift:.3g}, beyond the tolerance {LOGIT_TOLERANCE:.3g}"
+    return WITHIN_TOLERANCE, None
 
 
 @dataclass
@@ -32,24 +71,30 @@ class TaskCheck:
     Attributes:
         status: ``"ok"`` (nothing changed), ``"changed"`` (answers or accuracy drifted) or ``"damaged"``
             (a file is missing or differs from its recorded hash; not served).
+        verdict: ``"bit-identical"``, ``"within tolerance"``, ``"changed"`` or ``"damaged"`` (see the module).
         recorded_top1, current_top1: probe-set accuracy at registration and now, %.
         max_logit_diff: largest absolute difference from the recorded probe logits.
         bit_identical: the probe logits are bit-for-bit the recorded ones.
+        recorded_environment: where the probe logits were recorded (None: before snowhub recorded it).
+        same_environment: they were re-run in that same environment (None: unknown).
         problems: one line per thing that is wrong.
     """
 
     seq: int
     name: str
     status: str = "ok"
+    verdict: str | None = None
     recorded_top1: float | None = None
     current_top1: float | None = None
     max_logit_diff: float | None = None
     bit_identical: bool | None = None
+    recorded_environment: dict | None = None
+    same_environment: bool | None = None
     problems: list[str] = field(default_factory=list)
 
     def fail(self, status: str, problem: str) -> None:
-        if self.status != "damaged":
-            self.status = status
+        if self.status != DAMAGED:
+            self.status = self.verdict = status
         self.problems.append(problem)
 
 
@@ -62,12 +107,18 @@ class ForgettingReport:
         source_problems: what is wrong with the source, one line each.
         tasks: one :class:`TaskCheck` per registered task, in append order.
         bwt: backward transfer over the delta tasks, percentage points (None without tasks).
+        checked_environment: where the probe sets were re-run (:func:`numerics_environment`).
+        strict: bit-identical logits were demanded everywhere.
+        tolerance: the largest logit difference accepted in another environment.
     """
 
     source_ok: bool
     source_problems: list[str]
     tasks: list[TaskCheck]
     bwt: float | None
+    checked_environment: dict = field(default_factory=dict)
+    strict: bool = False
+    tolerance: float = LOGIT_TOLERANCE
 
     @property
     def ok(self) -> bool:
@@ -81,7 +132,8 @@ class ForgettingReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "source_ok": self.source_ok, "source_problems": self.source_problems,
-                "bwt": self.bwt, "tasks": [asdict(t) for t in self.tasks]}
+                "bwt": self.bwt, "strict": self.strict, "tolerance": self.tolerance,
+                "checked_environment": self.checked_environment, "tasks": [asdict(t) for t in self.tasks]}
 
 
 def _check_source(hub: "Hub") -> list[str]:
@@ -99,41 +151,47 @@ def _check_source(hub: "Hub") -> list[str]:
     return []
 
 
-def verify_hub(hub: "Hub", device: torch.device, progress: Progress) -> ForgettingReport:
+def verify_hub(hub: "Hub", device: torch.device, progress: Progress, strict: bool = False) -> ForgettingReport:
     """Check the source and every task of `hub`; see the module docstring for what is compared."""
     source_problems = _check_source(hub)
     source = None if source_problems else hub.source_model().to(device)
+    environment = numerics_environment(device)
     rows = hub.registry.tasks()
     checks: list[TaskCheck] = []
     progress.start("verifying tasks", len(rows))
     try:
         for row in rows:
-            check = TaskCheck(row.seq, row.name, recorded_top1=row.probe_top1)
+            check = TaskCheck(row.seq, row.name, recorded_top1=row.probe_top1,
+                              recorded_environment=row.probe_environment,
+                              same_environment=same_environment(row.probe_environment, environment))
             checks.append(check)
             try:
                 delta = hub.load_delta(row)
                 probe = hub.load_probe(row)
             except SnowhubError as exc:
-                check.fail("damaged", str(exc))
+                check.fail(DAMAGED, str(exc))
                 progress.advance(1)
                 continue
             stored = {tap.name: pool.indices.tolist() for tap, pool in zip(delta.shape.taps, delta.pools)}
             if stored != row.cp_indices:
-                check.fail("damaged", "the delta's channel pooling indices differ from the registry")
+                check.fail(DAMAGED, "the delta's channel pooling indices differ from the registry")
             if logits_digest(probe.logits) != row.probe_logits_sha256:
-                check.fail("damaged", "the probe set's recorded logits differ from the registry")
+                check.fail(DAMAGED, "the probe set's recorded logits differ from the registry")
             if source is None:
-                check.fail("changed", "not re-evaluated: the source changed")
+                check.fail(CHANGED, "not re-evaluated: the source changed")
                 progress.advance(1)
                 continue
             now = probe_logits(source, delta.to(device), probe.images, device)
             check.current_top1 = 100.0 * accuracy_counts(now, probe.labels)[0] / len(probe.labels)
             check.max_logit_diff = float((now - probe.logits).abs().max())
             check.bit_identical = torch.equal(now, probe.logits)
+            verdict, problem = judge_logits(probe.logits, now, check.same_environment, strict)
             if check.current_top1 != row.probe_top1:
-                check.fail("changed", f"probe accuracy {row.probe_top1:.2f} % → {check.current_top1:.2f} %")
-            elif not torch.allclose(now, probe.logits, atol=LOGIT_ATOL, rtol=LOGIT_RTOL):
-                check.fail("changed", f"probe logits drifted by up to {check.max_logit_diff:.3g}")
+                check.fail(CHANGED, f"probe accuracy {row.probe_top1:.2f} % → {check.current_top1:.2f} %")
+            elif problem is not None:
+                check.fail(verdict, problem)
+            elif check.status == "ok":
+                check.verdict = verdict
             progress.advance(1)
     finally:
         if source is not None:
@@ -141,4 +199,4 @@ def verify_hub(hub: "Hub", device: torch.device, progress: Progress) -> Forgetti
         progress.finish()
     measured = [c for c in checks if c.current_top1 is not None and c.recorded_top1 is not None]
     bwt = sum(c.current_top1 - c.recorded_top1 for c in measured) / len(measured) if measured else None
-    return ForgettingReport(not source_problems, source_problems, checks, bwt)
+    return ForgettingReport(not source_problems, source_problems, checks, bwt, environment, strict)

@@ -242,7 +242,7 @@ class Hub:
         if full:
             details |= {"hyperparams": t.hyperparams, "cp_indices": t.cp_indices, "metrics": t.metrics,
                         "dataset": t.dataset_summary, "probe_file": t.probe_file,
-                        "probe_logits_sha256": t.probe_logits_sha256}
+                        "probe_logits_sha256": t.probe_logits_sha256, "probe_environment": t.probe_environment}
         ks = t.hyperparams["delta_shape"]["ks"]
         return TaskInfo(t.seq, t.name, list(t.class_names), sum(ks), t.delta_params, t.cp_params, source_params,
                         t.val_top1, t.val_top5, int(t.hyperparams["image_size"]), t.created_at.isoformat(), details)
@@ -330,7 +330,8 @@ class Hub:
                     weights_file=self.layout.relative(delta_path), weights_sha256=delta_sha,
                     probe_file=self.layout.relative(probe_path), probe_sha256=probe_sha,
                     probe_size=len(probe.labels), probe_top1=probe.top1(),
-                    probe_logits_sha256=logits_digest(probe.logits), dataset_fingerprint=fingerprint(split),
+                    probe_logits_sha256=logits_digest(probe.logits), probe_environment=probe.environment,
+                    dataset_fingerprint=fingerprint(split),
                     dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
                                      "train_images": len(split.train), "val_images": len(split.val)},
                 ))
@@ -389,12 +390,16 @@ class Hub:
             raise ConfigError("--top must be at least 1")
         return predict_images(self.source_model(), served, [Path(p) for p in images], top, pick_device(device))
 
-    def verify_forgetting(self, device: str = "auto", progress: Progress | None = None) -> ForgettingReport:
+    def verify_forgetting(self, device: str = "auto", progress: Progress | None = None,
+                          strict: bool = False) -> ForgettingReport:
         """Prove no task changed: hashes of the source and every delta, and each task's probe set re-run.
 
-        Returns a :class:`ForgettingReport`; ``report.ok`` is True only when nothing forgot or changed.
+        Each task's logits must be bit-identical where they are re-run in the numerics environment they were
+        recorded in, else within tolerance with every label the same; `strict` demands bit-identical
+        everywhere (see :mod:`snowhub.forgetting`). Returns a :class:`ForgettingReport`; ``report.ok`` is
+        True only when nothing forgot or changed.
         """
-        return verify_hub(self, pick_device(device), progress or SilentProgress())
+        return verify_hub(self, pick_device(device), progress or SilentProgress(), strict)
 
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,10 +20,13 @@ from snowhub.evaluation import accuracy_counts
 from snowhub.models.delta import Delta
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
+from snowhub.numerics import exact_float32, numerics_environment
 
-# Logits recomputed on another device or library build may differ in the last bits; beyond this they changed.
-LOGIT_ATOL = 1e-3
-LOGIT_RTOL = 1e-3
+# Probe logits recomputed in another numerics environment (see snowhub.numerics) differ in the last bits.
+# Measured on real hubs (docs/reliability.md): other CPU kernel families gave at most 2.4e-5 on logits up to
+# ~26 in size. The tolerance is 40x that; beyond it, or with any probe label changed, a task has changed.
+MEASURED_CROSS_KERNEL_DIFF = 2.4e-5
+LOGIT_TOLERANCE = 40 * MEASURED_CROSS_KERNEL_DIFF
 
 
 @dataclass
@@ -34,11 +37,14 @@ class ProbeSet:
         images: uint8 ``(P, 3, S, S)``.
         labels: int64 ``(P,)``.
         logits: float32 ``(P, classes)``, from the registered delta, in float32 on the registering device.
+        environment: the numerics environment the logits were computed in (:func:`numerics_environment`),
+            or None when unknown (read back from a file: it is recorded in the registry, not in the file).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     logits: torch.Tensor
+    environment: dict | None = field(default=None, compare=False)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, "labels": self.labels, "logits": self.logits}
@@ -69,10 +75,14 @@ def choose_probe_samples(samples: Sequence[tuple[Path, int]], per_class: int, li
 @torch.no_grad()
 def probe_logits(source: FrozenSource, delta: Delta, images: torch.Tensor, device: torch.device,
                  batch_size: int = 64) -> torch.Tensor:
-    """Float32 logits ``(P, classes)`` of `delta` on uint8 `images`, without autocast (stable across runs)."""
+    """Float32 logits ``(P, classes)`` of `delta` on uint8 `images` ``(P, 3, S, S)``, under :func:`exact_float32`.
+
+    Bit-identical run to run in one numerics environment; see :mod:`snowhub.numerics` for across them.
+    """
     delta.eval()
-    out = [task_logits(source, delta, images[i:i + batch_size].to(device)).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    with exact_float32(device):
+        out = [task_logits(source, delta, images[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 
@@ -87,7 +97,7 @@ def build_probe_set(source: FrozenSource, delta: Delta, samples: Sequence[tuple[
     transform = eval_transform(image_size)
     images = torch.stack([transform(load_rgb(path)) for path, _ in chosen])
     labels = torch.tensor([label for _, label in chosen], dtype=torch.long)
-    return ProbeSet(images, labels, probe_logits(source, delta, images, device))
+    return ProbeSet(images, labels, probe_logits(source, delta, images, device), numerics_environment(device))
 
 
 def logits_digest(logits: torch.Tensor) -> str:

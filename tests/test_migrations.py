@@ -62,7 +62,8 @@ def test_there_is_a_fixture_hub_for_every_revision():
 
     revisions = sorted(rev.revision for rev in _script().walk_revisions())
     assert [h.name for h in HUBS] == [f"hub-{r}" for r in revisions]  # make_hub_fixture.py builds the newest
-    assert sum(p.stat().st_size for h in HUBS for p in h.rglob("*") if p.is_file()) < 1_000_000
+    for hub in HUBS:  # small enough to keep one per revision in git
+        assert sum(p.stat().st_size for p in hub.rglob("*") if p.is_file()) < 400_000, hub.name
 
 
 @pytest.mark.parametrize("old_hub", HUBS, ids=[h.name for h in HUBS], indirect=True)
@@ -73,10 +74,20 @@ def test_an_old_hub_upgrades_with_its_tasks_intact(old_hub):
         assert hub.registry.revision() == head_revision()
         assert [t.name for t in hub.tasks()][1:] == [r["name"] for r in before_tasks]
         report = hub.verify_forgetting(device="cpu")
-    assert report.ok and report.bwt == 0.0 and all(t.bit_identical for t in report.tasks)
+    assert report.ok and report.bwt == 0.0
+    for task in report.tasks:
+        # Bit-identical is promised only where the probe logits were recorded in this very numerics
+        # environment; hubs before schema 0003 did not record it, and CI's CPU may not be the fixtures'.
+        if task.same_environment:
+            assert task.verdict == "bit-identical" and task.bit_identical, task
+        else:
+            assert task.verdict in ("bit-identical", "within tolerance"), task
+            assert task.same_environment is (None if task.recorded_environment is None else False)
     after_tasks = _raw(old_hub / "hub.db", "task")
     for before, after in zip(before_tasks, after_tasks, strict=True):
-        assert {k: after[k] for k in before} == before  # every recorded value kept, byte for byte
+        # Every recorded value kept, byte for byte; the seal itself is redone by a revision that adds a column.
+        assert {k: after[k] for k in before if k != "record_sha256"} == {k: v for k, v in before.items()
+                                                                        if k != "record_sha256"}
         assert record_problem(after, "task") is None  # and sealed (the migration's copy of the digest agrees)
     [source] = _raw(old_hub / "hub.db", "source")
     assert record_problem(source, "source") is None

@@ -5,37 +5,19 @@ Revises: 0001
 Create Date: 2025-02-01 00:00:00.000000
 
 """
-import hashlib
-import json
 from typing import Sequence, Union
 
 from alembic import op
 import sqlalchemy as sa
+
+# The seal format is frozen in its own module, shared with later migrations that re-seal.
+from snowhub_migrations._record_v1 import KEYS as _KEYS, record_digest as _record_digest
 
 # revision identifiers, used by Alembic.
 revision: str = "0002"
 down_revision: Union[str, Sequence[str], None] = "0001"
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
-
-# Frozen copy of snowhub.store.integrity.record_digest (format "snowhub.record.v1"): migrations are
-# history and must not change when the library does. tests/test_migrations.py checks the two agree.
-_TAG = "snowhub.record.v1"
-_KEYS = {"source": "id", "task": "seq"}
-
-
-def _encode(value):
-    if isinstance(value, bytes):
-        return {"bytes": value.hex()}
-    if isinstance(value, float):
-        return {"real": value.hex()}
-    return value
-
-
-def _record_digest(table, columns):
-    fields = sorted((name, _encode(value)) for name, value in columns.items() if name != "record_sha256")
-    blob = json.dumps([_TAG, table, fields], ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("ascii")).hexdigest()
 
 
 def upgrade() -> None:

@@ -126,6 +126,9 @@ class TaskRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Seal over every other column as stored (snowhub.store.integrity); set by the registry on insert.
     record_sha256: Mapped[str | None] = mapped_column(default=None)
+    # Where the probe logits were computed (snowhub.numerics.numerics_environment); None for tasks
+    # registered before schema 0003, whose environment is unknown.
+    probe_environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
     def __repr__(self) -> str:
         return f"TaskRow(seq={self.seq!r}, name={self.name!r})"
