@@ -150,3 +150,15 @@ def test_a_read_only_hub_lists_and_serves_without_writing(trained_hub, fashion_d
     assert_one_line_error(CliRunner().invoke(app, ["add-task", "x", "--data", str(tmp_path), "--hub", str(hub)]),
                           "is read-only; make it writable to add tasks")
     assert snapshot(hub) == before and (hub / "staging" / "junk").exists()
+
+
+@pytest.mark.parametrize("old_hub", HUBS[1:2], ids=[h.name for h in HUBS[1:2]], indirect=True)
+def test_an_upgrade_does_not_reseal_a_row_edited_before_it(old_hub):
+    """Migration 0003 re-seals rows (it adds a column) but only those whose seal held: an edit stays caught."""
+    assert _revision(old_hub / "hub.db") == "0002"
+    sql(old_hub, "UPDATE task SET val_top1 = 99.5 WHERE seq = 1")
+    with Hub.open(old_hub) as hub:
+        assert hub.registry.revision() == head_revision()
+    edited, untouched = _raw(old_hub / "hub.db", "task")
+    assert edited["probe_environment"] is None and record_problem(edited, "task") is not None
+    assert record_problem(untouched, "task") is None
