@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from snowhub.data import DatasetSplit, eval_transform, train_transform
 from snowhub.device import amp_dtype, autocast, default_num_workers
-from snowhub.errors import ConfigError
+from snowhub.errors import ConfigError, DataError
 from snowhub.evaluation import EvalResult, evaluate, iterate, make_loader
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.delta import Delta, DeltaShape
@@ -129,9 +129,15 @@ def seed_everything(seed: int) -> None:
 @torch.no_grad()
 def calibrate_channel_pooling(source: FrozenSource, delta: Delta, loader, device: torch.device,
                               max_images: int = 512) -> None:
-    """Measure each tap's per-channel mean/std on up to `max_images` training images.
+    """Measure each tap's per-channel mean/std on up to `max_images` training images and store them in
+    `delta`'s channel pooling modules (:meth:`ChannelPooling.calibrate`: mean and std ``(N_i,)`` per tap).
 
-    The source is frozen, so these are constants of (source, data); see :class:`ChannelPooling`.
+    `loader` yields ``(uint8 images (B, 3, S, S), labels (B,))``; whole batches are used, so slightly more
+    than `max_images` may be measured. The source is frozen, so these are constants of (source, data); see
+    :class:`ChannelPooling`.
+
+    Raises:
+        DataError: the loader yields no images, or an image cannot be read.
     """
     sums = sq = None
     n = 0
@@ -144,6 +150,8 @@ def calibrate_channel_pooling(source: FrozenSource, delta: Delta, loader, device
         n += len(images)
         if n >= max_images:
             break
+    if n == 0:
+        raise DataError("there are no training images to measure the source's channel statistics on")
     for pool, s, q in zip(delta.pools, sums, sq):
         mean = s / n
         pool.calibrate(mean.cpu(), (q / n - mean.pow(2)).clamp_min(0).sqrt().cpu())
@@ -231,9 +239,10 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
                                shuffle=True, seed=config.seed, num_workers=workers, device=device,
                                drop_last=True)
-    val_loader = make_loader(split.val, eval_transform(size), config.batch_size, shuffle=False,
+    evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
+    val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
                              seed=config.seed, num_workers=workers, device=device)
-    calib_loader = make_loader(split.train, eval_transform(size), config.batch_size, shuffle=True,
+    calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
                                seed=config.seed + 1, num_workers=workers, device=device)
     progress.start("measuring source statistics", None)
     calibrate_channel_pooling(source, delta, calib_loader, device)
