@@ -8,6 +8,10 @@ BatchNorm in train mode; ``tests/test_source_frozen.py`` guards against that.
 
 from __future__ import annotations
 
+import copy
+import functools
+import threading
+
 import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -33,28 +37,39 @@ class InputNormalizer(nn.Module):
 
 
 class _HookExtractor(nn.Module):
-    """Collects named module outputs with forward hooks, for models FX cannot trace."""
+    """Collects named module outputs with forward hooks, for models FX cannot trace.
+
+    Each thread collects into its own dict, so concurrent forward passes (a server's threads) never mix
+    their feature maps.
+    """
 
     def __init__(self, model: nn.Module, names: dict[str, str]):
         super().__init__()
         self.model = model
         self._names = names
-        self._out: dict[str, torch.Tensor] = {}
+        self._local = threading.local()
         modules = dict(model.named_modules())
         for module_name, key in names.items():
-            modules[module_name].register_forward_hook(self._hook(key))
+            # A bound method, not a closure: a deep copy of the model then calls the copy's hooks.
+            modules[module_name].register_forward_hook(functools.partial(self._store, key))
 
-    def _hook(self, key: str):
-        def store(_module, _inputs, output):
-            self._out[key] = output
-
-        return store
+    def _store(self, key: str, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        self._local.out[key] = output
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._out = {}
-        self.model(x)
-        out, self._out = self._out, {}
+        self._local.out = out = {}
+        try:
+            self.model(x)
+        finally:
+            self._local.out = None
         return out
+
+    def __deepcopy__(self, memo: dict) -> "_HookExtractor":  # thread-local storage is not copied: a copy gets its own
+        clone = _HookExtractor.__new__(_HookExtractor)
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_local"})
+        clone._local = threading.local()
+        return clone
 
 
 class FrozenSource(nn.Module):
@@ -108,7 +123,3 @@ class FrozenSource(nn.Module):
         file), whichever extractor reads the taps. A traced extractor keeps only the modules it runs."""
         module = self.extractor.model if isinstance(self.extractor, _HookExtractor) else self.extractor
         return module.state_dict()
-
-    def parameter_count(self) -> int:
-        """Number of parameters in the source (all frozen)."""
-        return sum(p.numel() for p in self.extractor.parameters())
