@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from snowhub.evaluation import evaluate_forward, iterate
+from snowhub.data import iterate
+from snowhub.evaluation import evaluate_forward
 from snowhub.progress import Progress
 from snowhub.training import SGDSteps
 
@@ -82,7 +83,7 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
     Args:
         model: uint8 images ``(B, 3, H, W)`` → logits; already on `device`.
         param_groups: SGD parameter groups, each with its own ``lr`` (peak) and ``weight_decay``.
-        train_loader, val_loader: ``snowhub.evaluation.make_loader`` loaders.
+        train_loader, val_loader: ``snowhub.data.make_loader`` loaders.
         epochs, warmup_epochs: schedule length and linear warm-up length (epochs).
         device: where to train; AMP on CUDA as in the product.
         progress: one phase per epoch (steps = batches).

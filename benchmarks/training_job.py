@@ -20,9 +20,8 @@ from benchmarks.configs import BenchConfig, DatasetSpec, Job
 from benchmarks.loop import train_loop
 from benchmarks.memory import current_rss_mib, reset_cuda_peak
 from benchmarks.snow import SnowModel, build_delta, subscription_parameters
-from snowhub.data import DatasetSplit, discover, eval_transform, train_transform
+from snowhub.data import DatasetSplit, discover, eval_transform, make_loader, train_transform
 from snowhub.device import default_num_workers
-from snowhub.evaluation import make_loader
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.progress import Progress
 from snowhub.training import calibrate_channel_pooling, delta_param_groups, seed_everything

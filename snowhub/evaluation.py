@@ -1,17 +1,15 @@
-"""Evaluation: top-1/top-5 accuracy and loss of a delta on labelled images, and batch loading helpers."""
+"""Evaluation metrics: top-1/top-5 accuracy and loss of a delta on labelled images (loaders: snowhub.data)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
-from snowhub.data import ImageListDataset
+from snowhub.data import iterate
 from snowhub.device import autocast
 from snowhub.errors import DataError
 from snowhub.models.delta import Delta
@@ -34,33 +32,6 @@ class EvalResult:
     top5: float
     loss: float
     images: int
-
-
-def make_loader(samples: Sequence[tuple[Path, int]], transform, batch_size: int, *, shuffle: bool,
-                seed: int, num_workers: int, device: torch.device, drop_last: bool = False) -> DataLoader:
-    """A DataLoader of ``(uint8 images (B, 3, S, S), labels (B,))``, seeded for reproducible order.
-
-    `drop_last` drops a final partial batch when there is at least one full one (training: a batch of one
-    image cannot be batch-normalised).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ImageListDataset(list(samples), transform), batch_size=batch_size, shuffle=shuffle,
-        num_workers=num_workers, generator=generator, pin_memory=device.type == "cuda",
-        persistent_workers=False, drop_last=drop_last and len(samples) > batch_size,
-    )
-
-
-def iterate(loader: Iterable) -> Iterator:
-    """Iterate `loader`, turning a DataError raised inside a worker process back into its one-line message."""
-    try:
-        yield from loader
-    except DataError as exc:
-        message = str(exc)
-        if "Original Traceback" in message:  # re-raised by DataLoader with the worker's traceback inside
-            last = message.strip().splitlines()[-1]
-            message = last.split("DataError: ", 1)[-1]
-        raise DataError(message) from None
 
 
 def accuracy_counts(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:

@@ -1,7 +1,8 @@
-"""Datasets for snowhub: layout discovery, image loading, and uint8 image transforms."""
+"""Datasets for snowhub: layout discovery, image loading, uint8 image transforms and batch loaders."""
 
 from snowhub.data.images import ImageListDataset, load_rgb
 from snowhub.data.layouts import DatasetSplit, discover, fingerprint
+from snowhub.data.loaders import iterate, make_loader
 from snowhub.data.transforms import eval_transform, train_transform
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "discover",
     "eval_transform",
     "fingerprint",
+    "iterate",
     "load_rgb",
+    "make_loader",
     "train_transform",
 ]

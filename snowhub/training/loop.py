@@ -1,0 +1,131 @@
+"""The training loop of one task's delta and channel pooling scores against the frozen source (SNOW, section
+3.1): :func:`train_delta` and what it returns, :class:`TrainResult`."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from snowhub.data import DatasetSplit, eval_transform, iterate, make_loader, train_transform
+from snowhub.device import default_num_workers
+from snowhub.evaluation import EvalResult, evaluate
+from snowhub.models.delta import Delta, DeltaShape
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.network import task_logits
+from snowhub.progress import Progress, SilentProgress
+from snowhub.training.calibration import calibrate_channel_pooling
+from snowhub.training.config import TrainConfig
+from snowhub.training.optim import SGDSteps, delta_param_groups
+
+
+@dataclass
+class TrainResult:
+    """What training produced.
+
+    Attributes:
+        delta: the trained delta, channel pooling frozen, on the CPU, eval mode.
+        cp_indices: tap name → the K source channels it subscribes to.
+        val: accuracy on the validation images after the last epoch.
+        train_seconds: wall time of the training steps (excludes evaluation), s.
+        images_per_s: training throughput, images/s.
+        history: per-epoch dicts (epoch, train_loss, val_top1, val_top5, val_loss, seconds).
+        image_size: resolution used, pixels.
+        device: the device trained on.
+    """
+
+    delta: Delta
+    cp_indices: dict[str, list[int]]
+    val: EvalResult
+    train_seconds: float
+    images_per_s: float
+    image_size: int
+    device: str
+    history: list[dict] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (CPU and every CUDA device) with `seed`: data order,
+    augmentation, initialisation and channel pooling noise all draw from them."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
+                progress: Progress | None = None) -> TrainResult:
+    """Train a new delta for the classes of `split` on `device`.
+
+    Args:
+        source: the frozen source (moved to `device` by the caller).
+        split: training and validation images.
+        config: hyper-parameters; validated here.
+        device: where to train; AMP is used on CUDA.
+        progress: receives one phase per epoch (steps = batches) and one per evaluation.
+
+    Returns:
+        TrainResult with the delta on the CPU, channel pooling frozen.
+
+    Raises:
+        ConfigError: an option is out of range.
+        DataError: an image cannot be read.
+    """
+    config.validate()
+    progress = progress or SilentProgress()
+    seed_everything(config.seed)
+    size = config.image_size or source.spec.image_size
+    workers = default_num_workers(device) if config.num_workers is None else config.num_workers
+    shape = DeltaShape.from_ratios(source.spec.block, source.taps, config.width_divisor, config.k_ratio,
+                                   len(split.class_names), config.noise_var, config.head_k_ratio)
+    delta = Delta(shape).to(device)
+    train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
+                               shuffle=True, seed=config.seed, num_workers=workers, device=device,
+                               drop_last=True)
+    evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
+    val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
+                             seed=config.seed, num_workers=workers, device=device)
+    calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
+                               seed=config.seed + 1, num_workers=workers, device=device)
+    progress.start("measuring source statistics", None)
+    calibrate_channel_pooling(source, delta, calib_loader, device)
+    progress.finish()
+
+    steps_per_epoch = len(train_loader)
+    sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
+                   steps_per_epoch * config.epochs, max(1, round(config.warmup_epochs * steps_per_epoch)), device)
+
+    history: list[dict] = []
+    train_seconds, seen = 0.0, 0
+    val = None
+    for epoch in range(1, config.epochs + 1):
+        delta.train()
+        progress.start(f"epoch {epoch}/{config.epochs}", steps_per_epoch)
+        epoch_loss, epoch_n = 0.0, 0
+        start = time.perf_counter()
+        for images, labels in iterate(train_loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            value = sgd.step(lambda x: task_logits(source, delta, x), images, labels)
+            epoch_loss += value * len(labels)
+            epoch_n += len(labels)
+            progress.advance(1, loss=value)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        seen += epoch_n
+        progress.finish()
+        progress.start("validating", len(val_loader))
+        val = evaluate(source, delta, val_loader, device, progress)
+        progress.finish(f"epoch {epoch}: val top-1 {val.top1:.2f} %")
+        history.append({"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_n), "val_top1": val.top1,
+                        "val_top5": val.top5, "val_loss": val.loss, "seconds": seconds})
+
+    delta.eval()
+    cp_indices = delta.freeze_channel_pooling()
+    # Frozen indices equal the deterministic top-K used by the last evaluation, so `val` still holds.
+    return TrainResult(delta=delta.cpu(), cp_indices=cp_indices, val=val, train_seconds=train_seconds,
+                       images_per_s=seen / train_seconds if train_seconds else 0.0, image_size=size,
+                       device=str(device), history=history)
