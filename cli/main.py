@@ -6,8 +6,6 @@ exit status 1; an interrupt leaves with status 130. The hub itself guarantees it
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -15,11 +13,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from snowhub import Hub, SnowhubError, TrainConfig, __version__
-from snowhub.models.sources import SOURCES
+from snowhub import Hub, SnowhubError, TrainConfig, __version__, available_sources
+from snowhub_cli import render
 from snowhub_cli.progress import RichProgress
 
 app = typer.Typer(
@@ -29,8 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 HubOption = Annotated[Optional[Path], typer.Option(
     "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
@@ -45,28 +39,16 @@ def handled() -> Iterator[None]:
     try:
         yield
     except SnowhubError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        render.problem(str(exc))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted: nothing was changed in the hub", markup=False, highlight=False)
+        render.problem("nothing was changed in the hub", "interrupted")
         raise typer.Exit(130) from None
-
-
-def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f} %"
-
-
-def _params(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"snowhub {__version__}")
+        render.line(f"snowhub {__version__}")
         raise typer.Exit()
 
 
@@ -78,7 +60,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 @app.command()
 def init(
-    source: Annotated[str, typer.Option("--source", help=f"Pretrained source: {', '.join(SOURCES)}.")],
+    source: Annotated[str, typer.Option("--source", help=f"Pretrained source: {', '.join(available_sources())}.")],
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", help="Local state dict for the source (safetensors, or a weights-only torch file).")] = None,
     hub: HubOption = None,
@@ -86,16 +68,7 @@ def init(
 ) -> None:
     """Create a hub around a frozen, pretrained source model."""
     with handled(), Hub.init(hub, source, weights) as h:
-        row = h.source_row()
-        if as_json:
-            _print_json({"hub": str(h.layout.root), "source": row.name, "weights_origin": row.weights_origin,
-                         "weights_sha256": row.weights_sha256, "parameters": row.parameter_count,
-                         "taps": row.taps, "has_head": row.head_classes is not None})
-            return
-        out.print(f"created hub {h.layout.root} with source {row.name} ({_params(row.parameter_count)} parameters, "
-                  f"weights from {row.weights_origin})", markup=False, highlight=False)
-        if row.head_classes is not None:
-            out.print(f"task 0 'imagenet' serves the source's own {len(row.head_classes)}-class head", markup=False)
+        render.source_created(str(h.layout.root), h.source_record(), as_json)
 
 
 @app.command("add-task")
@@ -123,45 +96,24 @@ def add_task(
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, k_ratio=k_ratio, head_k_ratio=head_k_ratio,
                          width_divisor=width_divisor, image_size=image_size, noise_var=noise_var, hflip=hflip,
                          val_fraction=val_fraction, seed=seed, device=device, num_workers=workers)
-    with handled(), Hub.open(hub) as h, RichProgress(err) as progress:
+    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:
-            _print_json(info.to_dict())
-            return
-        d = info.details
-        out.print(f"added task {info.seq} '{info.name}': {len(info.classes)} classes, val top-1 {_pct(info.val_top1)}, "
-                  f"top-5 {_pct(info.val_top5)}; trained in {d['train_seconds']:.1f} s at "
-                  f"{d['train_images_per_s']:.1f} images/s; delta {_params(info.delta_params)} parameters "
-                  f"({100 * info.delta_params / info.source_params:.1f} % of the source), K = {info.k}",
-                  markup=False, highlight=False)
+            render.print_json(info.to_dict())
+        else:
+            render.task_added(info)
 
 
 @app.command("list")
 def list_tasks(hub: HubOption = None, as_json: JsonOption = False) -> None:
     """List the hub's tasks in append order."""
     with handled(), Hub.open(hub) as h:
-        tasks = h.tasks()
+        tasks, source = h.tasks(), h.source_record().name
         if as_json:
-            _print_json({"hub": str(h.layout.root), "source": h.source_row().name,
-                         "tasks": [{k: v for k, v in t.to_dict().items() if k != "classes"} for t in tasks]})
-            return
-        table = Table(title=f"{h.layout.root}  (source: {h.source_row().name})")
-        for col in ("seq", "name", "classes", "K", "parameters", "val top-1", "created"):
-            table.add_column(col, justify="right" if col in ("seq", "classes", "K", "parameters", "val top-1") else "left")
-        for t in tasks:
-            params = _params(t.source_params) + " (source)" if t.seq == 0 else _params(t.delta_params)
-            table.add_row(str(t.seq), t.name + (" (!)" if "record_problem" in t.details else ""),
-                          str(len(t.classes)), str(t.k) if t.k else "—", params, _pct(t.val_top1),
-                          t.created_at[:16].replace("T", " "))
-        out.print(table)
-        _warn_untrusted(tasks)
-
-
-def _warn_untrusted(tasks: list) -> None:
-    """One stderr line per task whose registry record does not match its seal (marked (!) above)."""
-    for t in tasks:
-        if problem := t.details.get("record_problem"):
-            err.print(f"warning: {problem}", markup=False, highlight=False)
+            render.print_json({"hub": str(h.layout.root), "source": source,
+                               "tasks": [{k: v for k, v in t.to_dict().items() if k != "classes"} for t in tasks]})
+        else:
+            render.task_table(str(h.layout.root), source, tasks)
 
 
 @app.command()
@@ -170,25 +122,10 @@ def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the sou
     """Show everything recorded about one task."""
     with handled(), Hub.open(hub) as h:
         info = h.task(name)
-        data = info.to_dict()
         if as_json:
-            _print_json(data)
-            return
-        table = Table(show_header=False, title=f"task {info.seq}: {info.name}")
-        table.add_column("field", style="bold")
-        table.add_column("value", overflow="fold")
-        for key, value in data.items():
-            if key == "classes":
-                value = ", ".join(value[:20]) + (f", … ({len(value)} in all)" if len(value) > 20 else "")
-            elif key == "cp_indices":
-                value = "; ".join(f"{tap}: {len(idx)} channels" for tap, idx in value.items())
-            elif key == "metrics":
-                value = "; ".join(f"epoch {e['epoch']}: top-1 {e['val_top1']:.2f} %" for e in value.get("history", []))
-            elif isinstance(value, dict):
-                value = json.dumps(value, default=str)
-            table.add_row(key, str(value))
-        out.print(table)
-        _warn_untrusted([info])
+            render.print_json(info.to_dict())
+        else:
+            render.task_details(info)
 
 
 @app.command()
@@ -207,15 +144,9 @@ def predict(
             raise typer.BadParameter("give --task or --all, not both")
         results = h.predict([str(p) for p in images], None if all_tasks or not task else list(task), top, device)
         if as_json:
-            _print_json([r.to_dict() for r in results])
-            return
-        for r in results:
-            table = Table(title=r.image, show_lines=False)
-            table.add_column("task")
-            table.add_column(f"top-{top}")
-            for name, answers in r.tasks.items():
-                table.add_row(name, ", ".join(f"{label} {p:.1f} %" for label, p in answers))
-            out.print(table)
+            render.print_json([r.to_dict() for r in results])
+        else:
+            render.predictions(results, top)
 
 
 @app.command("verify-forgetting")
@@ -234,45 +165,14 @@ def verify_forgetting(
     tolerance), changed, or damaged. Exit status 0 only when the source and every task are unchanged; 2 when
     something changed.
     """
-    with handled(), Hub.open(hub) as h, RichProgress(err) as progress:
+    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
         report = h.verify_forgetting(device, progress, strict=strict)
         if as_json:
-            _print_json(report.to_dict())
+            render.print_json(report.to_dict())
         else:
-            _print_forgetting(report)
+            render.forgetting(report)
         if not report.ok:
             raise typer.Exit(2)
-
-
-def _print_forgetting(report) -> None:
-    from snowhub.numerics import describe_environment
-
-    table = Table(title="forgetting check")
-    for col in ("seq", "task", "verdict", "top-1 then", "top-1 now", "max |Δ logit|", "recorded in"):
-        table.add_column(col)
-    elsewhere: dict[str, list[str]] = {}  # environment → the tasks recorded there, when not here
-    for t in report.tasks:
-        if t.same_environment:
-            recorded = "here"
-        else:
-            recorded = "elsewhere" if t.recorded_environment else "unknown"
-            elsewhere.setdefault(describe_environment(t.recorded_environment), []).append(t.name)
-        table.add_row(str(t.seq), t.name, t.verdict or t.status, _pct(t.recorded_top1), _pct(t.current_top1),
-                      "—" if t.max_logit_diff is None else f"{t.max_logit_diff:.2g}", recorded)
-    out.print(table)
-    out.print(f"checked in: {describe_environment(report.checked_environment)}", markup=False, highlight=False,
-              soft_wrap=True)
-    for environment, names in elsewhere.items():
-        out.print(f"recorded in: {environment} ({', '.join(names)}); "
-                  + ("--strict: bit-identical demanded" if report.strict
-                     else f"accepted within {report.tolerance:.2g} with the same labels"),
-                  markup=False, highlight=False, soft_wrap=True)
-    out.print(f"source weights: {'unchanged' if report.source_ok else 'CHANGED'}", markup=False)
-    out.print("backward transfer (BWT): " + ("—" if report.bwt is None else f"{report.bwt:+.2f} points"),
-              markup=False)
-    for problem in report.problems():
-        err.print(f"error: {problem}", markup=False, highlight=False, soft_wrap=True)
-    out.print("no task forgot anything" if report.ok else "FAILED: see the problems above", markup=False)
 
 
 @app.command()
@@ -281,21 +181,12 @@ def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
 
     Exit status 0 when nothing is wrong (warnings allowed); 2 when a problem was found.
     """
-    from snowhub.doctor import check_hub
-    from snowhub.hub import default_hub_path
-
     with handled():
-        report = check_hub(hub if hub is not None else default_hub_path())
+        report = Hub.doctor(hub)
         if as_json:
-            _print_json(report.to_dict())
+            render.print_json(report.to_dict())
         else:
-            for line in report.warnings:
-                err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
-            for line in report.problems:
-                err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
-            verdict = "ok" if report.ok else f"FAILED: {len(report.problems)} problem(s)"
-            out.print(f"{verdict}: {report.hub}: {report.tasks} task(s), {report.files} file(s) checked",
-                      markup=False, highlight=False, soft_wrap=True)
+            render.doctor(report)
         if not report.ok:
             raise typer.Exit(2)
 

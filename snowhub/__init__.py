@@ -5,10 +5,14 @@ One frozen, pretrained source model; an append-only sequence of small task delta
 feature maps through channel pooling. Start with :class:`snowhub.Hub`.
 """
 
-__version__ = "0.1.0"
+from snowhub._version import __version__
+from snowhub.errors import SnowhubError
+from snowhub.hub import Hub
+from snowhub.info import TaskInfo
+from snowhub.models.sources import available_sources
+from snowhub.names import SOURCE_TASK, default_hub_path
+from snowhub.training import TrainConfig
 
-from snowhub.errors import SnowhubError  # noqa: E402
-from snowhub.hub import Hub, TaskInfo, default_hub_path  # noqa: E402
-from snowhub.training import TrainConfig  # noqa: E402
 
-__all__ = ["Hub", "SnowhubError", "TaskInfo", "TrainConfig", "default_hub_path", "__version__"]
+__all__ = ["Hub", "SOURCE_TASK", "SnowhubError", "TaskInfo", "TrainConfig", "available_sources",
+           "default_hub_path", "__version__"]

@@ -38,7 +38,7 @@ class ProbeSet:
         labels: int64 ``(P,)``.
         logits: float32 ``(P, classes)``, from the registered delta, in float32 on the registering device.
         environment: the numerics environment the logits were computed in (:func:`numerics_environment`),
-            or None when unknown (read back from a file: it is recorded in the registry, not in the file).
+            or None when unknown (it is recorded in the task's registry record, not in the file).
     """
 
     images: torch.Tensor
@@ -50,8 +50,9 @@ class ProbeSet:
         return {"images": self.images, "labels": self.labels, "logits": self.logits}
 
     @staticmethod
-    def from_tensors(t: dict[str, torch.Tensor]) -> "ProbeSet":
-        return ProbeSet(t["images"], t["labels"], t["logits"])
+    def from_tensors(t: dict[str, torch.Tensor], environment: dict | None = None) -> "ProbeSet":
+        """A probe set read back from its file (`environment` comes from the task's record)."""
+        return ProbeSet(t["images"], t["labels"], t["logits"], environment)
 
     def top1(self) -> float:
         """Accuracy of the recorded logits, %."""
@@ -94,7 +95,7 @@ def build_probe_set(source: FrozenSource, delta: Delta, samples: Sequence[tuple[
         DataError: a probe image cannot be read.
     """
     chosen = choose_probe_samples(samples, per_class, limit)
-    transform = eval_transform(image_size)
+    transform = eval_transform(image_size, source.spec.eval_resize_ratio)
     images = torch.stack([transform(load_rgb(path)) for path, _ in chosen])
     labels = torch.tensor([label for _, label in chosen], dtype=torch.long)
     return ProbeSet(images, labels, probe_logits(source, delta, images, device), numerics_environment(device))

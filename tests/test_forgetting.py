@@ -12,14 +12,12 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from fixtures.hubkit import reseal_task, run_cli, sql
+from fixtures.hubkit import rewrite_task_file, run_cli, sql
 from snowhub import Hub
-from snowhub.forgetting import BIT_IDENTICAL, CHANGED, WITHIN_TOLERANCE, judge_logits
+from snowhub.checks.forgetting import BIT_IDENTICAL, CHANGED, WITHIN_TOLERANCE, judge_logits
 from snowhub.numerics import describe_environment, numerics_environment, same_environment
 from snowhub.probe import LOGIT_TOLERANCE
-from snowhub.store import sha256_file
 
 OTHER_KERNELS = {"ONEDNN_MAX_CPU_ISA": "SSE41"}
 
@@ -104,14 +102,12 @@ def test_other_cpu_kernels_verify_within_tolerance_not_changed(trained_hub):
 
 
 def _nudge_delta(hub_dir, seq: int, delta: float, tensor: str = "classifier.bias") -> None:
-    """Add `delta` to one element of one tensor of task `seq`'s delta file, then re-seal everything."""
-    with Hub.open(hub_dir) as hub:
-        row = next(r for r in hub.registry.tasks() if r.seq == seq)
-        path = hub.layout.resolve(row.weights_file)
-    state = load_file(str(path))
-    state[tensor].view(-1)[0] += delta
-    save_file(state, str(path), metadata={"task": row.name})
-    reseal_task(hub_dir, seq, weights_sha256=sha256_file(path))
+    """Add `delta` to one element of one tensor of task `seq`'s delta file, with hashes and seals redone."""
+    def nudge(tensors):
+        tensors[tensor].view(-1)[0] += delta
+        return tensors
+
+    rewrite_task_file(hub_dir, seq, "delta", nudge)
 
 
 @pytest.mark.parametrize("env", [None, OTHER_KERNELS], ids=["same-kernels", "other-kernels"])

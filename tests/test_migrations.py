@@ -18,13 +18,15 @@ from typer.testing import CliRunner
 
 from fixtures.hubkit import FIXTURES, assert_one_line_error, snapshot, sql
 from snowhub import Hub
-from snowhub.doctor import check_hub
+from snowhub.checks import check_hub
 from snowhub.errors import HubVersionError
 from snowhub.store import Registry, head_revision, sha256_file
 from snowhub.store.integrity import record_problem
 from snowhub_cli.main import app
 
 HUBS = sorted(FIXTURES.glob("hub-*"))
+# Revision 0004 gave the task's file hashes one name each (source.weights_sha256 became tensors_sha256).
+TASK_RENAMES = {"weights_sha256": "weights_file_sha256", "probe_sha256": "probe_file_sha256"}
 
 
 def _raw(db: Path, table: str) -> list[dict]:
@@ -85,9 +87,10 @@ def test_an_old_hub_upgrades_with_its_tasks_intact(old_hub):
             assert task.same_environment is (None if task.recorded_environment is None else False)
     after_tasks = _raw(old_hub / "hub.db", "task")
     for before, after in zip(before_tasks, after_tasks, strict=True):
-        # Every recorded value kept, byte for byte; the seal itself is redone by a revision that adds a column.
-        assert {k: after[k] for k in before if k != "record_sha256"} == {k: v for k, v in before.items()
-                                                                        if k != "record_sha256"}
+        # Every recorded value kept, byte for byte, under its current column name; the seal itself is redone
+        # by the revisions that add or rename a column.
+        renamed = {TASK_RENAMES.get(k, k): v for k, v in before.items() if k != "record_sha256"}
+        assert {k: after[k] for k in renamed} == renamed
         assert record_problem(after, "task") is None  # and sealed (the migration's copy of the digest agrees)
     [source] = _raw(old_hub / "hub.db", "source")
     assert record_problem(source, "source") is None

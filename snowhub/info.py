@@ -1,0 +1,69 @@
+"""What users see of a task (``list``, ``show``, ``--json``), built from the registry's records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from snowhub.names import SOURCE_TASK
+from snowhub.store import SourceRecord, TaskRecord
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A registered task as users see it.
+
+    Task 0 is the source's own classifier, when it has one; its delta fields are zero. Accuracies are %,
+    times s, throughput images/s, sizes in parameters.
+
+    Attributes:
+        record_problem: why the task's registry record does not match its seal (what it shows may have
+            been edited; see ``snowhub doctor``), or None when it does.
+        details: everything else recorded (``show`` prints it whole).
+    """
+
+    seq: int
+    name: str
+    classes: list[str]
+    k: int
+    delta_params: int
+    cp_params: int
+    source_params: int
+    val_top1: float | None
+    val_top5: float | None
+    image_size: int
+    created_at: str
+    record_problem: str | None = None
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the fields above, ``num_classes``, and the details merged in."""
+        problem = {} if self.record_problem is None else {"record_problem": self.record_problem}
+        return {"seq": self.seq, "name": self.name, "num_classes": len(self.classes), "k": self.k,
+                "delta_params": self.delta_params, "cp_params": self.cp_params,
+                "source_params": self.source_params, "val_top1": self.val_top1, "val_top5": self.val_top5,
+                "image_size": self.image_size, "created_at": self.created_at, **problem, **self.details,
+                "classes": self.classes}
+
+
+def source_task_info(source: SourceRecord, record_problem: str | None) -> TaskInfo:
+    """Task 0: the source's own classifier (only for a source with a head)."""
+    return TaskInfo(0, SOURCE_TASK, list(source.head_classes or []), 0, 0, 0, source.parameter_count, None, None,
+                    int(source.preprocessing["image_size"]), source.created_at.isoformat(), record_problem,
+                    {"kind": "source"})
+
+
+def task_info(task: TaskRecord, source_params: int, record_problem: str | None, full: bool = False) -> TaskInfo:
+    """A delta task; `full` adds what only ``show`` prints (hyper-parameters, indices, metrics, files)."""
+    details = {"kind": "delta", "val_loss": task.val_loss, "train_seconds": task.train_seconds,
+               "train_images_per_s": task.train_images_per_s, "probe_size": task.probe_size,
+               "probe_top1": task.probe_top1, "weights_file": task.weights_file,
+               "weights_file_sha256": task.weights_file_sha256, "dataset_fingerprint": task.dataset_fingerprint}
+    if full:
+        details |= {"hyperparams": task.hyperparams, "cp_indices": task.cp_indices, "metrics": task.metrics,
+                    "dataset": task.dataset_summary, "probe_file": task.probe_file,
+                    "probe_file_sha256": task.probe_file_sha256, "probe_logits_sha256": task.probe_logits_sha256,
+                    "probe_environment": task.probe_environment}
+    ks = task.hyperparams["delta_shape"]["ks"]
+    return TaskInfo(task.seq, task.name, list(task.class_names), sum(ks), task.delta_params, task.cp_params,
+                    source_params, task.val_top1, task.val_top5, task.image_size, task.created_at.isoformat(),
+                    record_problem, details)

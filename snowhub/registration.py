@@ -1,0 +1,144 @@
+"""Writing to a hub: creating it around a source, and appending a trained task.
+
+Both are atomic. ``init`` removes exactly what it created if anything fails. Appending a task follows one
+order, so that a crash at any point leaves either the old hub or the new task, never half of one
+(``docs/reliability.md``): reserve the next ``seq`` → write an *intent* naming the files about to be
+created → write each file atomically (temporary name, fsync, rename) → commit the sealed registry row →
+clear the intent. The caller holds the writer lock throughout (:func:`snowhub.store.writer_lock`);
+a multi-process training run calls :func:`register_task` from rank 0 only.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from snowhub._version import __version__
+from snowhub.data import DatasetSplit
+from snowhub.faults import crash_point
+from snowhub.models.sources import get_spec
+from snowhub.models.weights import load_source_state, resolve_weights
+from snowhub.probe import ProbeSet, logits_digest
+from snowhub.store import (
+    HubLayout,
+    Registry,
+    SourceRecord,
+    TaskRecord,
+    atomic_save_safetensors,
+    clear_intent,
+    remove_leftovers,
+    remove_new_hub,
+    tensor_digest,
+    write_intent,
+    writer_lock,
+)
+from snowhub.training import TrainResult
+
+
+def _library_versions() -> dict[str, str]:
+    import torchvision
+
+    return {"snowhub": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "python": platform.python_version()}
+
+
+def create_hub(root: Path, source: str, weights: Path | str | None = None) -> Registry:
+    """Create a hub at `root` around the pretrained `source` and return its open registry.
+
+    The source's weights are copied into the hub (safetensors), so the hub is self-contained and the
+    recorded hashes always refer to the exact tensors served.
+
+    Raises:
+        SourceError: unknown source, or its weights cannot be found or do not fit.
+        HubExistsError: a hub already exists at `root`.
+    """
+    layout = HubLayout(root)
+    spec = get_spec(source)
+    state, origin = resolve_weights(spec, weights)
+    backbone = spec.build()
+    has_head = load_source_state(spec, backbone, state)
+    state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
+    created_dir = not layout.root.exists()
+    registry = Registry.create(layout.root)
+    weights_path = layout.source_dir / f"{spec.name}.safetensors"
+    try:
+        with writer_lock(layout, wait=False):
+            file_sha = atomic_save_safetensors(state, weights_path, metadata={"source": spec.name})
+            registry.set_source(SourceRecord(
+                name=spec.name, weights_origin=origin, weights_file=layout.relative(weights_path),
+                weights_file_sha256=file_sha, tensors_sha256=tensor_digest(state),
+                parameter_count=sum(v.numel() for v in backbone.parameters()),
+                taps=[t.to_dict() for t in spec.taps], preprocessing=spec.preprocessing,
+                head_classes=spec.head_categories() if has_head else None, library_versions=_library_versions(),
+            ))
+    except BaseException:
+        registry.close()
+        remove_new_hub(layout, created_dir)
+        raise
+    return registry
+
+
+def remove_orphans(registry: Registry) -> list[Path]:
+    """Delete files a crashed writer left behind (see :mod:`snowhub.store.recovery`); call under the lock.
+
+    Unreferenced files that are not provably leftovers (e.g. a task file whose registry row was deleted) are
+    kept for ``snowhub doctor``.
+    """
+    return remove_leftovers(registry.layout, registry.source(), registry.tasks())
+
+
+def register_task(registry: Registry, name: str, trained: TrainResult, probe: ProbeSet, split: DatasetSplit,
+                  dataset_fingerprint: str, hyperparams: dict) -> TaskRecord:
+    """Append the trained task `name` to the hub; the caller holds the writer lock.
+
+    Args:
+        trained: the training result (delta on the CPU, channel pooling frozen).
+        probe: the probe set built with that delta.
+        split, dataset_fingerprint: the data it was trained on, fingerprinted when it was discovered.
+        hyperparams: every option of the run, recorded with the task.
+
+    Returns:
+        The committed, sealed record.
+
+    Raises:
+        TaskExistsError: the name was taken meanwhile. HubWriteError: a file or the registry cannot be written.
+        Any failure or interrupt removes what was written: the hub is left exactly as it was.
+    """
+    layout = registry.layout
+    seq = registry.next_seq()
+    stem = f"{seq:04d}-{name}"
+    delta_path = layout.tasks_dir / f"{stem}.delta.safetensors"
+    probe_path = layout.tasks_dir / f"{stem}.probe.safetensors"
+    write_intent(layout, seq, name, (delta_path, probe_path))  # lets recovery find them
+    try:
+        # These names are new (seq is unused, orphans were removed), so on failure both may go.
+        delta_sha = atomic_save_safetensors(trained.delta.state_dict(), delta_path, {"task": name})
+        probe_sha = atomic_save_safetensors(probe.tensors(), probe_path, {"task": name})
+        crash_point("add-task:files-written")
+        delta_params, cp_params = trained.delta.parameter_counts()
+        record = TaskRecord(
+            seq=seq, name=name, class_names=split.class_names, hyperparams=hyperparams,
+            cp_indices=trained.cp_indices, delta_params=delta_params, cp_params=cp_params,
+            val_top1=trained.val.top1, val_top5=trained.val.top5, val_loss=trained.val.loss,
+            train_seconds=trained.train_seconds, train_images_per_s=trained.images_per_s,
+            metrics={"history": trained.history, "serving_params": trained.delta.serving_parameter_count()},
+            weights_file=layout.relative(delta_path), weights_file_sha256=delta_sha,
+            probe_file=layout.relative(probe_path), probe_file_sha256=probe_sha,
+            probe_size=len(probe.labels), probe_top1=probe.top1(), probe_logits_sha256=logits_digest(probe.logits),
+            probe_environment=probe.environment, dataset_fingerprint=dataset_fingerprint,
+            dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
+                             "train_images": len(split.train), "val_images": len(split.val)},
+        )
+        registry.add_task(record)
+    except BaseException:
+        # Remove what no committed row refers to (both files, unless the commit went through just before
+        # an interrupt: then they belong to a registered task and must stay).
+        try:
+            remove_orphans(registry)
+        except Exception:  # e.g. the registry cannot be read (disk gone): the next writer cleans up
+            pass
+        raise
+    clear_intent(layout, seq)
+    return record

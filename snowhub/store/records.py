@@ -1,0 +1,95 @@
+"""What the registry records, as plain dataclasses: the ORM rows never leave ``snowhub.store``.
+
+Hashes have one name and one meaning everywhere: ``<file>_sha256`` is the sha256 of that file's bytes;
+``tensors_sha256`` is :func:`snowhub.store.files.tensor_digest` of the tensors loaded from it. Paths are
+relative to the hub directory. Accuracies are %, times seconds, throughput images/s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class SourceRecord:
+    """The hub's frozen source model.
+
+    Attributes:
+        name: the source's name (see :func:`snowhub.available_sources`).
+        weights_origin: where the weights came from, e.g. ``"torchvision:IMAGENET1K_V2"``, ``"file:/x"``.
+        weights_file, weights_file_sha256: the hub's safetensors copy of the weights and its sha256.
+        tensors_sha256: digest of the parameters and buffers in that file.
+        parameter_count: parameters of the source (all frozen).
+        taps: one dict per tapped layer (:meth:`snowhub.models.sources.Tap.to_dict`).
+        preprocessing: image size, resize, mean and std the source expects.
+        head_classes: class names of the source's own classifier (task 0), or None without a head.
+        library_versions: versions of snowhub, torch, torchvision and Python at ``init``.
+    """
+
+    name: str
+    weights_origin: str
+    weights_file: str
+    weights_file_sha256: str
+    tensors_sha256: str
+    parameter_count: int
+    taps: list[dict[str, Any]]
+    preprocessing: dict[str, Any]
+    head_classes: list[str] | None
+    library_versions: dict[str, str]
+    created_at: datetime | None = None  # set by the registry
+    record_sha256: str | None = None  # the seal (snowhub.store.integrity), set by the registry
+
+
+@dataclass
+class TaskRecord:
+    """One learned task: a delta on top of the source, appended at position ``seq`` (1, 2, …; never reused).
+
+    Attributes:
+        hyperparams: every training option, ``image_size``, ``device`` and the delta's ``delta_shape``.
+        cp_indices: tap name → the K source channels its channel pooling subscribes to.
+        delta_params, cp_params: parameters of the delta and of its channel pooling.
+        metrics: extras, e.g. the per-epoch ``history``.
+        weights_file, probe_file: the delta's and the probe set's safetensors files, with their sha256.
+        probe_size, probe_top1, probe_logits_sha256: the probe set's size, accuracy (%) and logits digest.
+        probe_environment: where the probe logits were computed (:mod:`snowhub.numerics`); None before
+            schema 0003.
+        dataset_fingerprint, dataset_summary: what the task was trained on.
+    """
+
+    seq: int | None
+    name: str
+    class_names: list[str]
+    hyperparams: dict[str, Any]
+    cp_indices: dict[str, list[int]]
+    delta_params: int
+    cp_params: int
+    val_top1: float
+    val_top5: float
+    val_loss: float
+    train_seconds: float
+    train_images_per_s: float
+    metrics: dict[str, Any]
+    weights_file: str
+    weights_file_sha256: str
+    probe_file: str
+    probe_file_sha256: str
+    probe_size: int
+    probe_top1: float
+    probe_logits_sha256: str
+    dataset_fingerprint: str
+    dataset_summary: dict[str, Any]
+    probe_environment: dict[str, Any] | None = None
+    created_at: datetime | None = None  # set by the registry
+    record_sha256: str | None = None  # the seal, set by the registry
+
+    @property
+    def image_size(self) -> int:
+        """The resolution the task was trained at and is served at, px."""
+        return int(self.hyperparams["image_size"])
+
+
+def field_names(record_type: type) -> list[str]:
+    """The stored fields of a record type, in declaration order."""
+    return [f.name for f in fields(record_type)]
