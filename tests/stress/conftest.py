@@ -5,7 +5,9 @@ The suite takes several minutes, so a plain ``pytest`` skips it; it runs when as
 ``stress`` marker (``pytest -m stress tests/stress``).
 
 ``runner`` starts :mod:`forkrunner` once per session; every snowhub command it runs is a forked child,
-so a test can start dozens of processes without paying for ``import torch`` each time.
+so a test can start dozens of processes without paying for ``import torch`` each time. Every wait on it
+has a timeout (a command, an event such as a process stopping at a crash point, an answer of the
+forkrunner itself): a hang fails the test with what the process printed, it does not hang the run.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def pytest_collection_modifyitems(config, items):
 # event (a process stopping at a crash point, a line on its stderr) may take.
 COMMAND_TIMEOUT = 240
 EVENT_TIMEOUT = 120
+STARTUP_TIMEOUT = 300  # the forkrunner's own `import torch`, on a loaded machine
 
 
 class Runner:
@@ -68,28 +71,32 @@ class Runner:
         self._buffer = b""
         self.pids: dict[str, int] = {}
         self.argv: dict[str, list[str]] = {}
+        self._answer("start", STARTUP_TIMEOUT)  # {"ready": true} once it has imported torch and the CLI
 
     def _ask(self, request: dict, timeout: float = 60) -> dict:
         """Send one request and read its answer, failing (not hanging) if none comes within `timeout` s."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the forkrunner died (exit {self._proc.returncode})")
         self._proc.stdin.write((json.dumps(request) + "\n").encode())
+        answer = self._answer(request["op"], timeout)
+        if "error" in answer:
+            raise RuntimeError(f"forkrunner could not {request['op']} {request.get('id')}: {answer['error']}")
+        return answer
+
+    def _answer(self, what: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
                 self._proc.kill()
-                raise RuntimeError(f"the forkrunner gave no answer to {request['op']} in {timeout} s; killed it")
+                raise RuntimeError(f"the forkrunner gave no answer to {what} in {timeout} s; killed it")
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 raise RuntimeError("the forkrunner died")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"forkrunner could not {request['op']} {request.get('id')}: {answer['error']}")
-        return answer
+        return json.loads(line)
 
     def start(self, *argv: str, env: dict | None = None, rlimit_fsize: int | None = None) -> str:
         ident = str(next(self._ids))

@@ -2,8 +2,8 @@
 ``import torch`` (seconds) each time.
 
 Run as ``python forkrunner.py``; it imports the CLI once, runs no model code itself (so forking is safe),
-then reads one JSON request per line on stdin and answers each with one JSON line (``{"error": ...}`` if
-the request could not be served; the server itself keeps running):
+says ``{"ready": true}``, then reads one JSON request per line on stdin and answers each with one JSON line
+(``{"error": ...}`` if the request could not be served; the server itself keeps running):
 
 * ``{"op": "start", "id": ID, "argv": [...], "env": {...}, "cwd": DIR, "rlimit_fsize": BYTES}`` forks a
   child that runs ``snowhub ARGV`` with those environment variables (e.g. ``SNOWHUB_FAULT``) and, if
@@ -133,6 +133,8 @@ class Server:
         return {"killed": killed}
 
     def serve(self) -> None:
+        sys.stdout.write(json.dumps({"ready": True}) + "\n")
+        sys.stdout.flush()
         for line in sys.stdin:
             request = json.loads(line)
             ident = str(request.get("id"))

@@ -108,14 +108,16 @@ def test_readers_during_a_write_see_whole_tasks_only(runner, hub, stress_data):
     thread_seen: list[list[str]] = []  # the task names of each whole pass
 
     def read_in_this_process():
+        import torch
+
         from snowhub import Hub
 
         while not stop.is_set():
             try:
-                with Hub.open(hub) as h:
-                    rows = h.registry.tasks()
-                    for row in rows:
-                        h.load_delta(row), h.load_probe(row)  # verified against their sha256
+                with Hub.open(hub) as h:  # a new Hub each pass: nothing cached, every file read again
+                    artifacts, rows = h.artifacts(torch.device("cpu")), h.registry.tasks()
+                    for row in rows:  # each verified against its seal and sha256
+                        artifacts.delta(row), artifacts.probe(row)
                 thread_seen.append([row.name for row in rows])
             except BaseException as exc:  # noqa: BLE001
                 thread_errors.append(exc)
