@@ -54,9 +54,13 @@ class ChannelPooling(nn.Module):
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("inv_std", torch.ones(channels))
         self.register_buffer("indices", torch.zeros(k, dtype=torch.long))
-        self.register_buffer("frozen", torch.tensor(False))
-        # Training state only (not saved): -1 until the first selection places the channels.
+        # Host flags, so a forward pass never waits for the GPU to answer a question about a tensor:
+        # `frozen` is saved in the state dict as before (a bool tensor, see _save_to_state_dict).
+        self.frozen = False
+        # Training state only (not saved): the slot of each selected channel, once the first selection
+        # placed them (`placed`).
         self.register_buffer("slots", torch.full((k,), -1, dtype=torch.long), persistent=False)
+        self.placed = False
 
     def select(self) -> torch.Tensor:
         """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic, in slots.
@@ -64,7 +68,7 @@ class ChannelPooling(nn.Module):
         In training the placement is remembered, so a channel keeps its slot from step to step while the
         noise trades channels at the top-K boundary.
         """
-        if bool(self.frozen):
+        if self.frozen:
             return self.indices
         scores = self.scores.detach()
         if self.training and self.noise_std > 0:
@@ -72,22 +76,52 @@ class ChannelPooling(nn.Module):
         placed = self._place(torch.topk(scores, self.k, sorted=False).indices)
         if self.training:
             self.slots.copy_(placed)
+            self.placed = True
         return placed
 
     def _place(self, chosen: torch.Tensor) -> torch.Tensor:
-        """Order the ``(K,)`` channel indices `chosen` by slot: kept channels stay, newcomers fill the gaps."""
-        if bool(self.slots[0] < 0):
+        """Order the ``(K,)`` channel indices `chosen` by slot: kept channels stay, newcomers fill the gaps.
+
+        The i-th newcomer (in `chosen`'s order) takes the i-th freed slot (in slot order). Written with
+        ranks and gathers instead of boolean masks: a masked read or write has a data-dependent size, so on
+        a GPU it stops the host until the device has counted the mask.
+        """
+        if not self.placed:
             return chosen.sort().values
-        kept = torch.isin(self.slots, chosen)
-        placed = self.slots.clone()
-        placed[~kept] = chosen[~torch.isin(chosen, self.slots)]
-        return placed
+        freed = ~torch.isin(self.slots, chosen)  # (K,) slots whose channel left the top-K
+        kept = torch.isin(chosen, self.slots)  # (K,) False for the newcomers, as many as there are freed slots
+        newcomers_first = chosen.index_select(0, torch.argsort(kept.to(torch.uint8), stable=True))
+        freed_rank = (torch.cumsum(freed, 0) - 1).clamp_min(0)  # the r-th freed slot takes newcomer r
+        return torch.where(freed, newcomers_first.index_select(0, freed_rank), self.slots)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         idx = self.select()
-        scale = (self.inv_std[idx] * self.scores[idx]).to(x.dtype)
-        shift = self.mean[idx].to(x.dtype)
-        return (x.index_select(1, idx) - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+        # In float32 whatever the input: under autocast the taps arrive in bfloat16 or float16, and a
+        # per-channel mean rounded to 8 mantissa bits shifts every standardised map by a constant bias.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        scale = (self.inv_std[idx] * self.scores[idx]).to(dtype)
+        shift = self.mean[idx].to(dtype)
+        out = (x.index_select(1, idx).to(dtype) - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+        return out.to(x.dtype)  # back to the autocast dtype (the next convolution runs in it anyway)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "frozen"] = torch.tensor(self.frozen)  # the format of the former buffer
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "frozen"
+        if key in state_dict:
+            value = state_dict[key]
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                error_msgs.append(f"{key}: expected a one-element tensor, got {value!r}")
+            else:
+                self.frozen = bool(value)  # once, when loading
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        elif strict:
+            missing_keys.append(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @torch.no_grad()
     def calibrate(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -105,7 +139,7 @@ class ChannelPooling(nn.Module):
         """Fix the deterministic top-K of the trained scores for serving; returns the indices ``(K,)`` in the
         slots training left them in, so serving feeds the delta exactly what it learned on."""
         self.indices.copy_(self._place(torch.topk(self.scores, self.k, sorted=False).indices))
-        self.frozen.fill_(True)
+        self.frozen = True
         return self.indices.clone()
 
     def extra_repr(self) -> str:
