@@ -45,7 +45,7 @@ def _waiting_for(runner, ident: str, holder: str) -> None:
     runner.until_stderr(ident, f"waiting: another snowhub process (pid {runner.pids[holder]}) is writing to")
 
 
-def test_three_writers_at_once_are_serialised(runner, hub, stress_data, tmp_path):
+def test_three_writers_at_once_are_serialised(runner, hub, stress_data):
     """The first writer is held (SIGSTOP) once it has the lock; the two others start, must say that they
     wait for it, and each gets the lock in turn once it goes on."""
     before = task_names(hub)
