@@ -6,6 +6,7 @@ from conftest import FAST
 from snowhub import Hub, TrainConfig
 from snowhub.errors import DataError, HubExistsError, HubNotFoundError, InvalidNameError, TaskExistsError
 import snowhub.hub as hub_module
+import snowhub.registration as registration
 
 
 def _hub_files(path):
@@ -40,7 +41,7 @@ def test_bad_task_names_are_refused(hub_copy, fashion_dir, name):
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(hub_copy, fashion_dir, monkeypatch, failure):
     before = _hub_files(hub_copy)
-    real_save = hub_module.atomic_save_safetensors
+    real_save = registration.atomic_save_safetensors
     calls = []
 
     def save_then_fail(tensors, path, metadata=None):
@@ -50,7 +51,7 @@ def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(hub_cop
             raise failure
         return digest
 
-    monkeypatch.setattr(hub_module, "atomic_save_safetensors", save_then_fail)
+    monkeypatch.setattr(registration, "atomic_save_safetensors", save_then_fail)
     with Hub.open(hub_copy) as hub:
         with pytest.raises(type(failure)):
             hub.add_task("third", fashion_dir, TrainConfig(**FAST))
@@ -74,9 +75,11 @@ def test_unreadable_image_is_a_data_error_naming_the_file_and_changes_nothing(hu
     assert _hub_files(hub_copy) == before
 
 
-def test_init_twice_and_open_missing_are_clear_errors(trained_hub, tmp_path):
+def test_init_twice_and_open_missing_are_clear_errors(hub_copy, tmp_path):
+    before = _hub_files(hub_copy)
     with pytest.raises(HubExistsError):
-        Hub.init(trained_hub, "efficientnet_lite0")
+        Hub.init(hub_copy, "efficientnet_lite0")
+    assert _hub_files(hub_copy) == before
     with pytest.raises(HubNotFoundError, match="snowhub init"):
         Hub.open(tmp_path / "nothing")
 

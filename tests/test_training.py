@@ -1,8 +1,10 @@
 """Training learns real images, is reproducible on CPU, and validates its options."""
 
 import pytest
+import torch
 
 from conftest import FAST
+from snowhub import Hub
 from snowhub.data import discover
 from snowhub.errors import ConfigError
 from snowhub.models.frozen import FrozenSource
@@ -21,18 +23,26 @@ def source():
     return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
 
 
-def test_same_seed_and_data_give_the_same_weights_on_cpu(source, fashion_dir):
-    split = discover(fashion_dir)
-    runs = [train_delta(source, split, TrainConfig(**FAST), pick_device("cpu")) for _ in range(2)]
-    assert tensor_digest(runs[0].delta.state_dict()) == tensor_digest(runs[1].delta.state_dict())
-    assert runs[0].cp_indices == runs[1].cp_indices
-    other = train_delta(source, split, TrainConfig(**(FAST | {"seed": 1})), pick_device("cpu"))
-    assert tensor_digest(other.delta.state_dict()) != tensor_digest(runs[0].delta.state_dict())
+@pytest.fixture(scope="module")
+def trained(source, fashion_dir):
+    """One training with `FAST` on `fashion_dir`, shared by the tests below."""
+    return train_delta(source, discover(fashion_dir), TrainConfig(**FAST), pick_device("cpu"))
 
 
-def test_learns_real_fashion_mnist_classes_well_above_chance(source, fashion_dir):
-    split = discover(fashion_dir)
-    result = train_delta(source, split, TrainConfig(**FAST), pick_device("cpu"))
+def test_same_seed_and_data_give_the_same_weights_on_cpu(source, fashion_dir, trained, trained_hub):
+    # The session hub's task 'fashion' is another training with the same seed and data (`FAST`, `fashion_dir`),
+    # by `snowhub add-task` in the same process.
+    with Hub.open(trained_hub) as hub:
+        row = hub.registry.get_task("fashion")
+        registered = hub.artifacts(torch.device("cpu")).delta(row)
+    assert tensor_digest(registered.state_dict()) == tensor_digest(trained.delta.state_dict())
+    assert row.cp_indices == trained.cp_indices
+    other = train_delta(source, discover(fashion_dir), TrainConfig(**(FAST | {"seed": 1})), pick_device("cpu"))
+    assert tensor_digest(other.delta.state_dict()) != tensor_digest(trained.delta.state_dict())
+
+
+def test_learns_real_fashion_mnist_classes_well_above_chance(trained):
+    result = trained
     assert result.val.images == 36
     assert result.val.top1 >= 80.0  # chance is 33 %
     assert result.images_per_s > 0 and result.train_seconds > 0
