@@ -6,21 +6,30 @@ damaged task is never served, and the other tasks keep working.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from fixtures.hubkit import flip_byte, snapshot, sql
+from fixtures.hubkit import flip_byte, reseal_task, rewrite_source_file, rewrite_task_file, snapshot, sql
 from snowhub import Hub
-from snowhub.doctor import check_hub
-from snowhub.errors import IntegrityError, SnowhubError
+from snowhub.checks import check_hub
+from snowhub.errors import IntegrityError
 from snowhub_cli.main import app
 
 
 def _bag_image(fashion_dir):
     return sorted((fashion_dir / "val" / "Bag").glob("*.png"))[0]
+
+
+@pytest.fixture(scope="module")
+def fashion2_answer(trained_hub, fashion_dir):
+    """What the intact hub answers for task 2 ('fashion2'): a damaged task 1 must not change it by a bit."""
+    with Hub.open(trained_hub) as hub:
+        return hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
 
 
 def test_an_untouched_hub_is_healthy(trained_hub):
@@ -40,7 +49,7 @@ _FILES = {"delta": "tasks/0001-fashion.delta.safetensors", "probe": "tasks/0001-
 
 @pytest.mark.parametrize("offset", _OFFSETS)
 @pytest.mark.parametrize("kind", ["delta", "probe"])
-def test_one_flipped_bit_in_a_task_file(hub_copy, fashion_dir, kind, offset):
+def test_one_flipped_bit_in_a_task_file(hub_copy, fashion_dir, fashion2_answer, kind, offset):
     flip_byte(hub_copy / _FILES[kind], offset)
     report = check_hub(hub_copy)
     assert [p.split(": ", 1)[0] for p in report.problems] == ["task 1 'fashion'"], report.problems
@@ -48,11 +57,13 @@ def test_one_flipped_bit_in_a_task_file(hub_copy, fashion_dir, kind, offset):
     with Hub.open(hub_copy) as hub:
         row = hub.registry.get_task("fashion")
         with pytest.raises(IntegrityError, match="does not match its recorded sha256"):
-            (hub.load_delta if kind == "delta" else hub.load_probe)(row)
+            artifacts = hub.artifacts(torch.device("cpu"))
+            (artifacts.delta if kind == "delta" else artifacts.probe)(row)
         if kind == "delta":
-            with pytest.raises(IntegrityError):
+            damaged = r"0001-fashion\.delta\.safetensors does not match its recorded sha256"
+            with pytest.raises(IntegrityError, match=damaged):
                 hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
-            assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
+            assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu") == fashion2_answer
 
 
 @pytest.mark.parametrize("offset", [20, 5_000_000, -1])
@@ -88,7 +99,7 @@ _RECORD_EDITS = {
     "class_names": "UPDATE task SET class_names = '[\"Sandal\", \"Bag\", \"Trouser\"]' WHERE seq = 1",
     "cp_indices": "UPDATE task SET cp_indices = replace(cp_indices, '[', '[0, ') WHERE seq = 1",
     "hyperparams": "UPDATE task SET hyperparams = replace(hyperparams, '\"lr\": 0.1', '\"lr\": 0.2') WHERE seq = 1",
-    "weights_sha256": "UPDATE task SET weights_sha256 = 'ab' || substr(weights_sha256, 3) WHERE seq = 1",
+    "weights_file_sha256": "UPDATE task SET weights_file_sha256 = 'ab' || substr(weights_file_sha256, 3) WHERE seq = 1",
     "created_at": "UPDATE task SET created_at = '2001-01-01 00:00:00.000000' WHERE seq = 1",
     "seal removed": "UPDATE task SET record_sha256 = NULL WHERE seq = 1",
     "seal forged": "UPDATE task SET record_sha256 = (SELECT record_sha256 FROM task WHERE seq = 2) WHERE seq = 1",
@@ -96,7 +107,7 @@ _RECORD_EDITS = {
 
 
 @pytest.mark.parametrize("field", list(_RECORD_EDITS))
-def test_an_edited_task_record(hub_copy, fashion_dir, field):
+def test_an_edited_task_record(hub_copy, fashion_dir, fashion2_answer, field):
     sql(hub_copy, _RECORD_EDITS[field])
     report = check_hub(hub_copy)
     assert report.problems and all(p.startswith("task 1 'fashion'") for p in report.problems), report.problems
@@ -104,9 +115,9 @@ def test_an_edited_task_record(hub_copy, fashion_dir, field):
     with Hub.open(hub_copy) as hub:
         with pytest.raises(IntegrityError, match="registry record of task 'fashion' cannot be trusted"):
             hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
-        assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu")
-        listed = {t.name: t.details for t in hub.tasks()}
-    assert "cannot be trusted" in listed["fashion"]["record_problem"] and "record_problem" not in listed["fashion2"]
+        assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu") == fashion2_answer
+        listed = {t.name: t.record_problem for t in hub.tasks()}
+    assert "cannot be trusted" in listed["fashion"] and listed["fashion2"] is None
     shown = CliRunner().invoke(app, ["list", "--hub", str(hub_copy)])
     assert shown.exit_code == 0 and "fashion (!)" in shown.stdout
     assert "warning: the registry record of task 'fashion' cannot be trusted" in shown.stderr
@@ -122,11 +133,14 @@ def test_an_edited_source_record(hub_copy, fashion_dir, edit):
     report = check_hub(hub_copy)
     assert report.problems and report.problems[0] == \
         "source: the record was changed after it was written (its record_sha256 does not match)"
+    untrusted = ("the registry record of the source model cannot be trusted: the record was changed after it was "
+                 f"written (its record_sha256 does not match); it is not used until you restore {hub_copy / 'hub.db'} "
+                 "from a backup (see `snowhub doctor`)")
     with Hub.open(hub_copy) as hub:
-        with pytest.raises(SnowhubError):
+        with pytest.raises(IntegrityError, match=f"^{re.escape(untrusted)}$"):
             hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
         report = hub.verify_forgetting(device="cpu")
-    assert not report.ok and not report.source_ok
+    assert not report.ok and not report.source_ok and report.source_problems == [untrusted]
 
 
 def test_a_registry_path_leading_out_of_the_hub_is_never_followed(hub_copy, tmp_path):
@@ -136,7 +150,7 @@ def test_a_registry_path_leading_out_of_the_hub_is_never_followed(hub_copy, tmp_
     problems = check_hub(hub_copy).problems
     assert "task 1 'fashion': the registry records a delta file outside the hub ('../secret.safetensors')" in problems
     with Hub.open(hub_copy) as hub, pytest.raises(IntegrityError):
-        hub.load_delta(hub.registry.get_task("fashion"))
+        hub.artifacts(torch.device("cpu")).delta(hub.registry.get_task("fashion"))
     assert (hub_copy / _FILES["delta"]).exists() and secret.exists()  # nothing deleted either side
 
 
@@ -170,11 +184,120 @@ def test_a_corrupted_database_page(hub_copy):
     data = bytearray(db.read_bytes())
     data[(root - 1) * size:root * size] = b"\x5a" * size  # rot the task table's root page entirely
     db.write_bytes(bytes(data))
-    report = check_hub(hub_copy)
-    assert not report.ok and report.problems[0].startswith("registry: ")
-    for command in (["list"], ["doctor"]):
-        result = CliRunner().invoke(app, [*command, "--hub", str(hub_copy)])
-        assert result.exit_code in (1, 2) and "Traceback" not in result.stderr, result.stderr
+    unreadable = f"{db} is not a readable snowhub registry (database disk image is malformed); restore it from a backup"
+    assert check_hub(hub_copy).problems == [f"registry: {unreadable}"]
+    listed = CliRunner().invoke(app, ["list", "--hub", str(hub_copy)])
+    assert (listed.exit_code, listed.stdout, listed.stderr) == (1, "", f"error: {unreadable}\n")
+    doctor = CliRunner().invoke(app, ["doctor", "--hub", str(hub_copy)])
+    assert (doctor.exit_code, doctor.stderr) == (2, f"error: registry: {unreadable}\n")
+    assert doctor.stdout == f"FAILED: 1 problem(s): {hub_copy}: 0 task(s), 0 file(s) checked\n"
+
+
+# -- tampering that passes every hash and seal: the doctor's checks behind them ------------------------------
+#
+# Each edit below rewrites a file or a record and then recomputes the file's sha256 and the row's seal, the way
+# someone with write access and this code could; only the doctor's deeper checks can catch it.
+
+
+def _raw_task(hub, seq: int) -> dict:
+    db = sqlite3.connect(f"file:{hub / 'hub.db'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        return dict(db.execute("SELECT * FROM task WHERE seq = ?", (seq,)).fetchone())
+    finally:
+        db.close()
+
+
+def _doctor_finds_only(hub, problem: str) -> None:
+    """`problem` is the one thing ``check_hub`` and ``snowhub doctor`` report (every hash and seal matched)."""
+    report = check_hub(hub)
+    assert report.problems == [problem] and report.files == 5
+    result = CliRunner().invoke(app, ["doctor", "--hub", str(hub)])
+    assert (result.exit_code, result.stderr) == (2, f"error: {problem}\n")
+    assert result.stdout == f"FAILED: 1 problem(s): {hub}: 2 task(s), 5 file(s) checked\n"
+
+
+def _next_index(indices, channels: int) -> int:
+    return next(c for c in range(channels) if c not in indices.tolist())
+
+
+@pytest.mark.parametrize("where", ["delta file", "registry"])
+def test_resealed_channel_pooling_indices_that_disagree(hub_copy, where):
+    """The delta subscribes to other source channels than the registry says (either side edited)."""
+    if where == "delta file":
+        def edit(tensors):
+            indices = tensors["pools.0.indices"]
+            indices[0] = _next_index(indices, 16)  # _blocks.0 has 16 channels
+            return tensors
+        rewrite_task_file(hub_copy, 1, "delta", edit)
+    else:
+        cp = json.loads(_raw_task(hub_copy, 1)["cp_indices"])
+        cp["_blocks.0"][0] = next(c for c in range(16) if c not in cp["_blocks.0"])
+        reseal_task(hub_copy, 1, cp_indices=cp)
+    _doctor_finds_only(hub_copy, "task 1 'fashion': the delta's channel pooling indices differ from the registry")
+
+
+def test_a_resealed_delta_that_does_not_fit_its_record(hub_copy):
+    def edit(tensors):
+        del tensors["classifier.bias"]
+        return tensors
+
+    rewrite_task_file(hub_copy, 1, "delta", edit)
+    problems = check_hub(hub_copy).problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("task 1 'fashion': the delta file does not fit its record: ")
+    assert 'Missing key(s) in state_dict: "classifier.bias"' in problems[0]
+
+
+def test_resealed_probe_logits_that_differ_from_the_registry(hub_copy):
+    def edit(tensors):
+        tensors["logits"][0, 0] += 0.25
+        return tensors
+
+    rewrite_task_file(hub_copy, 1, "probe", edit)
+    _doctor_finds_only(hub_copy, "task 1 'fashion': the probe set's recorded logits differ from the registry")
+
+
+def test_a_resealed_probe_set_with_an_image_removed(hub_copy):
+    """The attacker also records the digest of the shortened logits: only the size check is left."""
+    from snowhub.probe import logits_digest
+
+    recorded = _raw_task(hub_copy, 1)["probe_size"]
+
+    def edit(tensors):
+        return {name: tensor[1:].contiguous() for name, tensor in tensors.items()}
+
+    kept = rewrite_task_file(hub_copy, 1, "probe", edit)
+    reseal_task(hub_copy, 1, probe_logits_sha256=logits_digest(kept["logits"]))
+    _doctor_finds_only(hub_copy, f"task 1 'fashion': the probe set holds {recorded - 1} images, "
+                                 f"the registry says {recorded}")
+
+
+def test_a_resealed_probe_label_that_changes_the_accuracy(hub_copy):
+    """One correctly answered probe image relabelled: logits and size still match, the accuracy does not."""
+    recorded = _raw_task(hub_copy, 1)["probe_top1"]
+
+    def edit(tensors):
+        logits, labels = tensors["logits"], tensors["labels"]
+        right = int((logits.argmax(1) == labels).nonzero()[0])
+        labels[right] = (labels[right] + 1) % logits.shape[1]
+        return tensors
+
+    kept = rewrite_task_file(hub_copy, 1, "probe", edit)
+    top1 = 100.0 * int((kept["logits"].argmax(1) == kept["labels"]).sum()) / len(kept["labels"])
+    assert top1 < recorded
+    _doctor_finds_only(hub_copy, f"task 1 'fashion': the probe set's accuracy is {top1:.2f} %, "
+                                 f"the registry says {recorded}")
+
+
+def test_resealed_source_weights_with_other_tensors(hub_copy):
+    def edit(tensors):
+        name = next(n for n in sorted(tensors) if n.endswith("running_mean"))
+        tensors[name][0] += 0.5
+        return tensors
+
+    rewrite_source_file(hub_copy, edit)
+    _doctor_finds_only(hub_copy, "source: the weights' tensors differ from those recorded at init")
 
 
 def test_doctor_json_lists_each_problem(hub_copy):
@@ -189,8 +312,7 @@ def test_doctor_json_lists_each_problem(hub_copy):
 
 def test_seals_cover_every_column():
     """A new column is sealed automatically; the seal format is frozen (migration 0002 has a copy)."""
-    from snowhub.store import record_digest
-    from snowhub.store.integrity import RECORD_COLUMN
+    from snowhub.store.integrity import RECORD_COLUMN, record_digest
 
     row = {"seq": 1, "name": "a", "val_top1": 1.0, "blob": b"\x00", "none": None, RECORD_COLUMN: "x"}
     digest = record_digest("task", row)
@@ -213,7 +335,8 @@ def test_a_source_changed_in_memory_is_caught_before_any_task_is_re_evaluated(hu
     by a buggy caller updates its running statistics): verify-forgetting compares the two tensor by tensor."""
     with Hub.open(hub_copy) as hub:
         assert hub.verify_forgetting(device="cpu").ok
-        name, stats = next((k, v) for k, v in hub.source_model().backbone_state_dict().items() if "running_mean" in k)
+        served = hub.artifacts(torch.device("cpu")).source()  # the source this process serves from
+        name, stats = next((k, v) for k, v in served.backbone_state_dict().items() if "running_mean" in k)
         stats.add_(0.5)  # the live tensor, as an update by BatchNorm would change it
         report = hub.verify_forgetting(device="cpu")
     assert not report.ok and report.source_problems == ["the source model in memory differs from its weights file"]
