@@ -17,21 +17,23 @@ import threading
 import time
 
 import pytest
+import torch
 from sqlalchemy import exc as sa_exc
 
 import snowhub.data.images
 import snowhub.faults as faults
 import snowhub.hub as hub_module
+import snowhub.registration
 import snowhub.store.files
 import snowhub.store.registry
 from conftest import FAST
 from fixtures.hubkit import assert_one_line_error, cached_training, small_dataset, snapshot, sql, task_names
 from snowhub import Hub, SnowhubError, TrainConfig
-from snowhub.doctor import check_hub
+from snowhub.checks import check_hub
 from snowhub.errors import HubLockedError
 from snowhub.store import HubLayout, HubWriteError, Registry, writer_lock
 
-_MODULES = (hub_module, snowhub.store.files, snowhub.store.registry, snowhub.data.images)
+_MODULES = (hub_module, snowhub.registration, snowhub.store.files, snowhub.store.registry, snowhub.data.images)
 
 
 @pytest.fixture
@@ -136,7 +138,8 @@ def test_an_interrupt_right_after_the_commit_keeps_the_task(hub_copy, fashion_di
     with Hub.open(hub_copy) as hub:
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2", "third"]
         row = hub.registry.get_task("third")
-        hub.load_delta(row), hub.load_probe(row)  # both files there and verified
+        artifacts = hub.artifacts(torch.device("cpu"))
+        artifacts.delta(row), artifacts.probe(row)  # both files there and verified
     assert check_hub(hub_copy).ok and leftovers(hub_copy) == []
 
 
