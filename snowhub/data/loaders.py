@@ -13,7 +13,8 @@ from snowhub.errors import DataError
 
 
 def make_loader(samples: Sequence[tuple[Path, int]], transform, batch_size: int, *, shuffle: bool,
-                seed: int, num_workers: int, device: torch.device, drop_last: bool = False) -> DataLoader:
+                seed: int, num_workers: int, device: torch.device, drop_last: bool = False,
+                persistent_workers: bool | None = None) -> DataLoader:
     """A DataLoader of ``(uint8 images (B, 3, S, S), labels (B,))``, seeded for reproducible order.
 
     Args:
@@ -24,14 +25,22 @@ def make_loader(samples: Sequence[tuple[Path, int]], transform, batch_size: int,
         num_workers: worker processes (0 = in this process). device: pins host memory when it is CUDA.
         drop_last: drop a final partial batch when there is at least one full one (training: a batch of
             one image cannot be batch-normalised).
+        persistent_workers: keep the worker processes between passes (default: whenever there are
+            workers). Otherwise every epoch and every validation pass starts them again, inside the timed
+            training; pass False for a loader read once (its workers would idle until it is dropped).
+
+    With workers, the order and augmentation are seeded and reproducible; persistent workers draw their
+    next epoch's random numbers on from where the last epoch stopped (a re-started worker is seeded anew),
+    so from the second epoch on the batches differ from those of non-persistent workers.
 
     Images are read lazily: an unreadable one raises DataError while iterating (see :func:`iterate`).
     """
     generator = torch.Generator().manual_seed(seed)
+    persistent = num_workers > 0 if persistent_workers is None else persistent_workers and num_workers > 0
     return DataLoader(
         ImageListDataset(list(samples), transform), batch_size=batch_size, shuffle=shuffle,
         num_workers=num_workers, generator=generator, pin_memory=device.type == "cuda",
-        persistent_workers=False, drop_last=drop_last and len(samples) > batch_size,
+        persistent_workers=persistent, drop_last=drop_last and len(samples) > batch_size,
     )
 
 

@@ -46,13 +46,20 @@ class SGDSteps:
         param_groups: SGD groups, each with its peak ``lr`` and ``weight_decay``.
         total_steps: steps of the whole schedule; warmup_steps: steps of the linear warm-up (>= 1).
         device: where the model runs.
+
+    Attributes:
+        amp_dtype: the autocast dtype on `device` (:func:`snowhub.device.amp_dtype`: bfloat16 on sm80 and
+            later, float16 on older GPUs such as the V100 and T4), None on the CPU.
+        loss_scaling: whether the loss is scaled (float16 only: its range is too small for the gradients).
     """
 
     def __init__(self, param_groups: list[dict], total_steps: int, warmup_steps: int, device: torch.device):
         self.device = device
         self.optimizer = torch.optim.SGD(param_groups, lr=param_groups[0]["lr"], momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_cosine(total_steps, warmup_steps))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(device) == torch.float16)
+        self.amp_dtype = amp_dtype(device)
+        self.loss_scaling = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.loss_scaling)
 
     def step(self, forward, images: torch.Tensor, labels: torch.Tensor) -> float:
         """One step on a batch: `forward` maps images ``(B, 3, H, W)`` to logits ``(B, C)``; returns the
