@@ -1,4 +1,5 @@
-"""Checks of the benchmark harness: ``.venv/bin/python -m pytest benchmarks/tests`` (about 2 minutes).
+"""Checks of the benchmark harness: ``.venv/bin/pytest benchmarks/tests`` (about 2 minutes); ``pytest`` and
+``scripts/test.sh`` run them with the rest of the suite.
 
 They need the offline efficientnet_lite0 weights (the ``offline`` extra); the images are generated here.
 """
@@ -6,6 +7,8 @@ They need the offline efficientnet_lite0 weights (the ``offline`` extra); the im
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,10 +116,29 @@ def test_subscription_alternatives_plug_into_the_delta(pretrained, subscription)
     assert delta(x, taps).shape == (2, 5)
 
 
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `argv` in its own process group; past `timeout` seconds (or on any interruption, e.g. pytest-timeout)
+    the whole group, its worker processes included, is killed."""
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
+        pytest.fail(f"{' '.join(argv)} did not finish in {timeout:.0f} s; its stderr ends:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def test_smoke_configuration_runs_end_to_end(tmp_path):
     """``python -m benchmarks.run --config smoke`` finishes every job and writes the report (< 2 minutes)."""
-    subprocess.run([sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--out", str(tmp_path)],
-                   cwd=REPO, check=True, capture_output=True, text=True)
+    done = _run([sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--out", str(tmp_path)], timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
     (run,) = tmp_path.iterdir()
     report = json.loads((run / "results.json").read_text())
     assert report["analysis"]["failed"] == []
