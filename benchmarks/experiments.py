@@ -75,12 +75,15 @@ class HeadlessSource(FrozenSource):
         raise _StopForward
 
     def forward(self, x):
+        # the extractor's hooks collect into a per-thread dict (snowhub.models.frozen._HookExtractor)
+        self.extractor._local.out = out = {}
         with torch.no_grad():
             try:
                 self.extractor.model(x)
             except _StopForward:
                 pass
-            out, self.extractor._out = self.extractor._out, {}
+            finally:
+                self.extractor._local.out = None
         return [out[t.name] for t in self.spec.taps], None
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from benchmarks.memory import reset_cuda_peak
 from snowhub.data import iterate
 from snowhub.evaluation import evaluate_forward
 from snowhub.progress import Progress
@@ -88,7 +89,8 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
         device: where to train; AMP on CUDA as in the product.
         progress: one phase per epoch (steps = batches).
         evals_per_epoch: validation passes per epoch, evenly spaced.
-        skip_steps: steps left out of the steady-state images/s.
+        skip_steps: steps left out of the steady-state images/s; on CUDA the peak-memory counter is reset
+            after them (the autotuner's workspace of the first steps is not the method's memory).
     """
     steps_per_epoch = len(train_loader)
     sgd = SGDSteps(param_groups, steps_per_epoch * epochs, max(1, round(warmup_epochs * steps_per_epoch)), device)
@@ -115,6 +117,7 @@ def train_loop(model: nn.Module, param_groups: list[dict], train_loader, val_loa
                 _sync(device)
                 skip_seconds, skip_images = seconds + time.perf_counter() - start, images
                 skip_cpu = cpu_seconds + time.process_time() - start_cpu
+                reset_cuda_peak(device)  # the warm-up steps ran cuDNN's autotuner, whose workspace is no model's
             if i in eval_at:
                 _sync(device)
                 seconds += time.perf_counter() - start

@@ -1,12 +1,13 @@
 """Where SNOW's training and serving time goes, next to FT: ``python -m benchmarks.profile_snow --config cpu``.
 
-Times (CPU ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images
+Times (ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images
 at the configuration's source, image size, batch and threads; counts their FLOPs; lists the delta's most
 expensive operators; and times the source forward without its classifier (the change proposed in
 docs/benchmarks.md). Prints Markdown and writes ``profile.json`` into ``--out``.
 
-CPU time of this process, not wall time: with one thread it is the work done, whatever else the machine
-is running.
+On the CPU: CPU time of this process, not wall time: with one thread it is the work done, whatever else
+the machine is running. On CUDA, where the host only queues kernels: wall time (``perf_counter``) between
+two ``torch.cuda.synchronize``, and the forward parts under the product's autocast (``SGDSteps``).
 """
 
 from __future__ import annotations
@@ -29,25 +30,38 @@ from benchmarks.serving import forward_flops
 from benchmarks.snapshot import run_in_snapshot, snapshot_info
 from benchmarks.snow import build_delta
 from benchmarks.worker import setup_torch
+from snowhub.device import amp_dtype, autocast
 from snowhub.training import delta_param_groups
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median CPU milliseconds of `fn()` over `repeats` calls (after one warm-up call)."""
+def clock_name(device: torch.device) -> str:
+    """What :func:`median_ms` measures on `device`."""
+    return "GPU wall" if device.type == "cuda" else "CPU"
+
+
+def median_ms(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Median milliseconds of `fn()` over `repeats` calls (after one warm-up call): CPU time of this
+    process on the CPU; on CUDA wall time until the GPU has finished (kernels run asynchronously)."""
+    if device.type == "cuda":
+        def clock() -> float:
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+    else:
+        clock = time.process_time
     fn()
     times = []
     for _ in range(repeats):
-        start = time.process_time()
+        start = clock()
         fn()
-        times.append(time.process_time() - start)
+        times.append(clock() - start)
     return 1000 * statistics.median(times)
 
 
 class Parts:
     """Times each part of a training step separately (the parts run in order, as in a real step)."""
 
-    def __init__(self, repeats: int):
-        self.repeats, self.ms = repeats, {}
+    def __init__(self, repeats: int, device: torch.device = torch.device("cpu")):
+        self.repeats, self.device, self.ms = repeats, device, {}
 
     def time(self, name: str, fn):
         out = None
@@ -56,7 +70,7 @@ class Parts:
             nonlocal out
             out = fn()
 
-        self.ms[name] = median_ms(run, self.repeats)
+        self.ms[name] = median_ms(run, self.repeats, self.device)
         return out
 
 
@@ -64,6 +78,11 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
     config = get_config(config_name)
     device = setup_torch(config)
     batch = batch or config.batch_size
+
+    def with_amp(fn):
+        """`fn()` under the product's training autocast (a no-op on the CPU)."""
+        with autocast(device):
+            return fn()
     pretrained = load_pretrained(config.source)
     torch.manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, config.image_size, config.image_size), dtype=torch.uint8).to(device)
@@ -71,40 +90,49 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
 
     ft = build_baseline("FT", pretrained, 10).to(device).train()
     ft_opt = torch.optim.SGD([p for p in ft.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    ft_parts = Parts(repeats)
-    loss = ft_parts.time("forward", lambda: F.cross_entropy(ft(images), labels))
+    ft_parts = Parts(repeats, device)
+    loss = ft_parts.time("forward", lambda: with_amp(lambda: F.cross_entropy(ft(images).float(), labels)))
     ft_parts.time("backward", lambda: loss.backward(retain_graph=True))
     ft_parts.time("optimizer step", ft_opt.step)
 
     source = pretrained.frozen_source().to(device)
     delta = build_delta(pretrained.spec, 10, SnowVariant(), config.noise_var).to(device).train()
     opt = torch.optim.SGD(delta_param_groups(delta, 1e-3, 10.0, 1e-4), lr=1e-3, momentum=0.9)
-    snow_parts = Parts(repeats)
+    snow_parts = Parts(repeats, device)
     x = snow_parts.time("normalise", lambda: source.normalizer(images))
-    taps, _ = snow_parts.time("source forward (no grad)", lambda: source(x))
-    loss = snow_parts.time("delta forward", lambda: F.cross_entropy(delta(x, taps), labels))
+    taps, _ = snow_parts.time("source forward (no grad)", lambda: with_amp(lambda: source(x)))
+    loss = snow_parts.time("delta forward", lambda: with_amp(lambda: F.cross_entropy(delta(x, taps).float(), labels)))
     snow_parts.time("delta backward", lambda: loss.backward(retain_graph=True))
     snow_parts.time("optimizer step", opt.step)
 
     headless = HeadlessSource(pretrained).to(device) if not isinstance(source.extractor, _FX) else None
-    source_ms = {"with classifier (product)": median_ms(lambda: source(x), repeats)}
+    source_ms = {"with classifier (product)": median_ms(lambda: with_amp(lambda: source(x)), repeats, device)}
     if headless is not None:
-        source_ms["stopping at the last tap"] = median_ms(lambda: headless(x), repeats)
+        source_ms["stopping at the last tap"] = median_ms(lambda: with_amp(lambda: headless(x)), repeats, device)
 
     with torch.no_grad():
         flops = {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
                  "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
                  "FT forward": forward_flops(ft, images)}
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":  # there the host only launches kernels: rank operators by GPU time
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+
+    def own_us(event) -> float:
+        return event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(3):
-            F.cross_entropy(delta(x, taps), labels).backward()
-    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-    total_us = sum(e.self_cpu_time_total for e in prof.key_averages())
-    top_ops = [{"op": e.key, "calls_per_step": e.count // 3, "share": e.self_cpu_time_total / total_us}
-               for e in ops]
+            with_amp(lambda: F.cross_entropy(delta(x, taps).float(), labels)).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    ops = sorted(prof.key_averages(), key=own_us, reverse=True)[:12]
+    total_us = sum(own_us(e) for e in prof.key_averages()) or 1.0
+    top_ops = [{"op": e.key, "calls_per_step": e.count // 3, "share": own_us(e) / total_us} for e in ops]
 
     return {"config": config_name, "batch": batch, "image_size": config.image_size, "source": config.source,
+            "device": str(device), "clock": clock_name(device), "amp": str(amp_dtype(device)),
             "threads": torch.get_num_threads(), "ft_ms": ft_parts.ms, "snow_ms": snow_parts.ms,
             "source_forward_ms": source_ms,
             "flops_per_image": flops, "delta_top_ops": top_ops,
@@ -114,7 +142,9 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
 def markdown(r: dict) -> str:
     ft, snow = sum(r["ft_ms"].values()), sum(r["snow_ms"].values())
     f = r["flops_per_image"]
-    lines = [f"{r['source']}, {r['image_size']} px, batch {r['batch']}, {r['threads']} thread(s); CPU ms per batch", "",
+    clock = r.get("clock", "CPU")  # profiles written before the CUDA clock existed are CPU time
+    lines = [f"{r['source']}, {r['image_size']} px, batch {r['batch']}, {r['threads']} thread(s); "
+             f"{clock} ms per batch", "",
              "| FT part | ms |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["ft_ms"].items()] + [f"| **total** | **{ft:.1f}** |", ""]
     lines += ["| SNOW part | ms |", "|---|---|"]
@@ -125,9 +155,10 @@ def markdown(r: dict) -> str:
               f"{f['source forward'] / 1e6:.1f} M, delta forward {f['delta forward'] / 1e6:.2f} M "
               f"({100 * f['delta forward'] / f['source forward']:.1f} % of the source); delta forward + backward "
               f"takes {100 * delta_ms / src_ms:.0f} % of the source forward's time.", "",
-              "| delta operator (forward + backward) | calls per step | share of delta CPU time |", "|---|---|---|"]
+              f"| delta operator (forward + backward) | calls per step | share of delta {clock.split()[0]} time |",
+              "|---|---|---|"]
     lines += [f"| {o['op']} | {o['calls_per_step']} | {100 * o['share']:.1f} % |" for o in r["delta_top_ops"]]
-    lines += ["", "| source forward (no grad) | CPU ms |", "|---|---|"]
+    lines += ["", f"| source forward (no grad) | {clock} ms |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["source_forward_ms"].items()]
     return "\n".join(lines) + "\n"
 

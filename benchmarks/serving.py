@@ -24,7 +24,6 @@ from benchmarks.backbones import Pretrained, new_head, parameter_count, suffix_a
 from benchmarks.baselines import ProgressiveModel, TransferModel
 from benchmarks.configs import BenchConfig, SnowVariant
 from benchmarks.snow import build_delta
-from snowhub.device import autocast
 from snowhub.models.delta import Delta
 from snowhub.models.frozen import FrozenSource, InputNormalizer
 from snowhub.models.network import MultiTaskNetwork
@@ -84,20 +83,23 @@ class SharedFeatures(nn.Module):
 def images_per_s(model: Callable, images: torch.Tensor, device: torch.device, min_seconds: float,
                  min_batches: int = 3) -> tuple[float, float]:
     """Forward (images/s, images per CPU-second of this process) of `model` on `images`, measured over at
-    least `min_seconds` and `min_batches`."""
+    least `min_seconds` and `min_batches`.
+
+    In float32 without autocast, as :class:`snowhub.serving.Predictor` answers (training uses AMP on CUDA,
+    serving does not).
+    """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with autocast(device):
-        for _ in range(2 if device.type == "cuda" else 1):
-            model(images)
-        sync()
-        n, start, start_cpu = 0, time.perf_counter(), time.process_time()
-        while n < min_batches or time.perf_counter() - start < min_seconds:
-            model(images)
-            n += 1
-        sync()
+    for _ in range(2 if device.type == "cuda" else 1):
+        model(images)
+    sync()
+    n, start, start_cpu = 0, time.perf_counter(), time.process_time()
+    while n < min_batches or time.perf_counter() - start < min_seconds:
+        model(images)
+        n += 1
+    sync()
     return n * len(images) / (time.perf_counter() - start), n * len(images) / (time.process_time() - start_cpu)
 
 

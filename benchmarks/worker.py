@@ -51,15 +51,21 @@ def config_from_dict(d: dict) -> BenchConfig:
     return BenchConfig(**d)
 
 
-def setup_torch(config: BenchConfig) -> torch.device:
-    """Threads and device as the configuration asks; the product's device choice (denormals flushed on CPU)."""
+def setup_torch(config: BenchConfig, autotune: bool = True) -> torch.device:
+    """Threads and device as the configuration asks; the product's device choice (denormals flushed on CPU).
+
+    `autotune` turns on cuDNN's autotuner on CUDA (training jobs: fixed shapes, every step alike). Its
+    workspace allocations inflate the peak-memory counter during the first steps, so training resets the
+    counter after its warm-up steps (``benchmarks.loop.train_loop``). Serving runs without it, as
+    :class:`snowhub.serving.Predictor` does.
+    """
     from snowhub.device import pick_device
 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = autotune
     return device
 
 
@@ -68,7 +74,7 @@ def main(argv: list[str]) -> int:
     config = config_from_dict(spec["config"])
     job = Job.from_dict(spec["job"])
     started = time.perf_counter()
-    device = setup_torch(config)
+    device = setup_torch(config, autotune=job.kind != "serve")
     progress = JsonLinesProgress()
     progress.start("loading source", None)
     pretrained = load_pretrained(config.source)
