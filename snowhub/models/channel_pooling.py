@@ -88,8 +88,9 @@ class ChannelPooling(nn.Module):
         """
         if not self.placed:
             return chosen.sort().values
-        freed = ~torch.isin(self.slots, chosen)  # (K,) slots whose channel left the top-K
-        kept = torch.isin(chosen, self.slots)  # (K,) False for the newcomers, as many as there are freed slots
+        # Both hold K distinct channels: assume_unique spares isin's torch.unique, which syncs on a GPU.
+        freed = ~torch.isin(self.slots, chosen, assume_unique=True)  # (K,) slots whose channel left the top-K
+        kept = torch.isin(chosen, self.slots, assume_unique=True)  # (K,) False for the newcomers (one per freed slot)
         newcomers_first = chosen.index_select(0, torch.argsort(kept.to(torch.uint8), stable=True))
         freed_rank = (torch.cumsum(freed, 0) - 1).clamp_min(0)  # the r-th freed slot takes newcomer r
         return torch.where(freed, newcomers_first.index_select(0, freed_rank), self.slots)
