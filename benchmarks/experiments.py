@@ -75,15 +75,19 @@ class HeadlessSource(FrozenSource):
         raise _StopForward
 
     def forward(self, x):
-        # the extractor's hooks collect into a per-thread dict (snowhub.models.frozen._HookExtractor)
-        self.extractor._local.out = out = {}
+        extractor = self.extractor
+        threaded = hasattr(extractor, "_local")  # products since the per-thread hook dict; older: `_out`
+        if threaded:
+            extractor._local.out = {}
         with torch.no_grad():
             try:
-                self.extractor.model(x)
+                extractor.model(x)
             except _StopForward:
                 pass
-            finally:
-                self.extractor._local.out = None
+            if threaded:
+                out, extractor._local.out = extractor._local.out, None
+            else:
+                out, extractor._out = extractor._out, {}
         return [out[t.name] for t in self.spec.taps], None
 
 
