@@ -158,23 +158,27 @@ def check_sync(device: torch.device) -> dict:
         if mode == "frozen":
             delta.eval()
             delta.freeze_channel_pooling()
+        amp = "autocast" in mode
+        tap = features[3].to(amp_dtype(device)) if amp else features[3]  # under autocast taps come in its dtype
         torch.cuda.synchronize(device)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            with autocast(device) if "autocast" in mode else contextlib.nullcontext():
+            with autocast(device) if amp else contextlib.nullcontext():
                 out = delta(images, features)
-                pooled = delta.pools[1](features[1].to(amp_dtype(device)) if "autocast" in mode else features[1])
-            found[mode] = "no synchronisation"
+                pooled = delta.pools[3](tap)
+            found[mode] = None
         except RuntimeError as exc:
-            found[mode] = f"synchronised: {str(exc).splitlines()[0]}"
+            found[mode] = str(exc).splitlines()[0]
         finally:
             torch.cuda.set_sync_debug_mode(0)
-        say(f"delta forward ({mode}): {found[mode]}; pooled dtype {pooled.dtype if 'no' in found[mode] else '-'}")
-        if "autocast" in mode and "no" in found[mode]:
-            expect(pooled.dtype == amp_dtype(device), f"channel pooling returned {pooled.dtype} under autocast")
-        expect(out.shape == (8, 10) if "no" in found[mode] else True, "unexpected output shape")
-    expect(all(v == "no synchronisation" for v in found.values()), f"host synchronisations: {found}")
-    return found
+        if found[mode] is None:
+            say(f"delta forward ({mode}): no synchronisation; logits {tuple(out.shape)}, pooled tap {pooled.dtype}")
+            expect(out.shape == (8, 10), f"logits of shape {tuple(out.shape)}")
+            expect(pooled.dtype == tap.dtype, f"channel pooling turned {tap.dtype} into {pooled.dtype}")
+        else:
+            say(f"delta forward ({mode}): synchronised: {found[mode]}")
+    expect(all(v is None for v in found.values()), f"host synchronisations: {found}")
+    return {mode: problem or "no synchronisation" for mode, problem in found.items()}
 
 
 # -- 4. TF32 off for probe logits -----------------------------------------------------------------------
@@ -279,27 +283,30 @@ def check_hub(device: torch.device, fashion: Path, epochs: int, size: int) -> di
 
 
 def _train_peak(name: str, model: torch.nn.Module, groups: list[dict], device: torch.device, batch: int,
-                size: int, warmup: int, steps: int) -> dict:
+                size: int, warmup: int, steps: int, floor: int) -> dict:
+    """Peak allocated GPU memory of training `model` (its weights included, as benchmarks/memory.py and
+    the paper count it), after `warmup` steps and with them; `floor` is what was allocated before it."""
+    weights = torch.cuda.memory_allocated(device) - floor
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     sgd = SGDSteps(groups, warmup + steps, 1, device)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
     for _ in range(warmup):
         sgd.step(model, images, labels)
     torch.cuda.synchronize(device)
-    with_warmup = torch.cuda.max_memory_allocated(device) - base
+    with_warmup = torch.cuda.max_memory_allocated(device) - floor
     torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(steps):
         sgd.step(model, images, labels)
     torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) - base
-    say(f"{name}: peak {peak / MIB:.0f} MiB after {warmup} warm-up steps ({with_warmup / MIB:.0f} MiB counting them), "
-        f"{steps * batch / seconds:.0f} images/s")
-    return {"peak_mib": peak / MIB, "peak_with_warmup_mib": with_warmup / MIB, "images_per_s": steps * batch / seconds}
+    peak = torch.cuda.max_memory_allocated(device) - floor
+    say(f"{name}: peak {peak / MIB:.0f} MiB after {warmup} warm-up steps ({with_warmup / MIB:.0f} MiB counting "
+        f"them; weights {weights / MIB:.0f} MiB), {steps * batch / seconds:.0f} images/s")
+    return {"peak_mib": peak / MIB, "peak_with_warmup_mib": with_warmup / MIB, "weights_mib": weights / MIB,
+            "images_per_s": steps * batch / seconds}
 
 
 def check_memory(device: torch.device, batch: int, size: int = 224, warmup: int = 3, steps: int = 5) -> dict:
@@ -313,6 +320,7 @@ def check_memory(device: torch.device, batch: int, size: int = 224, warmup: int 
         for name in ("SNOW", "FT"):
             gc.collect()
             torch.cuda.empty_cache()
+            floor = torch.cuda.memory_allocated(device)
             if name == "SNOW":
                 delta = build_delta(spec, 10, SnowVariant(), 1e-3)
                 model = SnowModel(pretrained.frozen_source(), delta).to(device).train()
@@ -321,7 +329,7 @@ def check_memory(device: torch.device, batch: int, size: int = 224, warmup: int 
                 model = build_baseline("FT", pretrained, 10).to(device).train()
                 groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 0.1,
                            "weight_decay": 1e-4}]
-            result[name] = _train_peak(name, model, groups, device, batch, size, warmup, steps)
+            result[name] = _train_peak(name, model, groups, device, batch, size, warmup, steps, floor)
             del model, groups
     finally:
         torch.backends.cudnn.benchmark = saved
