@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from snowhub import Hub, SnowhubError, TrainConfig, __version__, available_sources
+from snowhub import DeltaConfig, Hub, RunOptions, SnowhubError, TrainConfig, __version__, available_sources
 from snowhub_cli import render
 from snowhub_cli.progress import RichProgress
 
@@ -30,7 +30,8 @@ HubOption = Annotated[Optional[Path], typer.Option(
     "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, or cuda[:N].")]
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# The flags' defaults are the library's (TrainConfig's own fields and its DeltaConfig's).
+_DEFAULTS = {f.name: f.default for f in (*fields(TrainConfig), *fields(DeltaConfig))}
 
 
 @contextmanager
@@ -93,9 +94,11 @@ def add_task(
     as_json: JsonOption = False,
 ) -> None:
     """Train a new task's delta against the frozen source and append it to the hub."""
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, k_ratio=k_ratio, head_k_ratio=head_k_ratio,
-                         width_divisor=width_divisor, image_size=image_size, noise_var=noise_var, hflip=hflip,
-                         val_fraction=val_fraction, seed=seed, device=device, num_workers=workers)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, hflip=hflip,
+                         val_fraction=val_fraction, seed=seed,
+                         delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
+                                           noise_var=noise_var),
+                         run=RunOptions(device=device, num_workers=workers))
     with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:

@@ -11,8 +11,8 @@ from snowhub.hub import Hub
 from snowhub.info import TaskInfo
 from snowhub.models.sources import available_sources
 from snowhub.names import SOURCE_TASK, default_hub_path
-from snowhub.training import TrainConfig
+from snowhub.training import DeltaConfig, RunOptions, TrainConfig
 
 
-__all__ = ["Hub", "SOURCE_TASK", "SnowhubError", "TaskInfo", "TrainConfig", "available_sources",
-           "default_hub_path", "__version__"]
+__all__ = ["DeltaConfig", "Hub", "RunOptions", "SOURCE_TASK", "SnowhubError", "TaskInfo", "TrainConfig",
+           "available_sources", "default_hub_path", "__version__"]

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from snowhub.data import iterate
 from snowhub.device import autocast
+from snowhub.faults import crash_point
 from snowhub.errors import DataError
 from snowhub.models.delta import Delta
 from snowhub.models.frozen import FrozenSource
@@ -65,6 +66,7 @@ def evaluate_forward(forward: Callable[[torch.Tensor], torch.Tensor], module: nn
             h1, h5 = accuracy_counts(logits, labels)
             top1, top5, n = top1 + h1, top5 + h5, n + len(labels)
             progress.advance(1)
+            crash_point("train-step")  # validation steps count too
     finally:
         module.train(was_training)
     if n == 0:

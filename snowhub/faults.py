@@ -29,10 +29,6 @@ import os
 import resource
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from snowhub.progress import Progress
 
 ENV = "SNOWHUB_FAULT"
 TRACE_ENV = "SNOWHUB_FAULT_TRACE"
@@ -104,25 +100,3 @@ def crash_point(name: str, before: Callable[[], None] | None = None) -> None:
         if before is not None:
             before()
         _act(target[1])
-
-
-class _CrashingProgress:
-    """A Progress that passes every event on and hits the ``train-step`` crash point on each step."""
-
-    def __init__(self, inner: Progress):
-        self._inner = inner
-
-    def start(self, description: str, total: int | None) -> None:
-        self._inner.start(description, total)
-
-    def advance(self, steps: int = 1, **info: float | str) -> None:
-        self._inner.advance(steps, **info)
-        crash_point("train-step")
-
-    def finish(self, message: str | None = None) -> None:
-        self._inner.finish(message)
-
-
-def watch_progress(progress: Progress) -> Progress:
-    """`progress` itself, or (only when fault injection is on) a wrapper with the ``train-step`` point."""
-    return _CrashingProgress(progress) if ENV in os.environ else progress

@@ -17,7 +17,7 @@ from snowhub.checks import DoctorReport, ForgettingReport, check_hub, verify_hub
 from snowhub.data import discover, fingerprint, load_rgb
 from snowhub.device import pick_device
 from snowhub.errors import DataError, IntegrityError, TaskExistsError
-from snowhub.faults import crash_point, watch_progress
+from snowhub.faults import crash_point
 from snowhub.info import TaskInfo, source_task_info, task_info
 from snowhub.names import SOURCE_TASK, check_task_name, default_hub_path
 from snowhub.probe import build_probe_set
@@ -143,7 +143,7 @@ class Hub:
         config = config or TrainConfig()
         check_task_name(name)
         config.validate()
-        progress = watch_progress(progress or SilentProgress())
+        progress = progress or SilentProgress()
         if self.registry.read_only:  # say so before any training, not at the commit
             raise HubReadOnlyError(f"the hub at {self.layout.root} is read-only; make it writable to add tasks")
         if self.registry.has_task(name):
@@ -151,7 +151,7 @@ class Hub:
         crash_point("add-task:start")
         split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
         dataset_fingerprint = fingerprint(split)
-        device = pick_device(config.device)
+        device = pick_device(config.run.device)
         crash_point("add-task:data-found")
         with writer_lock(self.layout, wait=wait_for_lock, progress=progress):
             remove_orphans(self.registry)

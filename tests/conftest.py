@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from snowhub import RunOptions
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # Visually distinct Fashion-MNIST classes, so a few short epochs learn them well above chance.
 CLASSES = {1: "Trouser", 5: "Sandal", 8: "Bag"}
-FAST = dict(epochs=6, image_size=32, batch_size=16, seed=0, device="cpu", num_workers=0)
+FAST = dict(epochs=6, image_size=32, batch_size=16, seed=0, run=RunOptions(device="cpu", num_workers=0))
 # The same training through `snowhub add-task`.
 FAST_ARGS = ["--epochs", "6", "--image-size", "32", "--batch-size", "16", "--seed", "0", "--device", "cpu",
              "--workers", "0"]

@@ -24,6 +24,8 @@ import snowhub.data.images
 import snowhub.faults as faults
 import snowhub.hub as hub_module
 import snowhub.registration
+import snowhub.training.loop
+import snowhub.evaluation
 import snowhub.store.files
 import snowhub.store.registry
 from conftest import FAST
@@ -33,7 +35,9 @@ from snowhub.checks import check_hub
 from snowhub.errors import HubLockedError
 from snowhub.store import HubLayout, HubWriteError, Registry, writer_lock
 
-_MODULES = (hub_module, snowhub.registration, snowhub.store.files, snowhub.store.registry, snowhub.data.images)
+# Every module that calls a crash point (each imports the function by name).
+_MODULES = (hub_module, snowhub.registration, snowhub.store.files, snowhub.store.registry, snowhub.data.images,
+            snowhub.training.loop, snowhub.evaluation)
 
 
 @pytest.fixture
@@ -86,7 +90,7 @@ def test_crash_point_spec_and_hit_counting(monkeypatch):
 def test_every_crash_point_is_on_the_add_task_path(hub_copy, tmp_path, monkeypatch):
     """Each named point is really passed by one add-task, so the SIGKILL matrix tests what it says."""
     data = small_dataset(tmp_path / "data", per_class=12)
-    monkeypatch.setenv(faults.ENV, "no-such-point")  # fault injection on: the train-step hook is installed
+    monkeypatch.setenv(faults.ENV, "no-such-point")  # fault injection on: every point is traced
     passed = raise_at(monkeypatch, "never", RuntimeError())
     monkeypatch.setattr(faults, "crash_point", lambda name, before=None: passed.append(name))
     with Hub.open(hub_copy) as hub:

@@ -1,10 +1,11 @@
 """Training learns real images, is reproducible on CPU, and validates its options."""
 
+import dataclasses
 import pytest
 import torch
 
 from conftest import FAST
-from snowhub import Hub
+from snowhub import DeltaConfig, Hub
 from snowhub.data import discover
 from snowhub.errors import ConfigError
 from snowhub.models.frozen import FrozenSource
@@ -54,5 +55,7 @@ def test_learns_real_fashion_mnist_classes_well_above_chance(trained):
                                          ("width_divisor", 0.5), ("width_divisor", 100), ("lr", -1.0),
                                          ("image_size", 16), ("batch_size", 0)])
 def test_out_of_range_options_are_refused(field, value):
-    with pytest.raises(ConfigError):
-        TrainConfig(**{field: value}).validate()
+    architecture = field in {f.name for f in dataclasses.fields(DeltaConfig)}
+    config = TrainConfig(delta=DeltaConfig(**{field: value})) if architecture else TrainConfig(**{field: value})
+    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must"):
+        config.validate()

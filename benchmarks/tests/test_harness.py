@@ -25,7 +25,7 @@ from benchmarks.snow import build_delta
 from benchmarks.training_job import load_split, run_training
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.progress import SilentProgress
-from snowhub.training import TrainConfig, train_delta
+from snowhub.training import DeltaConfig, RunOptions, TrainConfig, train_delta
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,9 +59,10 @@ def test_snow_job_follows_the_product_trainer(pretrained, images_dir):
     product = train_delta(
         pretrained.frozen_source(), load_split(dataset, images_dir, config),
         TrainConfig(epochs=2, batch_size=8, lr=config.snow_lr, score_lr_scale=config.score_lr_scale,
-                    weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, k_ratio=1 / 8,
-                    width_divisor=8, noise_var=config.noise_var, image_size=32, hflip=True, seed=config.seed,
-                    device="cpu", num_workers=0),
+                    weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs, image_size=32,
+                    hflip=True, seed=config.seed,
+                    delta=DeltaConfig(k_ratio=1 / 8, width_divisor=8, noise_var=config.noise_var),
+                    run=RunOptions(device="cpu", num_workers=0)),
         torch.device("cpu"))
     assert ours["loop"]["epoch_losses"] == pytest.approx([h["train_loss"] for h in product.history], rel=1e-6)
     assert ours["top1"] == pytest.approx(product.val.top1)

@@ -12,6 +12,7 @@ import torch
 
 from snowhub.data import DatasetSplit, eval_transform, iterate, make_loader, train_transform
 from snowhub.device import default_num_workers
+from snowhub.faults import crash_point
 from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
@@ -63,7 +64,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         source: the frozen source (moved to `device` by the caller).
         split: training and validation images.
         config: hyper-parameters; validated here.
-        device: where to train; AMP is used on CUDA.
+        device: where to train (``config.run.device`` resolved by the caller); AMP is used on CUDA.
         progress: receives one phase per epoch (steps = batches) and one per evaluation.
 
     Returns:
@@ -77,9 +78,10 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     progress = progress or SilentProgress()
     seed_everything(config.seed)
     size = config.image_size or source.spec.image_size
-    workers = default_num_workers(device) if config.num_workers is None else config.num_workers
-    shape = DeltaShape.from_ratios(source.spec.block, source.taps, config.width_divisor, config.k_ratio,
-                                   len(split.class_names), config.noise_var, config.head_k_ratio)
+    workers = default_num_workers(device) if config.run.num_workers is None else config.run.num_workers
+    arch = config.delta
+    shape = DeltaShape.from_ratios(source.spec.block, source.taps, arch.width_divisor, arch.k_ratio,
+                                   len(split.class_names), arch.noise_var, arch.head_k_ratio)
     delta = Delta(shape).to(device)
     train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
                                shuffle=True, seed=config.seed, num_workers=workers, device=device,
@@ -87,8 +89,9 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
     val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
                              seed=config.seed, num_workers=workers, device=device)
+    # Read once: its workers would otherwise sit idle through the whole training.
     calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
-                               seed=config.seed + 1, num_workers=workers, device=device)
+                               seed=config.seed + 1, num_workers=workers, device=device, persistent_workers=False)
     progress.start("measuring source statistics", None)
     calibrate_channel_pooling(source, delta, calib_loader, device)
     progress.finish()
@@ -111,6 +114,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
             epoch_loss += value * len(labels)
             epoch_n += len(labels)
             progress.advance(1, loss=value)
+            crash_point("train-step")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

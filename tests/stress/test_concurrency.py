@@ -168,7 +168,7 @@ def test_a_writer_killed_while_another_waits(runner, hub, stress_data):
     """`doomed` is held (SIGSTOP) once it has the lock: an in-process writer that will not wait is refused
     at once, `patient` waits (and says so); then `doomed` goes on and dies (SIGKILL) with one file renamed
     into place and the other half done, and `patient` takes over, cleans up and adds its task."""
-    from snowhub import Hub, TrainConfig
+    from snowhub import Hub, RunOptions, TrainConfig
     from snowhub.errors import HubLockedError
 
     before = task_names(hub)
@@ -176,7 +176,7 @@ def test_a_writer_killed_while_another_waits(runner, hub, stress_data):
                           env={"SNOWHUB_FAULT": "add-task:locked=SIGSTOP,save:after-rename:2"})
     runner.until_stopped(doomed)
     with Hub.open(hub) as h, pytest.raises(HubLockedError):
-        h.add_task("impatient", stress_data["b"], TrainConfig(epochs=1, image_size=32, device="cpu"),
+        h.add_task("impatient", stress_data["b"], TrainConfig(epochs=1, image_size=32, run=RunOptions(device="cpu")),
                    wait_for_lock=False)
     patient = runner.start("add-task", "patient", "--data", stress_data["b"], "--hub", hub, *FAST_ARGS)
     _waiting_for(runner, patient, doomed)
