@@ -57,18 +57,18 @@ def _on_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def open_engine(db_path: Path, create: bool = False, read_only: bool = False) -> Engine:
+def open_engine(db_path: Path, read_only: bool = False) -> Engine:
     """An engine on the SQLite file ``db_path`` (WAL mode, 30 s busy timeout on every connection).
 
-    With ``create=False`` the file must already exist (SQLite would otherwise silently create an empty
-    one); connecting to a missing file then raises ``sqlalchemy.exc.OperationalError``.
+    The file must already exist (``Registry.create`` makes it; SQLite would otherwise silently create an
+    empty one): connecting to a missing file raises ``sqlalchemy.exc.OperationalError``.
 
     ``read_only=True`` is for a hub on read-only storage: SQLite opens the file read-only, and, when no
     ``-wal`` file holds unfolded commits, as *immutable* (WAL mode needs a writable ``-shm`` file
     otherwise).
     """
     db_path = Path(db_path).absolute()
-    mode = "ro" if read_only else "rwc" if create else "rw"
+    mode = "ro" if read_only else "rw"
     uri = f"{db_path.as_uri()}?mode={mode}"
     if read_only and not Path(f"{db_path}-wal").exists():
         uri += "&immutable=1"
