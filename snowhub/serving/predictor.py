@@ -78,22 +78,21 @@ class Predictor:
     def device(self) -> torch.device:
         return self.artifacts.device
 
-    def task_names(self) -> list[str]:
-        """Every task, task 0 (the source's own head, when it has one) first, then in append order."""
-        source = self.artifacts.registry.source()
-        head = [SOURCE_TASK] if source.head_classes is not None else []
-        return head + [t.name for t in self.artifacts.registry.tasks()]
-
     def _served(self, names: Sequence[str] | None) -> list[_Served]:
         registry = self.artifacts.registry
         source = registry.source()
-        served = []
-        for name in dict.fromkeys(names if names is not None else self.task_names()):
-            if name == SOURCE_TASK and source.head_classes is not None:
-                served.append(_Served(name, None, list(source.head_classes), int(source.preprocessing["image_size"])))
-            else:
-                record = registry.get_task(name)
-                served.append(_Served(name, record, list(record.class_names), record.image_size))
+        head = [] if source.head_classes is None else [
+            _Served(SOURCE_TASK, None, list(source.head_classes), int(source.preprocessing["image_size"]))]
+        if names is None:  # every task: one registry read, not one per name
+            served = head + [_Served(r.name, r, list(r.class_names), r.image_size) for r in registry.tasks()]
+        else:
+            served = []
+            for name in dict.fromkeys(names):
+                if name == SOURCE_TASK and head:
+                    served += head
+                else:
+                    record = registry.get_task(name)
+                    served.append(_Served(name, record, list(record.class_names), record.image_size))
         if not served:
             raise TaskNotFoundError(f"the hub at {registry.layout.root} has no tasks to answer yet; "
                                     "add one with `snowhub add-task NAME --data DIR`")
@@ -158,7 +157,7 @@ class Predictor:
         results = [ImagePrediction(str(n)) for n in names]
         for size, group in sorted(by_size.items()):
             network = self._network(group)
-            transform = eval_transform(size, self.artifacts.source().spec.eval_resize_ratio)
+            transform = eval_transform(size, network.source.spec.eval_resize_ratio)
             for start in range(0, len(pictures), BATCH):
                 batch = torch.stack([transform(p) for p in pictures[start:start + BATCH]]).to(self.device)
                 out = network(batch)
