@@ -6,16 +6,15 @@ exit status 1; an interrupt leaves with status 130. The hub itself guarantees it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from snowhub import DeltaConfig, Hub, RunOptions, SnowhubError, TrainConfig, __version__, available_sources
+from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
 from snowhub_cli import render
+from snowhub_cli.options import DeviceOption, HubOption, JsonOption, handled
 from snowhub_cli.progress import RichProgress
 
 app = typer.Typer(
@@ -26,25 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-HubOption = Annotated[Optional[Path], typer.Option(
-    "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, or cuda[:N].")]
 # The flags' defaults are the library's (TrainConfig's own fields and its DeltaConfig's).
 _DEFAULTS = {f.name: f.default for f in (*fields(TrainConfig), *fields(DeltaConfig))}
-
-
-@contextmanager
-def handled() -> Iterator[None]:
-    """Turn snowhub's errors and Ctrl-C into one line and an exit status, never a traceback."""
-    try:
-        yield
-    except SnowhubError as exc:
-        render.problem(str(exc))
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        render.problem("nothing was changed in the hub", "interrupted")
-        raise typer.Exit(130) from None
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,35 @@
+"""Options every command shares, and the one place user errors become a line and an exit status.
+
+Command modules (``main.py``, and one module per command group) import these, so ``--hub``, ``--json`` and
+``--device`` read and behave the same in every command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from snowhub import SnowhubError
+from snowhub_cli import render
+
+HubOption = Annotated[Optional[Path], typer.Option(
+    "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, or cuda[:N].")]
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn snowhub's errors and Ctrl-C into one line and an exit status, never a traceback."""
+    try:
+        yield
+    except SnowhubError as exc:
+        render.problem(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        render.problem("nothing was changed in the hub", "interrupted")
+        raise typer.Exit(130) from None
