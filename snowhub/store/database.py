@@ -9,6 +9,7 @@ through a read-then-write transaction.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from importlib.resources import files
 from pathlib import Path
@@ -65,12 +66,13 @@ def open_engine(db_path: Path, read_only: bool = False) -> Engine:
 
     ``read_only=True`` is for a hub on read-only storage: SQLite opens the file read-only, and, when no
     ``-wal`` file holds unfolded commits, as *immutable* (WAL mode needs a writable ``-shm`` file
-    otherwise).
+    otherwise). A read-only engine on a writable directory is never immutable: it keeps seeing the commits
+    of writers in other processes.
     """
     db_path = Path(db_path).absolute()
     mode = "ro" if read_only else "rw"
     uri = f"{db_path.as_uri()}?mode={mode}"
-    if read_only and not Path(f"{db_path}-wal").exists():
+    if read_only and not Path(f"{db_path}-wal").exists() and not os.access(db_path.parent, os.W_OK):
         uri += "&immutable=1"
 
     def connect() -> sqlite3.Connection:

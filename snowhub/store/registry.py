@@ -152,8 +152,11 @@ class Registry:
         return cls(layout, engine)
 
     @classmethod
-    def open(cls, root: Path) -> Registry:
+    def open(cls, root: Path, read_only: bool = False) -> Registry:
         """Open the hub at ``root``, first migrating its registry if it was written by an older snowhub.
+
+        ``read_only=True`` opens it without writing even where it could (``snowhub serve``): SQLite opens
+        ``hub.db`` read-only and still sees what writers in other processes commit (WAL readers).
 
         Raises :class:`~snowhub.errors.HubNotFoundError` if there is no hub there (or ``root`` is a file),
         :class:`~snowhub.errors.HubVersionError` if a newer snowhub wrote it, and
@@ -169,7 +172,7 @@ class Registry:
                 f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
             )
         # A hub on read-only storage (or without write permission) can still be listed and served.
-        read_only = not _writable(layout)
+        read_only = read_only or not _writable(layout)
         engine = open_engine(layout.db_path, read_only=read_only)
         try:
             upgrade(engine, read_only=read_only)
