@@ -1,6 +1,6 @@
 """Datasets for snowhub: layout discovery, image loading, uint8 image transforms and batch loaders."""
 
-from snowhub.data.images import ImageListDataset, load_rgb
+from snowhub.data.images import ImageListDataset, load_rgb, load_rgb_bytes
 from snowhub.data.layouts import DatasetSplit, discover, fingerprint
 from snowhub.data.loaders import iterate, make_loader
 from snowhub.data.transforms import eval_transform, train_transform
@@ -13,6 +13,7 @@ __all__ = [
     "fingerprint",
     "iterate",
     "load_rgb",
+    "load_rgb_bytes",
     "make_loader",
     "train_transform",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -57,6 +58,26 @@ def load_rgb(path: Path | str) -> Image.Image:
         raise DataError(f"cannot read image {path}: {_reason(path, exc)}; replace or delete the file") from None
     crash_point("load-image")
     return image
+
+
+def load_rgb_bytes(data: bytes, name: str) -> Image.Image:
+    """:func:`load_rgb` for an image held in memory (an upload): the same decoders, conversions and checks.
+
+    Raises:
+        DataError: ``cannot read image <name>: <reason>`` for zero bytes, a truncated or huge image, or data
+            that is not an image in one of :data:`FORMATS`.
+    """
+    if not data:
+        raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                im.seek(0)
+                im.load()
+                return _to_rgb8(_upright(im))
+    except Exception as exc:  # as in load_rgb
+        raise DataError(f"cannot read image {name}: {_reason('', exc)}") from None
 
 
 def _reason(path: Path | str, exc: Exception) -> str:
