@@ -106,6 +106,39 @@ def register_task(registry: Registry, name: str, trained: TrainResult, probe: Pr
         TaskExistsError: the name was taken meanwhile. HubWriteError: a file or the registry cannot be written.
         Any failure or interrupt removes what was written: the hub is left exactly as it was.
     """
+    delta_params, cp_params = trained.delta.parameter_counts()
+    fields = dict(
+        class_names=split.class_names, hyperparams=hyperparams,
+        cp_indices=trained.cp_indices, delta_params=delta_params, cp_params=cp_params,
+        val_top1=trained.val.top1, val_top5=trained.val.top5, val_loss=trained.val.loss,
+        train_seconds=trained.train_seconds, train_images_per_s=trained.images_per_s,
+        metrics={"history": trained.history, "serving_params": trained.delta.serving_parameter_count()},
+        dataset_fingerprint=dataset_fingerprint,
+        dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
+                         "train_images": len(split.train), "val_images": len(split.val)},
+    )
+    return _append(registry, name, trained.delta.state_dict(), probe, fields)
+
+
+def register_trained_delta(registry: Registry, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
+                           fields: dict) -> TaskRecord:
+    """Append an already-trained delta as task `name` (e.g. imported from a task bundle); the caller holds the
+    writer lock and has checked the delta against this hub's source (its probe logits re-run here).
+
+    Args:
+        delta_state: the delta's state dict (channel pooling frozen). probe: its probe set, logits of this hub.
+        fields: every :class:`~snowhub.store.TaskRecord` field except ``seq``, ``name``, the file names and
+            hashes and the probe summary (``probe_size``, ``probe_top1``, ``probe_logits_sha256``), which are
+            set here exactly as for a trained task.
+
+    Returns, raises and leaves the hub as :func:`register_task` does (one write path for both).
+    """
+    return _append(registry, name, delta_state, probe, fields)
+
+
+def _append(registry: Registry, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
+            fields: dict) -> TaskRecord:
+    """seq → intent → delta + probe files (atomic) → sealed row → clear intent; undone on any failure."""
     layout = registry.layout
     seq = registry.next_seq()
     stem = f"{seq:04d}-{name}"
@@ -114,22 +147,15 @@ def register_task(registry: Registry, name: str, trained: TrainResult, probe: Pr
     write_intent(layout, seq, name, (delta_path, probe_path))  # lets recovery find them
     try:
         # These names are new (seq is unused, orphans were removed), so on failure both may go.
-        delta_sha = atomic_save_safetensors(trained.delta.state_dict(), delta_path, {"task": name})
+        delta_sha = atomic_save_safetensors(delta_state, delta_path, {"task": name})
         probe_sha = atomic_save_safetensors(probe.tensors(), probe_path, {"task": name})
         crash_point("add-task:files-written")
-        delta_params, cp_params = trained.delta.parameter_counts()
         record = TaskRecord(
-            seq=seq, name=name, class_names=split.class_names, hyperparams=hyperparams,
-            cp_indices=trained.cp_indices, delta_params=delta_params, cp_params=cp_params,
-            val_top1=trained.val.top1, val_top5=trained.val.top5, val_loss=trained.val.loss,
-            train_seconds=trained.train_seconds, train_images_per_s=trained.images_per_s,
-            metrics={"history": trained.history, "serving_params": trained.delta.serving_parameter_count()},
+            seq=seq, name=name, **fields,
             weights_file=layout.relative(delta_path), weights_file_sha256=delta_sha,
             probe_file=layout.relative(probe_path), probe_file_sha256=probe_sha,
             probe_size=len(probe.labels), probe_top1=probe.top1(), probe_logits_sha256=logits_digest(probe.logits),
-            probe_environment=probe.environment, dataset_fingerprint=dataset_fingerprint,
-            dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
-                             "train_images": len(split.train), "val_images": len(split.val)},
+            probe_environment=probe.environment,
         )
         registry.add_task(record)
     except BaseException:
