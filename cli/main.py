@@ -16,6 +16,7 @@ from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, avai
 from snowhub_cli import render
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, handled
 from snowhub_cli.progress import RichProgress
+from snowhub_cli.serve import serve as _serve
 
 app = typer.Typer(
     name="snowhub",
@@ -174,6 +175,9 @@ def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
             render.doctor(report)
         if not report.ok:
             raise typer.Exit(2)
+
+
+app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
 
 
 def main() -> None:

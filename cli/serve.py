@@ -1,0 +1,46 @@
+"""``snowhub serve``: every task of a hub over HTTP (Open Inference Protocol v2, ``/v1/predict``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from snowhub.errors import SnowhubError
+from snowhub.names import default_hub_path
+from snowhub_cli.options import DeviceOption, HubOption, handled
+
+
+def serve(
+    hub: HubOption = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
+    device: DeviceOption = "auto",
+    max_batch_size: Annotated[int, typer.Option(
+        help="Most images answered by one batched forward pass (1: no batching across requests).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="How long the first queued request waits for others to join its batch (ms).")] = 5.0,
+    tasks: Annotated[Optional[str], typer.Option(
+        "--tasks", help="Serve only these tasks, comma-separated (default: every task, new ones too).")] = None,
+    max_image_bytes: Annotated[int, typer.Option(help="Largest image upload accepted (bytes); larger: 413.")]
+    = 10 * 1024 * 1024,
+    max_images: Annotated[int, typer.Option(help="Most images in one request; more: 413.")] = 64,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+) -> None:
+    """Serve every task over HTTP: one source pass per batch of requests; read-only, new tasks without restart.
+
+    Routes: /v2/health/live and /ready, /v2/models, /v2/models/TASK and /ready, POST /v2/models/TASK/infer (Open
+    Inference Protocol v2), POST /v1/predict (image uploads; the JSON of `snowhub predict --json`),
+    /metrics (Prometheus) and /docs. SIGTERM or Ctrl-C finishes the requests in flight, then exits 0.
+    """
+    with handled():
+        try:
+            from snowhub.serving.http import ServeConfig
+            from snowhub.serving.http import serve as run
+        except ImportError as error:
+            raise SnowhubError(f"snowhub serve needs the serve extra ({error.name} is missing): "
+                               "pip install 'snowhub[serve]'") from None
+        names = None if tasks is None else tuple(n.strip() for n in tasks.split(",") if n.strip())
+        config = ServeConfig(device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, tasks=names,
+                             max_image_bytes=max_image_bytes, max_images=max_images)
+        run(hub if hub is not None else default_hub_path(), config, host, port, access_log=access_log)

@@ -1,0 +1,76 @@
+"""``POST /v1/predict``: image files in (multipart), exactly ``snowhub predict --json``'s answer out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+
+from snowhub.serving.http._errors import ServeError
+from snowhub.serving.http._inputs import check_count, decode
+from snowhub.serving.http._schemas import ERRORS
+from snowhub.serving.http._state import ServerState, get_state
+from snowhub.serving.predictor import ImagePrediction
+
+router = APIRouter(tags=["predict"])
+
+
+def _names(tasks: Optional[list[str]]) -> list[str] | None:
+    names = [n.strip() for value in tasks or [] for n in value.split(",") if n.strip()]
+    return names or None
+
+
+async def _uploads(request: Request, state: ServerState) -> list[tuple[str, bytes]]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ServeError(400, "send the images as multipart/form-data file fields, e.g. "
+                              "curl -F file=@cat.jpg http://HOST:PORT/v1/predict")
+    form = await request.form(max_files=state.config.max_images, max_fields=state.config.max_images + 16)
+    try:
+        files = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
+        check_count(len(files), state.config)
+        uploads = []
+        for i, (field, upload) in enumerate(files):
+            name = upload.filename or f"{field}[{i}]"
+            if upload.size is not None and upload.size > state.config.max_image_bytes:
+                raise ServeError(413, f"image {name} is {upload.size} bytes, over the limit of "
+                                      f"{state.config.max_image_bytes} bytes (--max-image-bytes)")
+            uploads.append((name, await upload.read()))
+        return uploads
+    finally:
+        await form.close()
+
+
+@router.post("/v1/predict", responses={400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413], 503: ERRORS[503]},
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 "type": "object", "required": ["file"], "properties": {"file": {
+                     "type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "one or more image files (any field name is accepted)"}}}}}}})
+async def predict(request: Request,
+                  tasks: Optional[list[str]] = Query(None, description="Tasks to answer, comma-separated or "
+                                                     "repeated (imagenet = the source's head); none = every task."),
+                  top: int = Query(5, ge=1, description="Labels per task."),
+                  state: ServerState = Depends(get_state)) -> JSONResponse:
+    """Top-`top` labels of every requested task for each uploaded image: the JSON of ``snowhub predict --json``.
+
+    With no ``tasks``, every task served now answers; tasks whose files failed their check are left out and
+    named in the ``Snowhub-Unavailable-Tasks`` header.
+    """
+    served, unavailable = await asyncio.to_thread(state.catalog.resolve, _names(tasks))
+    if not served:
+        raise ServeError(503 if unavailable else 404, "no task to answer: " + (
+            "; ".join(unavailable.values()) if unavailable else "add one with `snowhub add-task NAME --data DIR`"))
+    uploads = await _uploads(request, state)
+    pictures = await asyncio.to_thread(lambda: [decode(data, name, state.config) for name, data in uploads])
+    logits = await state.logits(pictures, served)
+    results = [ImagePrediction(name) for name, _ in uploads]
+    for task in served:
+        probs = logits[task.name].softmax(dim=1)
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist())):
+            results[row].tasks[task.name] = [(task.classes[c], 100.0 * p) for c, p in zip(i, v)]
+    headers = {"Snowhub-Unavailable-Tasks": ",".join(unavailable)} if unavailable else None
+    return JSONResponse([r.to_dict() for r in results], headers=headers)

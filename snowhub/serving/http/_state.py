@@ -1,0 +1,143 @@
+"""The server's state, one per app: the read-only registry, resident models, tasks, batcher, metrics.
+
+Routes get it through :func:`get_state` (a FastAPI dependency), so several apps (tests) can live in one
+process. :meth:`ServerState.answer` is the one path from decoded pictures to per-task logits that both
+``/v1/predict`` and OIP ``BYTES`` requests take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from fastapi import Request
+from PIL import Image
+
+from snowhub.artifacts import Artifacts
+from snowhub.device import pick_device
+from snowhub.errors import SnowhubError
+from snowhub.serving.http._batcher import Batcher
+from snowhub.serving.http._catalog import Catalog, ServedTask
+from snowhub.serving.http._errors import ServeError
+from snowhub.serving.http._inputs import to_batch
+from snowhub.serving.http._metrics import Metrics
+from snowhub.serving.http.config import ServeConfig
+from snowhub.serving.predictor import Predictor
+from snowhub.store import Registry
+
+
+class ServerState:
+    """Everything one running server holds (see the module docstring).
+
+    Args:
+        root: the hub directory; its registry is opened read-only (the server never writes to the hub).
+        config: the validated :class:`ServeConfig`.
+
+    Raises:
+        HubNotFoundError, HubVersionError: no hub at `root`, or one this snowhub cannot read.
+        TaskNotFoundError: a ``--tasks`` name the hub does not have.
+    """
+
+    def __init__(self, root: Path, config: ServeConfig):
+        self.config = config.validate()
+        self.registry = Registry.open(Path(root), read_only=True)
+        try:
+            self.registry.source()  # a hub whose init never finished is not a hub
+            for name in config.tasks or ():
+                if name != "imagenet" or self.registry.source().head_classes is None:
+                    self.registry.get_task(name)  # TaskNotFoundError names the known tasks
+            self.device = pick_device(config.device)
+            self.artifacts = Artifacts(self.registry, self.device)
+            self.predictor = Predictor(self.artifacts)
+            self.metrics = Metrics()
+            self.catalog = Catalog(self.artifacts, config.tasks, config.poll_s)
+            self.batcher = Batcher(self.predictor, config.max_batch_size, config.max_wait_ms, self.metrics,
+                                   self._hook_source)
+        except BaseException:
+            self.registry.close()
+            raise
+        self.ready = False
+        self.source_problem: str | None = None
+        self._loader: threading.Thread | None = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batcher, the registry poll, and loading + verifying the source and every task."""
+        self.batcher.start()
+        self._loader = threading.Thread(target=self._load, name="snowhub-load", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        try:
+            self._hook_source()
+            self.catalog.refresh()
+            self.source_problem = None
+        except SnowhubError as error:
+            self.source_problem = str(error)
+        self.ready = self.source_problem is None
+        self.catalog.start_polling()
+
+    def stop(self) -> None:
+        """Answer what is queued, stop the poll and close the registry."""
+        self.batcher.stop()
+        self.catalog.stop_polling()
+        if self._loader is not None:
+            self._loader.join(timeout=30)
+        self.registry.close()
+
+    def _hook_source(self) -> None:
+        self.metrics.count_passes_of(self.artifacts.source())
+
+    def health(self) -> dict:
+        """``/v2/health/ready``'s body: ready, the tasks served and, apart, those that are not and why."""
+        try:
+            self.artifacts.source()
+            self.source_problem = None
+        except SnowhubError as error:
+            self.source_problem = str(error)
+        if self.ready:
+            self.catalog.refresh(at_most_every_s=self.config.poll_s)
+        problems = self.catalog.problems()
+        served = [n for n in self.catalog.names() if n not in problems]
+        self.metrics.tasks_ready.set(len(served))
+        self.metrics.tasks_unavailable.set(len(problems))
+        body = {"ready": self.ready and self.source_problem is None, "tasks": served, "unavailable": problems}
+        if self.source_problem:
+            body["error"] = f"the source model is not served: {self.source_problem}"
+        elif not self.ready:
+            body["error"] = "still loading and verifying the source and tasks"
+        return body
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def resize_ratio(self) -> float:
+        return self.artifacts.source().spec.eval_resize_ratio
+
+    async def logits(self, pictures: list[Image.Image], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
+        """Logits of every task for decoded `pictures`: one queued item per image size (preprocessed in a
+        worker thread, as ``Predictor.predict`` preprocesses), answered by the batcher."""
+        by_size: dict[int, list[ServedTask]] = defaultdict(list)
+        for task in tasks:
+            by_size[task.image_size].append(task)
+        ratio = await asyncio.to_thread(self.resize_ratio)
+        batches = await asyncio.gather(*(asyncio.to_thread(to_batch, pictures, size, ratio) for size in by_size))
+        answers = await asyncio.gather(*(self.submit(batch, group) for batch, group in zip(batches, by_size.values())))
+        return {name: out for answer in answers for name, out in answer.items()}
+
+    async def submit(self, images: torch.Tensor, tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
+        """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (served at ``S`` px) and wait for the batch."""
+        future = self.batcher.submit(images, [t.name for t in tasks])
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServeError(503, f"no answer within {self.config.request_timeout_s:.0f} s; "
+                                  "the server is overloaded, retry later") from None
+
+
+def get_state(request: Request) -> ServerState:
+    """FastAPI dependency: the state of the app answering `request`."""
+    return request.app.state.snowhub

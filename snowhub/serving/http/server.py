@@ -1,0 +1,58 @@
+"""`serve`: run the app with uvicorn until SIGTERM or Ctrl-C, finishing the requests in flight, exit 0."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+
+import uvicorn
+
+from snowhub.errors import ConfigError
+from snowhub.serving.http.app import create_app
+from snowhub.serving.http.config import ServeConfig
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT it shut down for gracefully is not raised again
+    afterwards (uvicorn re-raises it, so the process would die of the signal instead of exiting 0)."""
+
+    @contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        why = "the port is in use" if error.errno == errno.EADDRINUSE else (error.strerror or str(error))
+        raise ConfigError(f"cannot listen on {host}:{port}: {why}; choose another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(root: Path | str, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+          access_log: bool = True, log_level: str = "info") -> None:
+    """Serve the hub at `root` on `host`:`port` until SIGTERM or Ctrl-C (then exit normally).
+
+    Raises:
+        ConfigError: an option out of range, or the address cannot be listened on.
+        HubNotFoundError, HubVersionError, TaskNotFoundError: see :func:`create_app`.
+    """
+    app = create_app(root, config)
+    sock = _listen(host, port)
+    server = _GracefulServer(uvicorn.Config(app, log_level=log_level, access_log=access_log,
+                                            timeout_graceful_shutdown=max(30, int(config.request_timeout_s))))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
