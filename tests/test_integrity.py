@@ -311,7 +311,7 @@ def test_doctor_json_lists_each_problem(hub_copy):
 
 
 def test_seals_cover_every_column():
-    """A new column is sealed automatically; the seal format is frozen (migration 0002 has a copy)."""
+    """A new column is sealed automatically; the seal format is frozen (migration 0005 has a copy)."""
     from snowhub.store.integrity import RECORD_COLUMN, record_digest
 
     row = {"seq": 1, "name": "a", "val_top1": 1.0, "blob": b"\x00", "none": None, RECORD_COLUMN: "x"}
@@ -321,7 +321,26 @@ def test_seals_cover_every_column():
                        ("blob", b"\x01"), ("new_column", None)]:
         assert record_digest("task", {**row, key: value}) != digest, key
     assert record_digest("source", row) != digest
-    assert digest == "8f5e55cc6ae9c8ca1a95df6b5a403b2292d0c2aa37b0ef9aae1f200f96d5ad50"  # snowhub.record.v1
+    assert digest == "dd25d83a060bdb9e7fab2c7bad268a1971c5a9a1d1ebd7b4812d1e154b2d3649"  # snowhub.record.v2
+
+
+def test_seals_hash_typed_values_the_same_on_every_database():
+    """SQLite returns JSON as text and timestamps as naive-UTC text; PostgreSQL returns objects: one seal."""
+    from datetime import datetime, timedelta, timezone
+
+    from snowhub.store.integrity import record_digest
+
+    when = datetime(2026, 12, 1, 20, 56, 12, 345678, tzinfo=timezone.utc)
+    as_sqlite = {"seq": 1, "hyperparams": '{"lr": 0.1, "epochs": 3}', "lineage": "null",
+                 "created_at": "2026-12-01 20:56:12.345678"}
+    as_postgres = {"seq": 1, "hyperparams": {"epochs": 3, "lr": 0.1}, "lineage": None,
+                   "created_at": when.astimezone(timezone(timedelta(hours=2)))}  # a server in another zone
+    assert record_digest("task", as_sqlite) == record_digest("task", as_postgres)
+    for key, value in [("hyperparams", {"epochs": 3, "lr": 0.2}), ("hyperparams", {"epochs": 3.0, "lr": 0.1}),
+                       ("lineage", {"seq": 1}), ("created_at", when + timedelta(microseconds=1))]:
+        assert record_digest("task", {**as_postgres, key: value}) != record_digest("task", as_sqlite), key
+    with pytest.raises(ValueError):
+        record_digest("task", {**as_sqlite, "hyperparams": '{"lr": '})
 
 
 def test_sqlite_sees_what_the_seal_covers(trained_hub):

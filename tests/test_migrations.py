@@ -165,3 +165,29 @@ def test_an_upgrade_does_not_reseal_a_row_edited_before_it(old_hub):
     edited, untouched = _raw(old_hub / "hub.db", "task")
     assert edited["probe_environment"] is None and record_problem(edited, "task") is not None
     assert record_problem(untouched, "task") is None
+
+
+@pytest.mark.parametrize("old_hub", HUBS[-2:-1], ids=[h.name for h in HUBS[-2:-1]], indirect=True)
+def test_the_typed_seal_upgrade_keeps_an_earlier_edit_caught(old_hub):
+    """Migration 0005 re-seals every row in the typed format (snowhub.record.v2), but only rows whose seal held."""
+    assert _revision(old_hub / "hub.db") == "0004"
+    sql(old_hub, "UPDATE task SET hyperparams = replace(hyperparams, '\"epochs\": 1', '\"epochs\": 2') WHERE seq = 2")
+    with Hub.open(old_hub) as hub:
+        assert hub.registry.revision() == head_revision()
+        problems = {t.name: t.record_problem for t in hub.tasks()}
+    assert problems["shirts"] is None and "cannot be trusted" in problems["shoes"]
+    shirts, shoes = _raw(old_hub / "hub.db", "task")
+    assert shirts["lineage"] is None and record_problem(shirts, "task") is None
+
+
+def test_the_migrations_copy_of_the_seal_agrees_with_the_library():
+    from snowhub.store.integrity import KEYS, column_kinds, record_digest
+    from snowhub_migrations import _record_v2
+
+    assert _record_v2.KEYS == KEYS
+    for table in KEYS:
+        assert _record_v2.COLUMN_KINDS[table] == column_kinds(table)
+    for hub in HUBS[-1:]:
+        for table in KEYS:
+            for row in _raw(hub / "hub.db", table):
+                assert _record_v2.record_digest(table, row) == record_digest(table, row) == row["record_sha256"]

@@ -270,7 +270,7 @@ def test_wal_mode_and_busy_timeout(hub: Registry) -> None:
 def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
     engine = open_engine(hub.layout.db_path)
     try:
-        assert current_revision(engine) == head_revision() == "0004"
+        assert current_revision(engine) == head_revision() == "0005"
         with engine.connect() as conn:
             db = inspect(conn)
             assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
@@ -296,7 +296,7 @@ def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
         assert reg.tasks() == []
     engine = open_engine(root / "hub.db")
     try:
-        assert current_revision(engine) == head_revision() == "0004"
+        assert current_revision(engine) == head_revision() == "0005"
     finally:
         engine.dispose()
 

@@ -33,8 +33,9 @@ def utcnow() -> datetime:
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime.
 
-    SQLite has no time-zone type, so values are stored as naive UTC and come back with ``tzinfo=UTC``.
-    Naive datetimes are refused (``ValueError``) rather than guessed at.
+    SQLite has no time-zone type, so values are stored there as naive UTC; PostgreSQL (``timestamptz``) gets
+    the aware UTC value, so the server's time zone setting cannot shift it. Values come back with
+    ``tzinfo=UTC``. Naive datetimes are refused (``ValueError``) rather than guessed at.
     """
 
     impl = DateTime(timezone=True)
@@ -45,7 +46,8 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column; use datetime.now(timezone.utc)")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -129,6 +131,24 @@ class TaskRow(Base):
     # Where the probe logits were computed (snowhub.numerics.numerics_environment); None for tasks
     # registered before schema 0003, whose environment is unknown.
     probe_environment: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    # Where an imported task came from (hub, original seq, original created_at); None for a task trained
+    # in this hub and for every task before schema 0005.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
 
     def __repr__(self) -> str:
         return f"TaskRow(seq={self.seq!r}, name={self.name!r})"
+
+
+class HubRow(Base):
+    """The hub directory a registry keeps its files in (at most one row, ``id`` = 1; schema 0005).
+
+    Written by ``init`` and ``registry copy``; a registry that lives in its hub directory (``hub.db``) may
+    have none. ``directory`` is absolute, as given on the machine that wrote it.
+    """
+
+    __tablename__ = "hub"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False, default=1)
+    directory: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -56,6 +56,8 @@ class TaskRecord:
         probe_environment: where the probe logits were computed (:mod:`snowhub.numerics`); None before
             schema 0003.
         dataset_fingerprint, dataset_summary: what the task was trained on.
+        lineage: where an imported task came from (e.g. the hub, its original ``seq`` and ``created_at``);
+            None for a task trained in this hub (and every task before schema 0005). Sealed like the rest.
     """
 
     seq: int | None
@@ -81,6 +83,7 @@ class TaskRecord:
     dataset_fingerprint: str
     dataset_summary: dict[str, Any]
     probe_environment: dict[str, Any] | None = None
+    lineage: dict[str, Any] | None = None
     created_at: datetime | None = None  # set by the registry
     record_sha256: str | None = None  # the seal, set by the registry
 
