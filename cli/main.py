@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
-from snowhub_cli import render
+from snowhub_cli import export, render
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, handled
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
@@ -178,6 +178,8 @@ def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
 
 
 app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
+app.add_typer(export.app, name="export")  # snowhub export onnx|task (cli/export.py)
+app.command("import")(export.import_bundle)
 
 
 def main() -> None:

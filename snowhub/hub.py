@@ -18,6 +18,7 @@ from snowhub.data import discover, fingerprint, load_rgb
 from snowhub.device import pick_device
 from snowhub.errors import DataError, IntegrityError, TaskExistsError
 from snowhub.faults import crash_point
+from snowhub.export import BundleInfo, OnnxExport, export_onnx, export_task, import_task
 from snowhub.info import TaskInfo, source_task_info, task_info
 from snowhub.names import SOURCE_TASK, check_task_name, default_hub_path
 from snowhub.probe import build_probe_set
@@ -221,3 +222,34 @@ class Hub:
         resident = self._artifacts.get(resolved)
         in_use = resident.loaded_source() if resident is not None else None
         return verify_hub(Artifacts(self.registry, resolved), progress or SilentProgress(), strict, in_use)
+    # -- taking tasks out, bringing them in -------------------------------------------------------
+
+    def export_onnx(self, tasks: list[str] | None, output: Path | str, image_size: int | None = None,
+                    opset: int = 18, source_head: bool = False) -> OnnxExport:
+        """Write `tasks` (None = every delta task; ``imagenet`` or `source_head` adds task 0) as one ONNX graph
+        in the new directory `output`, verified with ONNX Runtime first (see :mod:`snowhub.export.onnx_export`).
+
+        Raises:
+            TaskNotFoundError, ConfigError, IntegrityError, ExportError (nothing is written then).
+        """
+        return export_onnx(self.artifacts(torch.device("cpu")), tasks, output, image_size, opset, source_head)
+
+    def export_task(self, name: str, output: Path | str) -> BundleInfo:
+        """Write task `name` as a ``.snowtask`` bundle to the new file `output` (:mod:`snowhub.export.bundle`).
+
+        Raises:
+            TaskNotFoundError, ConfigError (task 0), IntegrityError, BundleError (`output` exists).
+        """
+        return export_task(self.artifacts(torch.device("cpu")), name, output)
+
+    def import_task(self, bundle: Path | str, new_name: str | None = None, progress: Progress | None = None,
+                    wait_for_lock: bool = True) -> TaskInfo:
+        """Append the task in `bundle` (as `new_name` if given) if this hub's source has its weights sha256 and
+        taps and its probe set gives bit-identical logits here on the CPU; atomic, like :meth:`add_task`.
+
+        Raises:
+            BundleError: unreadable, unsafe, edited, another source, logits differ. InvalidNameError,
+            TaskExistsError: bad or taken name. HubLockedError, HubReadOnlyError: the hub cannot be written.
+        """
+        record = import_task(self.artifacts(torch.device("cpu")), bundle, new_name, progress, wait_for_lock)
+        return self.task(record.name)

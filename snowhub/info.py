@@ -62,7 +62,8 @@ def task_info(task: TaskRecord, source_params: int, record_problem: str | None, 
         details |= {"hyperparams": task.hyperparams, "cp_indices": task.cp_indices, "metrics": task.metrics,
                     "dataset": task.dataset_summary, "probe_file": task.probe_file,
                     "probe_file_sha256": task.probe_file_sha256, "probe_logits_sha256": task.probe_logits_sha256,
-                    "probe_environment": task.probe_environment}
+                    "probe_environment": task.probe_environment,
+                    "lineage": getattr(task, "lineage", None) or task.metrics.get("lineage")}
     ks = task.hyperparams["delta_shape"]["ks"]
     return TaskInfo(task.seq, task.name, list(task.class_names), sum(ks), task.delta_params, task.cp_params,
                     source_params, task.val_top1, task.val_top5, task.image_size, task.created_at.isoformat(),

@@ -1,0 +1,86 @@
+"""``snowhub export onnx|task`` and ``snowhub import``: tasks out of a hub (ONNX, ``.snowtask``) and back in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from snowhub import Hub
+from snowhub_cli import render
+from snowhub_cli.options import HubOption, JsonOption, handled
+from snowhub_cli.progress import RichProgress
+
+app = typer.Typer(help="Take tasks out of the hub: one ONNX graph, or a .snowtask bundle for another hub.",
+                  no_args_is_help=True)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@app.command("onnx")
+def onnx(
+    tasks: Annotated[Optional[list[str]], typer.Argument(
+        help="Tasks to export (imagenet = the source's own head).", show_default=False)] = None,
+    all_tasks: Annotated[bool, typer.Option("--all", help="Every delta task of the hub.")] = False,
+    output: Annotated[Path, typer.Option("--output", help="New (or empty) directory for model.onnx, labels.json, "
+                                                          "preprocessing.json and README.md.")] = ...,
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", help="Input size in px (default: the tasks' own; needed when they differ).")] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (18 or later).")] = 18,
+    source_head: Annotated[bool, typer.Option("--source-head", help="Also export the source's ImageNet head.")] = False,
+    hub: HubOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Export tasks as one ONNX graph (the source once, every delta), verified with ONNX Runtime first."""
+    with handled(), Hub.open(hub) as h:
+        if bool(tasks) == all_tasks:
+            raise typer.BadParameter("give task names or --all (not both)")
+        render.err.print("exporting and checking with ONNX Runtime …", markup=False, highlight=False)
+        result = h.export_onnx(None if all_tasks else list(tasks), output, image_size, opset, source_head)
+        if as_json:
+            render.print_json(result.to_dict())
+            return
+        v = result.verification
+        render.line(f"wrote {result.directory}: model.onnx ({_size(result.files['model.onnx'])}) with outputs "
+                    f"{', '.join('logits_' + t for t in result.tasks)} for uint8 images (batch, 3, {result.image_size}, "
+                    f"{result.image_size}), opset {result.opset}; labels.json, preprocessing.json, README.md")
+        render.line(f"checked with ONNX Runtime (CPU) on {v.images} probe images at batch {' and '.join(map(str, v.batches))}: "
+                    f"max |logit difference| {v.max_abs_diff:.3g}, the same top-1 everywhere")
+
+
+@app.command("task")
+def task(
+    name: Annotated[str, typer.Argument(help="The task to export.")],
+    output: Annotated[Path, typer.Option("--output", help="The new .snowtask file.")],
+    hub: HubOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write one task (delta, classes, indices, metrics, probe set, source identity) as a .snowtask bundle."""
+    with handled(), Hub.open(hub) as h:
+        info = h.export_task(name, output)
+        if as_json:
+            render.print_json(info.to_dict())
+        else:
+            render.line(f"wrote {info.path} ({_size(info.size)}): task '{info.task}', {len(info.members)} members "
+                        "hashed in its manifest; import it with `snowhub import` into a hub on the same source")
+
+
+def import_bundle(
+    bundle: Annotated[Path, typer.Argument(help="A .snowtask file from `snowhub export task`.")],
+    new_name: Annotated[Optional[str], typer.Option("--as", help="Register it under this name instead.")] = None,
+    hub: HubOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Append a .snowtask bundle's task, only if this hub's source matches and its probe logits are bit-identical."""
+    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
+        info = h.import_task(bundle, new_name, progress)
+        if as_json:
+            render.print_json(info.to_dict())
+        else:
+            origin = info.details.get("lineage") or info.details.get("metrics", {}).get("lineage") or {}
+            render.line(f"imported task {info.seq} '{info.name}' from {bundle.name} (task {origin.get('seq')} "
+                        f"'{origin.get('name')}' of {origin.get('hub')}): {len(info.classes)} classes, val top-1 "
+                        f"{render.pct(info.val_top1)}; probe logits bit-identical on this hub")

@@ -1,0 +1,153 @@
+"""``snowhub import``: append a ``.snowtask`` bundle's task to this hub, only if it provably works here.
+
+In order, each failure one line and the hub unchanged: the bundle is read and every member checked against
+its manifest (:func:`snowhub.export.bundle.read_bundle`); the name is free (or ``--as`` renames); the hub's
+source has the bundle's weights sha256 and taps; the delta loads into its recorded DeltaShape and holds the
+recorded channel pooling indices; then, under the writer lock, the probe set is re-run on this hub's source
+on the CPU under :func:`~snowhub.numerics.exact_float32` and must give bit-identical logits. Only then is it
+registered through :func:`snowhub.registration.register_trained_delta` (the add-task write path), with its
+lineage: where it came from, its original seq and creation time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from snowhub.artifacts import Artifacts, build_delta
+from snowhub.errors import TaskExistsError
+from snowhub.export.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle
+from snowhub.export.bundle_export import TASK_FIELDS
+from snowhub.export.errors import BundleError
+from snowhub.models.delta import Delta
+from snowhub.names import check_task_name
+from snowhub.numerics import numerics_environment
+from snowhub.probe import ProbeSet, logits_digest, probe_logits
+from snowhub.progress import Progress, SilentProgress
+from snowhub.registration import register_trained_delta, remove_orphans
+from snowhub.store import HubReadOnlyError, SourceRecord, TaskRecord, writer_lock
+
+CPU = torch.device("cpu")
+_HAS_LINEAGE_COLUMN = "lineage" in {f.name for f in fields(TaskRecord)}
+
+
+def check_source(bundle: Bundle, source: SourceRecord, where: Path) -> None:
+    """Refuse a bundle made on another source: name, weights sha256 and taps must all be this hub's."""
+    theirs = bundle.source
+    if theirs.get("weights_sha256") != source.weights_file_sha256 or theirs.get("name") != source.name:
+        raise BundleError(f"{where} was exported from a hub on {theirs.get('name')} with weights sha256 "
+                          f"{theirs.get('weights_sha256')}, but this hub's source {source.name} has weights sha256 "
+                          f"{source.weights_file_sha256}; import it into a hub built on the same source weights")
+    if theirs.get("taps") != source.taps:
+        raise BundleError(f"{where} was exported from a hub that taps {source.name} elsewhere (weights sha256 "
+                          f"{source.weights_file_sha256} both); its delta cannot read this hub's taps")
+
+
+def _delta(bundle: Bundle, where: Path) -> Delta:
+    from safetensors.torch import load
+
+    task = bundle.task
+    try:
+        shape = task["hyperparams"]["delta_shape"]
+        delta = build_delta(shape, load(bundle.delta))
+        indices = {tap.name: pool.indices.tolist() for tap, pool in zip(delta.shape.taps, delta.pools)}
+        fits = all(pool.frozen for pool in delta.pools) and indices == task["cp_indices"] \
+            and delta.shape.num_classes == len(task["class_names"])
+    except Exception as exc:  # KeyError/TypeError of an edited task.json, RuntimeError of a wrong state dict
+        raise BundleError(f"{where}: its delta does not load into its recorded DeltaShape ({type(exc).__name__}); "
+                          "the bundle is damaged, export the task again") from None
+    if not fits:
+        raise BundleError(f"{where}: its delta's channel pooling indices or classes differ from task.json; "
+                          "the bundle was edited, export the task again")
+    return delta
+
+
+def _probe(bundle: Bundle, where: Path, image_size: int, classes: int) -> ProbeSet:
+    from safetensors.torch import load
+
+    try:
+        probe = ProbeSet.from_tensors(load(bundle.probe))
+        count = len(probe.labels)
+        ok = probe.images.dtype == torch.uint8 and tuple(probe.images.shape) == (count, 3, image_size, image_size) \
+            and probe.labels.dtype == torch.int64 and tuple(probe.logits.shape) == (count, classes) \
+            and probe.logits.dtype == torch.float32 and count > 0
+    except Exception as exc:
+        raise BundleError(f"{where}: its probe set cannot be read ({type(exc).__name__}); export the task again") from None
+    if not ok:
+        raise BundleError(f"{where}: its probe set has the wrong shapes for the task; export the task again")
+    return probe
+
+
+def _fields(bundle: Bundle, where: Path, path: Path) -> dict:
+    task = bundle.task
+    try:
+        out = {k: task[k] for k in TASK_FIELDS if k not in ("probe_environment", "probe_size", "probe_top1",
+                                                             "probe_logits_sha256")}
+        lineage = {"imported_from": path.name, "bundle_sha256": bundle.sha256, "hub": task.get("hub"),
+                   "name": task["name"], "seq": int(task["seq"]), "created_at": task["created_at"],
+                   "exported_at": task.get("exported_at"), "delta_sha256": task.get("delta_sha256"),
+                   "probe_environment": task.get("probe_environment"),
+                   "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "earlier": task.get("lineage")}
+        out["metrics"] = dict(out["metrics"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: task.json lacks or mangles {exc}; the bundle is damaged, export it again") from None
+    if _HAS_LINEAGE_COLUMN:
+        out["lineage"] = lineage
+    else:  # before schema 0005: kept with the metrics, sealed the same
+        out["metrics"]["lineage"] = lineage
+    return out
+
+
+def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = None,
+                progress: Progress | None = None, wait_for_lock: bool = True,
+                limit: int = MAX_BUNDLE_BYTES) -> TaskRecord:
+    """Append the task in bundle `path` to the hub behind `artifacts` (CPU artifacts), as `new_name` if given.
+
+    Returns:
+        The committed, sealed record.
+
+    Raises:
+        BundleError: unreadable, unsafe, oversized (over `limit` bytes unpacked), edited or damaged bundle;
+            another source or other taps; probe logits not bit-identical here.
+        InvalidNameError, TaskExistsError: bad or taken name (``--as NEWNAME``).
+        HubLockedError, HubReadOnlyError, HubWriteError: the hub cannot be written now.
+        Any failure or interrupt leaves the hub exactly as it was.
+    """
+    progress = progress or SilentProgress()
+    where = Path(path)
+    registry = artifacts.registry
+    if registry.read_only:
+        raise HubReadOnlyError(f"the hub at {registry.layout.root} is read-only; make it writable to import tasks")
+    bundle = read_bundle(where, limit)
+    name = new_name if new_name is not None else str(bundle.task.get("name", ""))
+    check_task_name(name)
+    if registry.has_task(name):
+        raise _taken(name, registry.layout.root)
+    check_source(bundle, artifacts.source_record(), where)
+    delta = _delta(bundle, where)
+    image_size = int(bundle.task["hyperparams"].get("image_size", 0))
+    probe = _probe(bundle, where, image_size, delta.shape.num_classes)
+    record_fields = _fields(bundle, where, where.absolute())
+    with writer_lock(registry.layout, wait=wait_for_lock, progress=progress):
+        remove_orphans(registry)
+        if registry.has_task(name):  # another writer may have taken it while we waited
+            raise _taken(name, registry.layout.root)
+        progress.start("re-running the probe set", None)
+        now = probe_logits(artifacts.source(), delta, probe.images, CPU)
+        progress.finish()
+        if not torch.equal(now, probe.logits):
+            drift = float((now - probe.logits).abs().max())
+            raise BundleError(f"{where}: on this hub its probe logits differ by up to {drift:.3g} from those it was "
+                              f"exported with (recorded: {logits_digest(probe.logits)[:12]}…, here: "
+                              f"{logits_digest(now)[:12]}…); they must be bit-identical on the CPU, not imported")
+        here = ProbeSet(probe.images, probe.labels, now, numerics_environment(CPU))
+        return register_trained_delta(registry, name, delta.state_dict(), here, record_fields)
+
+
+def _taken(name: str, root: Path) -> TaskExistsError:
+    return TaskExistsError(f"a task named {name!r} already exists in {root}; import it under another name "
+                           "with --as NEWNAME")

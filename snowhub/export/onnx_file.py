@@ -1,0 +1,163 @@
+"""Writing one ONNX graph and proving it: exported with ``torch.onnx.export(dynamo=True)``, then run by ONNX
+Runtime (CPU provider) on real images at two batch sizes and compared with PyTorch before it is kept.
+
+The exporter is torch.export's (dynamo, non-strict): it traces the forward pass with a symbolic batch and
+concrete height and width, so EfficientNet-Lite's data-dependent TF "same" padding (computed from the input
+size in Python) becomes constants of the traced size while the batch axis stays dynamic. The image size is
+therefore fixed per file (the tasks' own, or ``--image-size``); see ``docs/export.md``.
+
+Everything is written into a temporary directory beside the output and renamed into place at the end: a
+failed export or verification leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from snowhub.export.errors import ExportError
+from snowhub.export.graph import ExportNetwork
+
+MODEL_FILE = "model.onnx"
+INPUT_NAME = "images"
+RTOL, ATOL = 1e-3, 1e-5  # ONNX Runtime vs PyTorch, per logit: |ort - torch| <= ATOL + RTOL * |torch|
+LARGE_BATCH = 16
+
+
+@dataclass
+class Verification:
+    """What ONNX Runtime answered against PyTorch on the same uint8 images.
+
+    Attributes:
+        batches: the batch sizes run (1 and a larger one).
+        images: distinct images compared.
+        max_abs_diff: largest |ONNX Runtime − PyTorch| over every logit of every task and batch.
+        top1_agree: every image's top-1 was the same in both, for every task.
+    """
+
+    batches: tuple[int, ...]
+    images: int
+    max_abs_diff: float
+    top1_agree: bool
+
+    def to_dict(self) -> dict:
+        return {"batches": list(self.batches), "images": self.images, "max_abs_diff": self.max_abs_diff,
+                "top1_agree": self.top1_agree, "rtol": RTOL, "atol": ATOL}
+
+
+def export_graph(network: ExportNetwork, example: torch.Tensor, opset: int, path: Path) -> None:
+    """Export `network` to ONNX at `path`: input ``images`` uint8 ``(batch, 3, H, W)`` with a dynamic batch
+    axis (H, W those of `example`), outputs :attr:`ExportNetwork.output_names`, weights inside the file.
+
+    Raises:
+        ExportError: the exporter failed (its first line is in the message).
+    """
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(network, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
+                                        output_names=network.output_names, dynamic_shapes={"images": {0: batch}},
+                                        opset_version=opset, external_data=False)
+            program.save(str(path), external_data=False)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter's own errors are many kinds; say which and stop
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first}; try another --opset "
+                          "or --image-size") from None
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def verify_graph(path: Path, network: ExportNetwork, images: torch.Tensor,
+                 large_batch: int = LARGE_BATCH) -> Verification:
+    """Run `path` in ONNX Runtime (CPU) and `network` in PyTorch on uint8 `images` ``(P, 3, S, S)``: up to 8
+    images one at a time, then one batch of `large_batch` (images repeated round-robin when fewer).
+
+    Raises:
+        ExportError: a logit differs by more than ``ATOL + RTOL·|torch|`` or a top-1 differs (the message
+            names the task, the batch size and the largest difference).
+    """
+    session = _session(path)
+    names = [o.name for o in session.get_outputs()]
+    if names != network.output_names:
+        raise ExportError(f"the exported graph has outputs {names}, expected {network.output_names}")
+    large = images[torch.arange(large_batch) % len(images)].contiguous()
+    runs = [images[i:i + 1] for i in range(min(8, len(images)))] + [large]
+    worst = 0.0
+    for batch in runs:
+        expected = network(batch)
+        got = session.run(None, {INPUT_NAME: batch.numpy()})
+        for task, want, have in zip(network.tasks, expected, got):
+            want = want.numpy()
+            diff = float(np.abs(have - want).max())
+            worst = max(worst, diff)
+            if have.shape != want.shape or not np.allclose(have, want, rtol=RTOL, atol=ATOL):
+                raise ExportError(f"ONNX Runtime disagrees with PyTorch on task {task!r} at batch {len(batch)} "
+                                  f"(max |diff| {diff:.3g} > atol {ATOL} + rtol {RTOL}·|logit|); nothing was written")
+            if not np.array_equal(have.argmax(1), want.argmax(1)):
+                raise ExportError(f"ONNX Runtime gives another top-1 than PyTorch on task {task!r} at batch "
+                                  f"{len(batch)}; nothing was written")
+    return Verification((1, large_batch), len(images), worst, True)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for child in directory.iterdir():
+        fd = os.open(child, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor, opset: int,
+                     extras: Callable[[Verification], Mapping[str, str]]) -> Verification:
+    """Write ``model.onnx`` (verified, see :func:`verify_graph`) and the text files ``extras(verification)``
+    returns (file name → content) into the new directory `output`, atomically.
+
+    `output` must not exist, or be an empty directory. Raises ExportError (nothing is left behind).
+    """
+    output = Path(output).expanduser().absolute()
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ExportError(f"{output} already exists and is not an empty directory; choose a new --output directory")
+    if not output.parent.is_dir():
+        raise ExportError(f"{output.parent} does not exist; create it first or choose another --output")
+    tmp = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportError(f"cannot write in {output.parent} ({exc.strerror}); choose another --output") from None
+    try:
+        export_graph(network, images[:1].contiguous(), opset, tmp / MODEL_FILE)
+        verification = verify_graph(tmp / MODEL_FILE, network, images)
+        for name, text in extras(verification).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        _fsync_tree(tmp)
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(tmp, output)
+    except OSError as exc:
+        raise ExportError(f"cannot write {output} ({exc.strerror or exc}); free some space or choose another "
+                          "--output") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return verification
