@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
-from snowhub_cli import export, render
+from snowhub_cli import distributed, export, render
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, handled
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
@@ -57,11 +57,12 @@ def init(
 
 @app.command("add-task")
 def add_task(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Unique task name (letters, digits, '_' or '-').")],
     data: Annotated[Path, typer.Option("--data", help="ImageFolder tree, one with train/ and val/ (or test/), "
                                                       "or the CUB-200-2011 release folder.")],
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = _DEFAULTS["epochs"],
-    batch_size: Annotated[int, typer.Option(help="Images per SGD step.")] = _DEFAULTS["batch_size"],
+    batch_size: Annotated[int, typer.Option(help="Images per SGD step, over all processes together (each of N takes 1/N).")] = _DEFAULTS["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, momentum 0.9, cosine decay).")] = _DEFAULTS["lr"],
     k_ratio: Annotated[float, typer.Option(help="K/N: share of each tap's channels the delta's stages subscribe to.")] = _DEFAULTS["k_ratio"],
     head_k_ratio: Annotated[float, typer.Option(help="K/N of the last tap, read by the classifier only (the paper: 0.125).")] = _DEFAULTS["head_k_ratio"],
@@ -73,6 +74,7 @@ def add_task(
     seed: Annotated[int, typer.Option(help="Seed for data order, augmentation, init and noise.")] = _DEFAULTS["seed"],
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: 0 on a 2-core CPU, more with CUDA).")] = None,
     device: DeviceOption = "auto",
+    nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
     hub: HubOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -82,6 +84,8 @@ def add_task(
                          delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
                                            noise_var=noise_var),
                          run=RunOptions(device=device, num_workers=workers))
+    if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
+        return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json)
     with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:

@@ -18,6 +18,10 @@ that the process sends itself, or ``FSIZE:<bytes>``:
 ``<point> <n>`` to ``<file>`` every time a crash point is reached, before acting on it: the tests count the
 steps of a run with it, and check that a kill landed where they aimed it.
 
+``SNOWHUB_FAULT_RANK=<r>`` (a multi-process training, ``docs/distributed.md``): only the worker whose ``RANK``
+(set by ``torch.distributed.run``) is ``<r>`` counts, traces and acts; every other process ignores the fault,
+so a test can kill exactly one worker mid-training.
+
 Unset (always, outside tests) a crash point costs one dictionary lookup.
 
 The points are listed in :data:`POINTS`; ``tests/stress/test_crash.py`` kills add-task at each of them.
@@ -32,6 +36,7 @@ from collections.abc import Callable
 
 ENV = "SNOWHUB_FAULT"
 TRACE_ENV = "SNOWHUB_FAULT_TRACE"
+RANK_ENV = "SNOWHUB_FAULT_RANK"
 FSIZE = "FSIZE:"
 
 POINTS = {
@@ -92,6 +97,8 @@ def crash_point(name: str, before: Callable[[], None] | None = None) -> None:
     `before` (e.g. truncating a file to fake a half-finished write) runs just before the action.
     """
     if ENV not in os.environ:
+        return
+    if RANK_ENV in os.environ and os.environ.get("RANK") != os.environ[RANK_ENV].strip():
         return
     hit = _hits[name] = _hits.get(name, 0) + 1
     _trace(name, hit)

@@ -8,6 +8,8 @@ or a server that predicts in a loop reads and hashes each delta once.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ from snowhub.artifacts import Artifacts
 from snowhub.checks import DoctorReport, ForgettingReport, check_hub, verify_hub
 from snowhub.data import discover, fingerprint, load_rgb
 from snowhub.device import pick_device
-from snowhub.errors import DataError, IntegrityError, TaskExistsError
+from snowhub.errors import ConfigError, DataError, IntegrityError, TaskExistsError
 from snowhub.faults import crash_point
 from snowhub.export import BundleInfo, OnnxExport, export_onnx, export_task, import_task
 from snowhub.info import TaskInfo, source_task_info, task_info
@@ -26,7 +28,15 @@ from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, register_task, remove_orphans
 from snowhub.serving import ImagePrediction, Predictor
 from snowhub.store import HubReadOnlyError, Registry, SourceRecord, TaskRecord, clean_if_idle, writer_lock
-from snowhub.training import TrainConfig, train_delta
+from snowhub.training import (
+    TrainConfig,
+    check_processes,
+    join_process_group,
+    launch_rank,
+    run_workers,
+    train_delta,
+    worker_device_type,
+)
 
 
 class Hub:
@@ -53,8 +63,9 @@ class Hub:
         return Hub(create_hub(Path(path) if path is not None else default_hub_path(), source, weights))
 
     @staticmethod
-    def open(path: Path | str | None = None) -> "Hub":
-        """Open the hub at `path` (default :func:`default_hub_path`).
+    def open(path: Path | str | None = None, clean: bool = True) -> "Hub":
+        """Open the hub at `path` (default :func:`default_hub_path`); `clean` removes the leftovers of a crashed
+        writer when no writer is active (a training's ranks other than 0 open with False: they write nothing).
 
         Raises:
             HubNotFoundError: no hub there (the message says how to create one).
@@ -63,7 +74,8 @@ class Hub:
         registry = Registry.open(Path(path) if path is not None else default_hub_path())
         try:
             registry.source()  # a hub whose init never finished is not a hub
-            clean_if_idle(registry)  # files of a crashed writer, if no writer is active now
+            if clean:
+                clean_if_idle(registry)  # files of a crashed writer, if no writer is active now
         except BaseException:
             registry.close()
             raise
@@ -128,18 +140,25 @@ class Hub:
     # -- writing ----------------------------------------------------------------------------------
 
     def add_task(self, name: str, data: Path | str, config: TrainConfig | None = None,
-                 progress: Progress | None = None, wait_for_lock: bool = True) -> TaskInfo:
+                 progress: Progress | None = None, wait_for_lock: bool = True,
+                 distributed: bool = False) -> TaskInfo | None:
         """Train a delta for the images in `data` and append it as task `name`.
 
         Validate → discover and fingerprint the data → train (under the writer lock) → build the probe
         set → register (:func:`snowhub.registration.register_task`). Atomic: any failure or interrupt
         (Ctrl-C) leaves the hub exactly as it was. Earlier tasks are never touched.
 
+        `distributed`: this process is one worker of ``torchrun`` (or :meth:`add_task_on_workers`): it joins
+        the process group from the launcher's environment and trains its shard with DistributedDataParallel
+        (``docs/distributed.md``). Only rank 0 takes the writer lock (never waiting for it), builds the probe
+        set and registers; the other ranks write nothing and return None.
+
         Raises:
             InvalidNameError, TaskExistsError: bad or taken name (checked before any training).
             DataError: missing/empty/single-class data, an unreadable image, or data changed during training.
             ConfigError: an option out of range.
-            HubLockedError: another process is writing and `wait_for_lock` is False.
+            HubLockedError: another process is writing and `wait_for_lock` is False (or `distributed`).
+            DistributedError: the hub directory is not shared by every rank, or the ranks diverged.
         """
         config = config or TrainConfig()
         check_task_name(name)
@@ -151,16 +170,26 @@ class Hub:
             raise self._exists(name)
         crash_point("add-task:start")
         split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
-        dataset_fingerprint = fingerprint(split)
+        main = not distributed or launch_rank() == 0
+        dataset_fingerprint = fingerprint(split) if main else ""
         device = pick_device(config.run.device)
         crash_point("add-task:data-found")
-        with writer_lock(self.layout, wait=wait_for_lock, progress=progress):
-            remove_orphans(self.registry)
-            if self.registry.has_task(name):  # another writer may have taken it while we waited
-                raise self._exists(name)
+        lock = writer_lock(self.layout, wait=wait_for_lock and not distributed, progress=progress)
+        with lock if main else contextlib.nullcontext():
+            if main:
+                remove_orphans(self.registry)
+                if self.registry.has_task(name):  # another writer may have taken it while we waited
+                    raise self._exists(name)
             crash_point("add-task:locked")
             source = self.artifacts(device).source()
-            result = train_delta(source, split, config, device, progress)
+            if not distributed:
+                result = train_delta(source, split, config, device, progress)
+            else:
+                with join_process_group(device) as group:
+                    group.check_shared_directory(self.layout.staging_dir)
+                    result = train_delta(source, split, config, device, progress, group)
+                if not main:
+                    return None
             progress.start("building probe set", None)
             probe = build_probe_set(source, result.delta.to(device), split.val, result.image_size, device,
                                     config.probe_per_class, config.probe_max)
@@ -172,7 +201,39 @@ class Hub:
                                 "registered: run add-task again once the data stays put")
             hyperparams = config.to_dict() | {"image_size": result.image_size, "device": result.device,
                                               "delta_shape": result.delta.shape.to_dict()}
+            if distributed:
+                hyperparams["processes"] = result.processes
             register_task(self.registry, name, result, probe, split, dataset_fingerprint, hyperparams)
+        return self.task(name)
+
+    def add_task_on_workers(self, name: str, data: Path | str, config: TrainConfig, processes: int,
+                            command: Sequence[str]) -> TaskInfo:
+        """Add task `name` with `processes` training processes on this machine: check what can be checked here
+        (name, options, data, GPUs), then run `command` (e.g. ``python -m snowhub_cli add-task NAME …``, which
+        calls :meth:`add_task` with ``distributed=True``) in each, under PyTorch's elastic launcher
+        (:func:`snowhub.training.run_workers`). If any worker fails, the others are stopped and what a killed
+        rank 0 left is removed: the hub is as it was, the lock released.
+
+        Raises:
+            as :meth:`add_task`; ConfigError: more processes than GPUs, or a global batch they cannot share.
+            DistributedError: a worker failed or was killed (one line: which, and why).
+        """
+        check_task_name(name)
+        config.validate()
+        check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
+        if config.batch_size % processes:
+            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "
+                              f"processes; use a multiple of {processes}")
+        if self.registry.read_only:
+            raise HubReadOnlyError(f"the hub at {self.layout.root} is read-only; make it writable to add tasks")
+        if self.registry.has_task(name):
+            raise self._exists(name)
+        discover(data, val_fraction=config.val_fraction, seed=config.seed)
+        try:
+            run_workers(command, processes)
+        except BaseException:
+            clean_if_idle(self.registry)  # a killed rank 0's files; its lock went with it
+            raise
         return self.task(name)
 
     def _exists(self, name: str) -> TaskExistsError:

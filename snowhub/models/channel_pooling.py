@@ -61,6 +61,10 @@ class ChannelPooling(nn.Module):
         # placed them (`placed`).
         self.register_buffer("slots", torch.full((k,), -1, dtype=torch.long), persistent=False)
         self.placed = False
+        # Where the selection noise comes from: None = torch's global RNG (one process); a multi-process
+        # training gives every rank the same generator, reseeded from (seed, step), so all ranks select
+        # the same channels (snowhub.training._distributed.PoolingNoise). Not saved.
+        self.noise: torch.Generator | None = None
 
     def select(self) -> torch.Tensor:
         """Indices ``(K,)`` used by the next forward: noisy top-K in training, else deterministic, in slots.
@@ -72,7 +76,9 @@ class ChannelPooling(nn.Module):
             return self.indices
         scores = self.scores.detach()
         if self.training and self.noise_std > 0:
-            scores = scores + torch.randn_like(scores) * self.noise_std
+            noise = (torch.randn_like(scores) if self.noise is None else
+                     torch.randn(scores.shape, generator=self.noise, device=scores.device, dtype=scores.dtype))
+            scores = scores + noise * self.noise_std
         placed = self._place(torch.topk(scores, self.k, sorted=False).indices)
         if self.training:
             self.slots.copy_(placed)

@@ -7,22 +7,41 @@ few epochs reach good accuracy (the paper's 90-epoch step schedule is for ImageN
 - :mod:`snowhub.training.config`: :class:`TrainConfig` with :class:`DeltaConfig` and :class:`RunOptions`;
 - :mod:`snowhub.training.optim`: :func:`delta_param_groups` and :class:`SGDSteps`, the update rule;
 - :mod:`snowhub.training.calibration`: :func:`calibrate_channel_pooling`, the source's channel statistics;
-- :mod:`snowhub.training.loop`: :func:`train_delta` → :class:`TrainResult`, and :func:`seed_everything`.
+- :mod:`snowhub.training.loop`: :func:`train_delta` → :class:`TrainResult`, and :func:`seed_everything`;
+- :mod:`snowhub.training._distributed`: :func:`join_process_group` → :class:`ProcessGroup`, one rank of a
+  DistributedDataParallel training; :mod:`snowhub.training._launch`: :func:`run_workers`, the launcher.
 """
 
 from snowhub.training.calibration import calibrate_channel_pooling
+from snowhub.training._distributed import (
+    DistributedError,
+    ProcessGroup,
+    check_processes,
+    join_process_group,
+    launch_rank,
+    launched,
+)
+from snowhub.training._launch import run_workers, worker_device_type
 from snowhub.training.config import DeltaConfig, RunOptions, TrainConfig
 from snowhub.training.loop import TrainResult, seed_everything, train_delta
 from snowhub.training.optim import SGDSteps, delta_param_groups
 
 __all__ = [
     "DeltaConfig",
+    "DistributedError",
+    "ProcessGroup",
     "RunOptions",
     "SGDSteps",
     "TrainConfig",
     "TrainResult",
     "calibrate_channel_pooling",
+    "check_processes",
     "delta_param_groups",
+    "join_process_group",
+    "launch_rank",
+    "launched",
+    "run_workers",
     "seed_everything",
     "train_delta",
+    "worker_device_type",
 ]

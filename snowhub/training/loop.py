@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +24,9 @@ from snowhub.training.calibration import calibrate_channel_pooling
 from snowhub.training.config import TrainConfig
 from snowhub.training.optim import SGDSteps, delta_param_groups
 
+if TYPE_CHECKING:
+    from snowhub.training._distributed import ProcessGroup
+
 
 @dataclass
 class TrainResult:
@@ -36,6 +41,8 @@ class TrainResult:
         history: per-epoch dicts (epoch, train_loss, val_top1, val_top5, val_loss, seconds).
         image_size: resolution used, pixels.
         device: the device trained on.
+        step_losses: each step's mean cross-entropy over the (global) batch, nats.
+        processes: how many processes trained it (1, or the world size of a DDP training).
     """
 
     delta: Delta
@@ -46,6 +53,8 @@ class TrainResult:
     image_size: int
     device: str
     history: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    processes: int = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -57,8 +66,14 @@ def seed_everything(seed: int) -> None:
 
 
 def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
-                progress: Progress | None = None) -> TrainResult:
+                progress: Progress | None = None, group: ProcessGroup | None = None,
+                on_step: Callable[[int, Delta], None] | None = None) -> TrainResult:
     """Train a new delta for the classes of `split` on `device`.
+
+    With `group` (:func:`snowhub.training.join_process_group`) this process is one rank of a
+    DistributedDataParallel training: it trains on its shard with batch ``config.batch_size / world size``,
+    the gradients averaged over the ranks, so every rank ends with the same delta (see
+    :mod:`snowhub.training._distributed`); every rank must call this with the same arguments.
 
     Args:
         source: the frozen source (moved to `device` by the caller).
@@ -66,6 +81,8 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         config: hyper-parameters; validated here.
         device: where to train (``config.run.device`` resolved by the caller); AMP is used on CUDA.
         progress: receives one phase per epoch (steps = batches) and one per evaluation.
+        group: this rank's process group, or None to train in this process alone.
+        on_step: called after every optimiser step with the step number (from 1) and the delta.
 
     Returns:
         TrainResult with the delta on the CPU, channel pooling frozen.
@@ -73,6 +90,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     Raises:
         ConfigError: an option is out of range.
         DataError: an image cannot be read.
+        DistributedError: the ranks' deltas differ (checked after every epoch).
     """
     config.validate()
     progress = progress or SilentProgress()
@@ -83,53 +101,87 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     shape = DeltaShape.from_ratios(source.spec.block, source.taps, arch.width_divisor, arch.k_ratio,
                                    len(split.class_names), arch.noise_var, arch.head_k_ratio)
     delta = Delta(shape).to(device)
-    train_loader = make_loader(split.train, train_transform(size, config.hflip), config.batch_size,
-                               shuffle=True, seed=config.seed, num_workers=workers, device=device,
-                               drop_last=True)
     evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
-    val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
-                             seed=config.seed, num_workers=workers, device=device)
-    # Read once: its workers would otherwise sit idle through the whole training.
-    calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
-                               seed=config.seed + 1, num_workers=workers, device=device, persistent_workers=False)
+    augmentation = train_transform(size, config.hflip)
+    if group is None:
+        train_loader = make_loader(split.train, augmentation, config.batch_size, shuffle=True, seed=config.seed,
+                                   num_workers=workers, device=device, drop_last=True)
+        val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
+                                 seed=config.seed, num_workers=workers, device=device)
+        # Read once: its workers would otherwise sit idle through the whole training.
+        calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
+                                   seed=config.seed + 1, num_workers=workers, device=device, persistent_workers=False)
+    else:
+        batch = group.per_rank_batch(config.batch_size)
+        train_loader = group.train_loader(split.train, augmentation, batch, config.seed, workers)
+        val_loader = make_loader(group.shard(split.val), evaluation, batch, shuffle=False, seed=config.seed,
+                                 num_workers=workers, device=device)
+        calib_loader = group.calibration_loader(split.train, evaluation, batch, config.seed + 1, workers)
     progress.start("measuring source statistics", None)
-    calibrate_channel_pooling(source, delta, calib_loader, device)
+    if group is None:
+        calibrate_channel_pooling(source, delta, calib_loader, device)
+    else:
+        calibrate_channel_pooling(source, delta, calib_loader, device, max_images=group.share(512),
+                                  reduce=group.all_reduce_sum)
     progress.finish()
+    model = delta if group is None else group.wrap(delta)  # DDP: the delta only, never the source
+    noise = None if group is None else group.pooling_noise(delta, config.seed, device)
 
     steps_per_epoch = len(train_loader)
     sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
                    steps_per_epoch * config.epochs, max(1, round(config.warmup_epochs * steps_per_epoch)), device)
 
     history: list[dict] = []
-    train_seconds, seen = 0.0, 0
+    step_losses: list[float] = []
+    train_seconds, seen, step = 0.0, 0, 0
     val = None
     for epoch in range(1, config.epochs + 1):
         delta.train()
+        if group is not None:
+            group.set_epoch(train_loader, epoch)
         progress.start(f"epoch {epoch}/{config.epochs}", steps_per_epoch)
-        epoch_loss, epoch_n = 0.0, 0
+        epoch_loss, epoch_n, losses = 0.0, 0, []
         start = time.perf_counter()
         for images, labels in iterate(train_loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            value = sgd.step(lambda x: task_logits(source, delta, x), images, labels)
+            if noise is not None:
+                noise.reseed(step)
+            value = sgd.step(lambda x: task_logits(source, model, x), images, labels)
             epoch_loss += value * len(labels)
             epoch_n += len(labels)
+            losses.append(value)
+            step += 1
             progress.advance(1, loss=value)
+            if on_step is not None:
+                on_step(step, delta)
             crash_point("train-step")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
+        if group is not None:  # the global batch's losses; rank 0's BatchNorm statistics everywhere
+            losses = group.mean_losses(losses)
+            epoch_n *= group.world_size
+            epoch_loss = sum(losses) / max(1, len(losses)) * epoch_n
+            group.broadcast_buffers(delta)
+            group.verify_in_sync(delta, f"after epoch {epoch}")
+        step_losses += losses
         train_seconds += seconds
         seen += epoch_n
         progress.finish()
         progress.start("validating", len(val_loader))
-        val = evaluate(source, delta, val_loader, device, progress)
+        val = (evaluate(source, delta, val_loader, device, progress) if group is None
+               else group.evaluate(source, delta, val_loader, device, progress))
         progress.finish(f"epoch {epoch}: val top-1 {val.top1:.2f} %")
         history.append({"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_n), "val_top1": val.top1,
                         "val_top5": val.top5, "val_loss": val.loss, "seconds": seconds})
 
+    if group is not None:
+        noise.detach()
+        delta = group.unwrap(delta)
     delta.eval()
     cp_indices = delta.freeze_channel_pooling()
     # Frozen indices equal the deterministic top-K used by the last evaluation, so `val` still holds.
     return TrainResult(delta=delta.cpu(), cp_indices=cp_indices, val=val, train_seconds=train_seconds,
                        images_per_s=seen / train_seconds if train_seconds else 0.0, image_size=size,
-                       device=str(device), history=history)
+                       device=str(device), history=history, step_losses=step_losses,
+                       processes=1 if group is None else group.world_size)

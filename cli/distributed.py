@@ -1,0 +1,113 @@
+"""``add-task`` on several processes: ``snowhub add-task … --nproc-per-node N`` launches N workers on this
+machine; each worker (and each worker of ``torchrun … -m snowhub_cli add-task …``) trains its shard and
+rank 0 registers (``docs/distributed.md``).
+
+A worker started by ``--nproc-per-node`` prints nothing but rank 0's progress: its failure goes, as one line,
+to the launcher, which prints the one ``error:`` line of the run and the added task. Under ``torchrun``
+rank 0 prints the task and every failing rank its own ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch.distributed
+import typer
+
+from snowhub import Hub, SnowhubError, TrainConfig
+from snowhub.errors import ConfigError
+from snowhub.training import launch_rank, launched
+from snowhub.training._launch import CRASH, INTERRUPT, LAUNCHER_ENV, PEER, USER, write_worker_error
+from snowhub_cli import render
+from snowhub_cli.options import handled
+from snowhub_cli.progress import RichProgress
+
+NPROC_HELP = ("Train with this many processes on this machine (PyTorch DistributedDataParallel under its elastic "
+              "launcher; one per GPU on a CUDA machine). --batch-size stays the global batch.")
+
+
+def worker_argv(ctx: typer.Context, skip: tuple[str, ...] = ("nproc_per_node", "as_json")) -> list[str]:
+    """The command line of this command as the user gave it (every option set on it, whatever its source),
+    less `skip`: what each worker runs after ``python -m snowhub_cli``."""
+    argv = [ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in skip or value is None:
+            continue
+        if param.param_type_name == "argument":
+            argv.append(str(value))
+            continue
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        if param.is_flag and param.secondary_opts:
+            argv.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.is_flag:
+            argv += [param.opts[0]] if value else []
+        else:
+            for item in (value if param.multiple else [value]):
+                argv += [param.opts[0], str(item)]
+    return argv
+
+
+@contextmanager
+def _worker_errors(quiet: bool) -> Iterator[None]:
+    """A worker's failure: one line in its torchelastic error file (read by the launcher), and on stderr unless
+    `quiet` (started by ``--nproc-per-node``, whose launcher prints it)."""
+    rank = launch_rank()
+    try:
+        yield
+    except SnowhubError as exc:
+        write_worker_error(str(exc), USER)
+        if not quiet:
+            render.problem(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        write_worker_error("interrupted; nothing was changed in the hub", INTERRUPT)
+        if not quiet:
+            render.problem("nothing was changed in the hub", "interrupted")
+        raise typer.Exit(130) from None
+    except (torch.distributed.DistError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        peer = isinstance(exc, torch.distributed.DistError) or "gloo" in str(exc).lower()
+        write_worker_error(first, PEER if peer else CRASH)
+        if not peer:
+            traceback.print_exc()
+        elif not quiet:
+            render.problem(f"rank {rank} lost its peers ({first}); another worker failed, see its error")
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        write_worker_error(f"{type(exc).__name__}: {exc}", CRASH)
+        raise
+
+
+def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, processes: int | None,
+             hub: Path | None, as_json: bool) -> None:
+    """``add-task`` with ``--nproc-per-node`` (launch the workers), or inside a launched worker."""
+    if not launched():
+        command = [sys.executable, "-m", "snowhub_cli", *worker_argv(ctx)]
+        with handled(), Hub.open(hub) as h:
+            _print(h.add_task_on_workers(name, data, config, processes, command), as_json)
+        return
+    quiet = os.environ.get(LAUNCHER_ENV) == "1"
+    main = launch_rank() == 0
+    with _worker_errors(quiet):
+        if processes is not None:
+            raise ConfigError("--nproc-per-node is for a plain `snowhub add-task`; under torchrun give "
+                              "--nproc-per-node to torchrun")
+        with Hub.open(hub, clean=main) as h, (RichProgress(render.err) if main else nullcontext()) as progress:
+            info = h.add_task(name, data, config, progress, distributed=True)
+        if info is not None and not quiet:
+            _print(info, as_json)
+
+
+def _print(info, as_json: bool) -> None:
+    if as_json:
+        render.print_json(info.to_dict())
+    else:
+        render.task_added(info)

@@ -1,0 +1,140 @@
+"""The launcher of ``snowhub add-task --nproc-per-node N``: PyTorch's elastic agent (the engine behind
+``torchrun``, :mod:`torch.distributed.run`) running N workers on this machine, none restarted.
+
+Each worker runs the same command (``python -m snowhub_cli add-task …``) and finds its rank in its
+environment, as under ``torchrun``. ``max_restarts=0``: if any worker fails or is killed, the agent stops
+the others and the run fails as a whole. A worker started by this launcher (``SNOWHUB_LAUNCHER=1``) reports
+a failure as one line in its torchelastic error file and prints nothing; :func:`run_workers` turns the
+failures into one :class:`DistributedError` line, the most telling first (a user error, then a worker killed
+by a signal, then a crash, then a worker that only lost its peers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from snowhub.training._distributed import DistributedError
+
+LAUNCHER_ENV = "SNOWHUB_LAUNCHER"
+# What a worker writes into its error file (see :func:`write_worker_error`), beside torchelastic's fields.
+_KIND = "snowhub_kind"
+# A worker that failed only because another one did: its collective lost its peers.
+PEER, USER, CRASH, INTERRUPT = "peer", "user", "crash", "interrupt"
+
+
+def worker_device_type(requested: str) -> str:
+    """``"cuda"`` or ``"cpu"``: where workers given ``--device requested`` train, decided without starting CUDA
+    in the launching process.
+
+    Raises:
+        ConfigError: ``cuda:N`` (one GPU for every worker): workers take their ``LOCAL_RANK``'s GPU.
+    """
+    from snowhub.errors import ConfigError
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda:"):
+        raise ConfigError(f"--device {requested} would put every process on one GPU; give --device cuda (or auto): "
+                          "each process takes its own GPU (LOCAL_RANK)")
+    return "cuda" if requested == "cuda" else "cpu"
+
+
+def write_worker_error(message: str, kind: str) -> None:
+    """In a worker: record a one-line failure `message` of `kind` (:data:`USER`, :data:`CRASH`, :data:`PEER`,
+    :data:`INTERRUPT`) in the error file torchelastic gave it (``TORCHELASTIC_ERROR_FILE``), where the
+    launcher (and ``torchrun``'s summary) reads it. Does nothing outside a launch."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"message": message, "timestamp": int(time.time()), _KIND: kind}, fh)
+    except OSError:
+        pass
+
+
+def _describe(failures: dict, processes: int) -> str:
+    """One line for the failures of a run (global rank → ProcessFailure)."""
+    def kind(failure) -> str | None:
+        data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
+        return data.get(_KIND)
+
+    ordered = sorted(failures.items(), key=lambda item: item[1].timestamp)  # stable: first captured first
+    for wanted in (USER, INTERRUPT):
+        for rank, failure in ordered:
+            if kind(failure) == wanted:
+                return failure.message
+    for rank, failure in ordered:
+        if kind(failure) is None and failure.exitcode < 0:
+            name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else \
+                f"signal {-failure.exitcode}"
+            return (f"worker rank {rank} of {processes} (pid {failure.pid}) was killed by {name}; the run failed as a "
+                    "whole and nothing was registered")
+    for wanted in (CRASH, PEER, None):
+        for rank, failure in ordered:
+            if kind(failure) == wanted:
+                return (f"worker rank {rank} of {processes} failed: {failure.message}; the run failed as a whole and "
+                        "nothing was registered")
+    return "a worker failed; nothing was registered"
+
+
+@contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """The agent's own log lines (its start, each failure, shut-downs) off: the launcher says it in one line."""
+    import torch.distributed.elastic.agent.server.api  # noqa: F401  (create the loggers, then quieten them)
+    import torch.distributed.elastic.multiprocessing.api  # noqa: F401
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name.startswith("torch.distributed")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def run_workers(command: Sequence[str], processes: int) -> None:
+    """Run `command` (a program and its arguments) as `processes` workers on this machine under PyTorch's
+    elastic agent, with ``max_restarts=0``; return when all succeeded.
+
+    The workers get the environment of ``torchrun --standalone --nproc-per-node processes`` (``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT``, …) plus ``SNOWHUB_LAUNCHER=1``, and
+    this process's stdin, stdout and stderr.
+
+    Raises:
+        DistributedError: a worker failed or was killed (the others are stopped): one line saying which and why.
+        KeyboardInterrupt: the launcher was interrupted (Ctrl-C, SIGTERM); the workers are stopped.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=f"snowhub-{uuid.uuid4().hex}",
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,
+                          shutdown_timeout=10)
+    saved = os.environ.get(LAUNCHER_ENV)
+    os.environ[LAUNCHER_ENV] = "1"
+    try:
+        with _quiet_agent():
+            elastic_launch(config, command[0])(*command[1:])
+    except ChildFailedError as exc:
+        raise DistributedError(_describe(exc.failures, processes)) from None
+    except SignalException:
+        raise KeyboardInterrupt from None
+    finally:
+        if saved is None:
+            os.environ.pop(LAUNCHER_ENV, None)
+        else:
+            os.environ[LAUNCHER_ENV] = saved
