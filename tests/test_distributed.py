@@ -116,7 +116,10 @@ def test_add_task_on_two_processes_registers_one_task_that_verifies(empty_hub, f
     assert sorted(p.name for p in (hub / "tasks").iterdir()) == ["0001-shoes.delta.safetensors",
                                                                   "0001-shoes.probe.safetensors"]
     with Hub.open(hub) as h:
-        assert h.task("shoes").to_dict()["hyperparams"]["processes"] == 2
+        recorded = h.task("shoes").to_dict()["hyperparams"]
+    # The workers ran the options given to the launcher (rebuilt from the parsed command line).
+    assert (recorded["processes"], recorded["epochs"], recorded["image_size"], recorded["batch_size"],
+            recorded["num_workers"]) == (2, 1, 32, 16, 0)
     verified = CliRunner().invoke(app, ["verify-forgetting", "--device", "cpu", "--json", "--hub", str(hub)])
     assert verified.exit_code == 0, verified.output
     report = json.loads(verified.stdout)
@@ -157,3 +160,30 @@ def test_more_processes_than_gpus_is_refused():
     check_processes(2, "cuda", 2)
     check_processes(8, "cpu", 0)  # on the CPU the processes share the cores
     assert worker_device_type("cpu") == "cpu"
+
+
+def test_the_launcher_reports_the_most_telling_failure(tmp_path):
+    """Real torchelastic ProcessFailure records, read from error files as the workers write them."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from snowhub.training import _launch
+
+    def failure(rank: int, exitcode: int, message: str | None = None, kind: str | None = None) -> ProcessFailure:
+        path = tmp_path / f"error-{rank}.json"
+        if message is not None:
+            os.environ["TORCHELASTIC_ERROR_FILE"] = str(path)
+            try:
+                _launch.write_worker_error(message, kind)
+            finally:
+                del os.environ["TORCHELASTIC_ERROR_FILE"]
+        return ProcessFailure(rank, 1000 + rank, exitcode, str(path))
+
+    lost = failure(0, 1, "Connection reset by peer", _launch.PEER)
+    killed = failure(1, -9)
+    assert _launch._describe({0: lost, 1: killed}, 2) == (
+        "worker rank 1 of 2 (pid 1001) was killed by SIGKILL; the run failed as a whole and nothing was registered")
+    unreadable = failure(2, 1, "cannot read /data/x.png: not an image", _launch.USER)
+    stopped = failure(3, -15)  # the agent stops the others with SIGTERM
+    assert _launch._describe({3: stopped, 0: lost, 2: unreadable}, 4) == "cannot read /data/x.png: not an image"
+    bug = failure(1, 1, "ValueError: a bug", _launch.CRASH)
+    assert _launch._describe({0: stopped, 1: bug}, 2).startswith("worker rank 1 of 2 failed: ValueError: a bug;")

@@ -6,7 +6,8 @@ environment, as under ``torchrun``. ``max_restarts=0``: if any worker fails or i
 the others and the run fails as a whole. A worker started by this launcher (``SNOWHUB_LAUNCHER=1``) reports
 a failure as one line in its torchelastic error file and prints nothing; :func:`run_workers` turns the
 failures into one :class:`DistributedError` line, the most telling first (a user error, then a worker killed
-by a signal, then a crash, then a worker that only lost its peers).
+by a signal, then a crash, then the consequences: a worker the agent stopped with SIGTERM, one that only lost
+its peers).
 """
 
 from __future__ import annotations
@@ -68,22 +69,28 @@ def _describe(failures: dict, processes: int) -> str:
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
         return data.get(_KIND)
 
+    def killed(rank: int, failure) -> str:
+        number = -failure.exitcode
+        name = signal.Signals(number).name if number in signal.valid_signals() else f"signal {number}"
+        return (f"worker rank {rank} of {processes} (pid {failure.pid}) was killed by {name}; the run failed as a "
+                "whole and nothing was registered")
+
+    def crashed(rank: int, failure) -> str:
+        return (f"worker rank {rank} of {processes} failed: {failure.message}; the run failed as a whole and nothing "
+                "was registered")
+
+    # Most telling first. The agent stops the survivors of a failure with SIGTERM, and a survivor blocked in a
+    # collective may first report its lost peer: both are consequences, so they come after the causes.
+    tiers = [(lambda f: kind(f) in (USER, INTERRUPT), lambda rank, f: f.message),
+             (lambda f: kind(f) is None and f.exitcode < 0 and -f.exitcode != signal.SIGTERM, killed),
+             (lambda f: kind(f) == CRASH, crashed),
+             (lambda f: kind(f) is None and f.exitcode < 0, killed),
+             (lambda f: True, crashed)]
     ordered = sorted(failures.items(), key=lambda item: item[1].timestamp)  # stable: first captured first
-    for wanted in (USER, INTERRUPT):
+    for matches, describe in tiers:
         for rank, failure in ordered:
-            if kind(failure) == wanted:
-                return failure.message
-    for rank, failure in ordered:
-        if kind(failure) is None and failure.exitcode < 0:
-            name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else \
-                f"signal {-failure.exitcode}"
-            return (f"worker rank {rank} of {processes} (pid {failure.pid}) was killed by {name}; the run failed as a "
-                    "whole and nothing was registered")
-    for wanted in (CRASH, PEER, None):
-        for rank, failure in ordered:
-            if kind(failure) == wanted:
-                return (f"worker rank {rank} of {processes} failed: {failure.message}; the run failed as a whole and "
-                        "nothing was registered")
+            if matches(failure):
+                return describe(rank, failure)
     return "a worker failed; nothing was registered"
 
 
