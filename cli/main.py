@@ -6,6 +6,7 @@ exit status 1; an interrupt leaves with status 130. The hub itself guarantees it
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
@@ -14,7 +15,8 @@ import typer
 
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
 from snowhub_cli import distributed, export, render
-from snowhub_cli.options import DeviceOption, HubOption, JsonOption, handled
+from snowhub_cli import registry as registry_commands
+from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, handled
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
 
@@ -48,10 +50,11 @@ def init(
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", help="Local state dict for the source (safetensors, or a weights-only torch file).")] = None,
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a hub around a frozen, pretrained source model."""
-    with handled(), Hub.init(hub, source, weights) as h:
+    """Create a hub around a frozen, pretrained source model (its registry in the hub, or at --registry)."""
+    with handled(), Hub.init(hub, source, weights, registry) as h:
         render.source_created(str(h.layout.root), h.source_record(), as_json)
 
 
@@ -76,6 +79,7 @@ def add_task(
     device: DeviceOption = "auto",
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a new task's delta against the frozen source and append it to the hub."""
@@ -85,8 +89,10 @@ def add_task(
                                            noise_var=noise_var),
                          run=RunOptions(device=device, num_workers=workers))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
+        if registry is not None:  # the launcher's Hub.open and every worker it starts read it from there
+            os.environ["SNOWHUB_REGISTRY_URL"] = registry
         return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json)
-    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
+    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:
             render.print_json(info.to_dict())
@@ -95,9 +101,9 @@ def add_task(
 
 
 @app.command("list")
-def list_tasks(hub: HubOption = None, as_json: JsonOption = False) -> None:
+def list_tasks(hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """List the hub's tasks in append order."""
-    with handled(), Hub.open(hub) as h:
+    with handled(), Hub.open(hub, registry=registry) as h:
         tasks, source = h.tasks(), h.source_record().name
         if as_json:
             render.print_json({"hub": str(h.layout.root), "source": source,
@@ -108,9 +114,9 @@ def list_tasks(hub: HubOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the source's head).")],
-         hub: HubOption = None, as_json: JsonOption = False) -> None:
+         hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Show everything recorded about one task."""
-    with handled(), Hub.open(hub) as h:
+    with handled(), Hub.open(hub, registry=registry) as h:
         info = h.task(name)
         if as_json:
             render.print_json(info.to_dict())
@@ -126,10 +132,11 @@ def predict(
     top: Annotated[int, typer.Option("--top", help="Labels per task.", min=1)] = 5,
     device: DeviceOption = "auto",
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Classify images with one or all tasks; one source pass serves every task."""
-    with handled(), Hub.open(hub) as h:
+    with handled(), Hub.open(hub, registry=registry) as h:
         if task and all_tasks:
             raise typer.BadParameter("give --task or --all, not both")
         results = h.predict([str(p) for p in images], None if all_tasks or not task else list(task), top, device)
@@ -146,6 +153,7 @@ def verify_forgetting(
         "--strict", help="Demand bit-identical probe logits even where they were recorded on another machine, "
                          "device or torch build.")] = False,
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Prove no task forgot or changed: hashes, then every task re-evaluated on its probe set.
@@ -155,7 +163,7 @@ def verify_forgetting(
     tolerance), changed, or damaged. Exit status 0 only when the source and every task are unchanged; 2 when
     something changed.
     """
-    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
+    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
         report = h.verify_forgetting(device, progress, strict=strict)
         if as_json:
             render.print_json(report.to_dict())
@@ -166,13 +174,13 @@ def verify_forgetting(
 
 
 @app.command()
-def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
+def doctor(hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Check the whole hub's integrity without running models: registry, seals, hashes, files.
 
     Exit status 0 when nothing is wrong (warnings allowed); 2 when a problem was found.
     """
     with handled():
-        report = Hub.doctor(hub)
+        report = Hub.doctor(hub, registry)
         if as_json:
             render.print_json(report.to_dict())
         else:
@@ -183,6 +191,7 @@ def doctor(hub: HubOption = None, as_json: JsonOption = False) -> None:
 
 app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
 app.add_typer(export.app, name="export")  # snowhub export onnx|task (cli/export.py)
+app.add_typer(registry_commands.app, name="registry")  # snowhub registry copy (cli/registry.py)
 app.command("import")(export.import_bundle)
 
 

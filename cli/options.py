@@ -1,7 +1,7 @@
 """Options every command shares, and the one place user errors become a line and an exit status.
 
-Command modules (``main.py``, and one module per command group) import these, so ``--hub``, ``--json`` and
-``--device`` read and behave the same in every command.
+Command modules (``main.py``, and one module per command group) import these, so ``--hub``, ``--registry``,
+``--json`` and ``--device`` read and behave the same in every command.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from snowhub_cli import render
 
 HubOption = Annotated[Optional[Path], typer.Option(
     "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
+RegistryOption = Annotated[Optional[str], typer.Option(
+    "--registry", metavar="URL", envvar="SNOWHUB_REGISTRY_URL", show_default=False, show_envvar=False,
+    help="Registry database (default: $SNOWHUB_REGISTRY_URL, else sqlite:///<hub>/hub.db), e.g. "
+         "postgresql+psycopg://user:password@host:5432/db; without --hub, the directory it records.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, or cuda[:N].")]
 

@@ -53,17 +53,19 @@ class Hub:
     # -- opening ----------------------------------------------------------------------------------
 
     @staticmethod
-    def init(path: Path | str | None, source: str, weights: Path | str | None = None) -> "Hub":
-        """Create a hub at `path` (default :func:`default_hub_path`) around the pretrained `source`.
+    def init(path: Path | str | None, source: str, weights: Path | str | None = None,
+             registry: str | None = None) -> "Hub":
+        """Create a hub at `path` (default :func:`default_hub_path`) around the pretrained `source`; its registry
+        at the database URL `registry` (default ``$SNOWHUB_REGISTRY_URL``, else ``sqlite:///<path>/hub.db``).
 
         Raises:
             SourceError: unknown source, or its weights cannot be found or do not fit.
             HubExistsError: a hub already exists at `path`.
         """
-        return Hub(create_hub(Path(path) if path is not None else default_hub_path(), source, weights))
+        return Hub(create_hub(Path(path) if path is not None else default_hub_path(), source, weights, registry))
 
     @staticmethod
-    def open(path: Path | str | None = None, clean: bool = True) -> "Hub":
+    def open(path: Path | str | None = None, clean: bool = True, registry: str | None = None) -> "Hub":
         """Open the hub at `path` (default :func:`default_hub_path`); `clean` removes the leftovers of a crashed
         writer when no writer is active (a training's ranks other than 0 open with False: they write nothing).
 
@@ -71,7 +73,7 @@ class Hub:
             HubNotFoundError: no hub there (the message says how to create one).
             HubVersionError: the hub was written by a newer snowhub.
         """
-        registry = Registry.open(Path(path) if path is not None else default_hub_path())
+        registry = Registry.open(path, registry)  # path None: the default, or the directory a URL's registry records
         try:
             registry.source()  # a hub whose init never finished is not a hub
             if clean:
@@ -82,9 +84,9 @@ class Hub:
         return Hub(registry)
 
     @staticmethod
-    def doctor(path: Path | str | None = None) -> DoctorReport:
-        """Check the whole hub at `path` without running a model (see :mod:`snowhub.checks.doctor`)."""
-        return check_hub(Path(path) if path is not None else default_hub_path())
+    def doctor(path: Path | str | None = None, registry: str | None = None) -> DoctorReport:
+        """Check the whole hub at `path` (its registry at `registry`) without running a model (:mod:`snowhub.checks.doctor`)."""
+        return check_hub(path, registry)
 
     def close(self) -> None:
         self.registry.close()
@@ -120,7 +122,7 @@ class Hub:
         """
         source = self.registry.source()
         head = [] if source.head_classes is None else [source_task_info(source, self._record_problem(source))]
-        return head + [task_info(t, source.parameter_count, self._record_problem(t)) for t in self.registry.tasks()]
+        return head + [task_info(t, source.parameter_count, problem) for t, problem in self.registry.checked_tasks()]
 
     def task(self, name: str) -> TaskInfo:
         """One task by name (``imagenet`` is task 0). Raises TaskNotFoundError listing the known names."""
@@ -174,7 +176,7 @@ class Hub:
         dataset_fingerprint = fingerprint(split) if main else ""
         device = pick_device(config.run.device)
         crash_point("add-task:data-found")
-        lock = writer_lock(self.layout, wait=wait_for_lock and not distributed, progress=progress)
+        lock = writer_lock(self.registry, wait=wait_for_lock and not distributed, progress=progress)
         with lock if main else contextlib.nullcontext():
             if main:
                 remove_orphans(self.registry)
@@ -283,6 +285,7 @@ class Hub:
         resident = self._artifacts.get(resolved)
         in_use = resident.loaded_source() if resident is not None else None
         return verify_hub(Artifacts(self.registry, resolved), progress or SilentProgress(), strict, in_use)
+
     # -- taking tasks out, bringing them in -------------------------------------------------------
 
     def export_onnx(self, tasks: list[str] | None, output: Path | str, image_size: int | None = None,

@@ -44,8 +44,10 @@ def _library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def create_hub(root: Path, source: str, weights: Path | str | None = None) -> Registry:
+def create_hub(root: Path, source: str, weights: Path | str | None = None, registry_url: str | None = None) -> Registry:
     """Create a hub at `root` around the pretrained `source` and return its open registry.
+
+    `registry_url`: where the registry lives (:mod:`snowhub.store.url`; default ``root/hub.db``).
 
     The source's weights are copied into the hub (safetensors), so the hub is self-contained and the
     recorded hashes always refer to the exact tensors served.
@@ -61,10 +63,10 @@ def create_hub(root: Path, source: str, weights: Path | str | None = None) -> Re
     has_head = load_source_state(spec, backbone, state)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
     created_dir = not layout.root.exists()
-    registry = Registry.create(layout.root)
+    registry = Registry.create(layout.root, registry_url)
     weights_path = layout.source_dir / f"{spec.name}.safetensors"
     try:
-        with writer_lock(layout, wait=False):
+        with writer_lock(registry, wait=False):
             file_sha = atomic_save_safetensors(state, weights_path, metadata={"source": spec.name})
             registry.set_source(SourceRecord(
                 name=spec.name, weights_origin=origin, weights_file=layout.relative(weights_path),
@@ -75,7 +77,7 @@ def create_hub(root: Path, source: str, weights: Path | str | None = None) -> Re
             ))
     except BaseException:
         registry.close()
-        remove_new_hub(layout, created_dir)
+        remove_new_hub(layout, created_dir, registry)
         raise
     return registry
 

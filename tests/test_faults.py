@@ -277,10 +277,9 @@ def test_a_waiting_writer_says_who_it_waits_for_then_proceeds(tmp_path):
 def test_a_registry_locked_past_the_busy_timeout_is_a_one_line_error(hub_copy, monkeypatch):
     from sqlalchemy import text
 
-    import snowhub.store.database as database
+    import snowhub.store.sqlite as sqlite_dialect
 
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(snowhub.store.registry, "BUSY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(sqlite_dialect, "BUSY_TIMEOUT_S", 0.3)
     other = sqlite3.connect(hub_copy / "hub.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # a foreign writer sits on SQLite's write lock
     other.execute("UPDATE source SET name = name")

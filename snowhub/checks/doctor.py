@@ -19,26 +19,36 @@ Problems make :attr:`DoctorReport.ok` False (``snowhub doctor`` exits with statu
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from snowhub.artifacts import build_delta
-from snowhub.errors import SnowhubError
+from snowhub.errors import HubNotFoundError, SnowhubError
 from snowhub.evaluation import accuracy_counts
-from snowhub.names import check_task_name
+from snowhub.names import check_task_name, default_hub_path
 from snowhub.probe import logits_digest
 from snowhub.store import (
+    REGISTRY_URL_ENV,
+    HubFilesError,
     HubLayout,
+    NotARegistryError,
     Registry,
     find_leftovers,
     head_revision,
     lock_holder,
+    RegistryUnreachableError,
+    RegistryURLError,
     record_problem,
     sha256_file,
     tensor_digest,
 )
+
+
+# Nothing to check: the registry cannot be found, reached or used at all (raised, not reported).
+_NO_HUB = (HubNotFoundError, RegistryUnreachableError, NotARegistryError, HubFilesError, RegistryURLError)
 
 
 @dataclass
@@ -67,21 +77,25 @@ class DoctorReport:
         return {"ok": self.ok, **asdict(self)}
 
 
-def check_hub(path: Path | str) -> DoctorReport:
-    """Check the hub at `path` and report every problem found; raises only if there is no hub to check.
+def check_hub(path: Path | str | None, registry_url: str | None = None) -> DoctorReport:
+    """Check the hub at `path` (its registry at `registry_url`, see :mod:`snowhub.store.url`) and report every
+    problem found; raises only if there is no hub to check.
 
     Raises:
-        HubNotFoundError: no hub at `path`. HubVersionError: written by a newer snowhub.
+        HubNotFoundError: no hub at `path`. HubVersionError: written by a newer snowhub. SnowhubError: the
+        registry's server cannot be reached, the database is no registry, or its files are elsewhere.
     """
-    layout = HubLayout(Path(path))
+    layout = HubLayout(Path(path) if path is not None else default_hub_path())
     report = DoctorReport(str(layout.root))
+    outside = (registry_url or os.environ.get(REGISTRY_URL_ENV)) is not None
     try:
-        registry = Registry.open(layout.root)
+        registry = Registry.open(None if path is None else layout.root, registry_url)
     except SnowhubError as exc:
-        if not layout.db_path.is_file() or "newer snowhub" in str(exc):
+        if (not outside and not layout.db_path.is_file()) or "newer snowhub" in str(exc) or isinstance(exc, _NO_HUB):
             raise
         report.problems.append(f"registry: {exc}")
         return report
+    report.hub = str(registry.layout.root)
     try:
         _check(registry, report)
     finally:
@@ -92,7 +106,8 @@ def check_hub(path: Path | str) -> DoctorReport:
 def _check(registry: Registry, report: DoctorReport) -> None:
     layout = registry.layout
     try:
-        report.problems += [f"registry: SQLite integrity check: {line}" for line in registry.integrity_check()]
+        kind = "SQLite" if registry.dialect_name == "sqlite" else "PostgreSQL"
+        report.problems += [f"registry: {kind} integrity check: {line}" for line in registry.integrity_check()]
         revision = registry.revision()
         if revision != head_revision():
             report.problems.append(f"registry: schema revision {revision}, expected {head_revision()}")
@@ -211,7 +226,7 @@ def _check_files(registry: Registry, report: DoctorReport) -> None:
         found = find_leftovers(layout, source, registry.tasks())
     except SnowhubError:
         return  # rows that do not parse were reported above
-    writer = lock_holder(layout)
+    writer = lock_holder(registry)
     if writer is not None:
         report.warnings.append(f"a writer ({writer}) is at work on this hub; its files are not final yet")
     elif found.removable:

@@ -1,4 +1,4 @@
-"""snowhub's store: the hub registry (SQLite + Alembic, as records) and its files (safetensors, hashes, lock).
+"""snowhub's store: the hub registry (SQLAlchemy + Alembic on SQLite or PostgreSQL, as records) and its files.
 
 What the layers above need, and nothing more: the ORM rows, engines and migrations stay in here.
 """
@@ -14,6 +14,7 @@ from snowhub.store.files import (
     tensor_digest,
 )
 from snowhub.store.integrity import record_problem
+from snowhub.store.interface import RegistryStore
 from snowhub.store.lock import lock_holder, writer_lock
 from snowhub.store.records import SourceRecord, TaskRecord
 from snowhub.store.recovery import (
@@ -25,12 +26,20 @@ from snowhub.store.recovery import (
     write_intent,
 )
 from snowhub.store.registry import Registry
+from snowhub.store.url import ENV as REGISTRY_URL_ENV
+from snowhub.store.url import HubFilesError, NotARegistryError, RegistryUnreachableError, RegistryURLError
 
 __all__ = [
+    "HubFilesError",
     "HubLayout",
     "HubReadOnlyError",
     "HubWriteError",
+    "NotARegistryError",
+    "REGISTRY_URL_ENV",
     "Registry",
+    "RegistryStore",
+    "RegistryURLError",
+    "RegistryUnreachableError",
     "SourceRecord",
     "TaskRecord",
     "atomic_save_safetensors",

@@ -1,94 +1,48 @@
-"""SQLite engine, sessions and schema migrations of the hub registry.
+"""Sessions and schema migrations of the hub registry, on any database snowhub supports.
 
-Every connection runs in WAL mode (readers never block the writer) with a 30 s busy timeout (a writer
-waits for another instead of failing). SQLAlchemy, not the sqlite3 module, emits ``BEGIN`` so that DDL is
-transactional too: a migration either applies completely or not at all. Writers use ``BEGIN IMMEDIATE``
-(see :func:`write_engine`), so they take SQLite's write lock up front and cannot deadlock half-way
-through a read-then-write transaction.
+What differs between databases (connections, how a writer's transaction begins, the integrity check, the
+writer lock, error messages) lives in one module per dialect: :mod:`snowhub.store.sqlite` and
+:mod:`snowhub.store.postgresql`. Alembic migrations run on either, in one transaction: a migration either
+applies completely or not at all (DDL is transactional on both).
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from snowhub.errors import HubVersionError, SnowhubError
-
-BUSY_TIMEOUT_S = 30.0
-_BEGIN_OPTION = "snowhub_sqlite_begin"
+from snowhub.store.sqlite import BUSY_TIMEOUT_S, open_engine  # noqa: F401 -- the SQLite API of old
 
 
-def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-    # Take transaction control away from the sqlite3 module (it would not BEGIN before DDL); the
-    # "begin" listener below emits BEGIN instead.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        # busy_timeout first: switching to WAL needs a lock that another process may hold briefly.
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")
-        # FULL: a commit survives power loss too. Writes are rare (one per task), so this costs nothing.
-        cursor.execute("PRAGMA synchronous = FULL")
-    finally:
-        cursor.close()
+def dialect_of(engine: Engine | Connection) -> ModuleType:
+    """:mod:`snowhub.store.sqlite` or :mod:`snowhub.store.postgresql`, for `engine`'s database."""
+    return dialect_for(engine.engine.url if isinstance(engine, Connection) else engine.url)
 
 
-def _on_connect_read_only(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
-    # A read-only hub: no journal-mode switch and no synchronous setting (both would need a write).
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    finally:
-        cursor.close()
+def dialect_for(url: URL) -> ModuleType:
+    """:mod:`snowhub.store.sqlite` or :mod:`snowhub.store.postgresql`, for the database of `url`."""
+    if url.get_backend_name() == "postgresql":
+        from snowhub.store import postgresql
 
+        return postgresql
+    from snowhub.store import sqlite
 
-def _on_begin(conn: Connection) -> None:
-    mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def open_engine(db_path: Path, read_only: bool = False) -> Engine:
-    """An engine on the SQLite file ``db_path`` (WAL mode, 30 s busy timeout on every connection).
-
-    The file must already exist (``Registry.create`` makes it; SQLite would otherwise silently create an
-    empty one): connecting to a missing file raises ``sqlalchemy.exc.OperationalError``.
-
-    ``read_only=True`` is for a hub on read-only storage: SQLite opens the file read-only, and, when no
-    ``-wal`` file holds unfolded commits, as *immutable* (WAL mode needs a writable ``-shm`` file
-    otherwise). A read-only engine on a writable directory is never immutable: it keeps seeing the commits
-    of writers in other processes.
-    """
-    db_path = Path(db_path).absolute()
-    mode = "ro" if read_only else "rw"
-    uri = f"{db_path.as_uri()}?mode={mode}"
-    if read_only and not Path(f"{db_path}-wal").exists() and not os.access(db_path.parent, os.W_OK):
-        uri += "&immutable=1"
-
-    def connect() -> sqlite3.Connection:
-        # The busy timeout is set by _on_connect; a pool may be shared by threads, hence check_same_thread.
-        return sqlite3.connect(uri, uri=True, check_same_thread=False)
-
-    # The URL is only used by SQLAlchemy to pick the dialect and a file-database pool; `creator` connects.
-    engine = create_engine(f"sqlite:///{db_path}", creator=connect)
-    event.listen(engine, "connect", _on_connect_read_only if read_only else _on_connect)
-    event.listen(engine, "begin", _on_begin)
-    return engine
+    return sqlite
 
 
 def write_engine(engine: Engine) -> Engine:
-    """A view of ``engine`` whose transactions start with ``BEGIN IMMEDIATE`` (for writers)."""
-    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    """A view of ``engine`` for writers (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction advisory lock)."""
+    return dialect_of(engine).write_engine(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -140,11 +94,20 @@ def current_revision(engine: Engine) -> str | None:
     return heads[0] if heads else None
 
 
+def migrate(conn: Connection) -> None:
+    """Run every migration not yet applied, inside the caller's open transaction on `conn`."""
+    config = _alembic_config()
+    _check_known(_heads(conn), ScriptDirectory.from_config(config))
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
 def upgrade(engine: Engine, read_only: bool = False) -> None:
     """Migrate the database to this snowhub's newest schema (a no-op when it is already there).
 
-    Safe to call from several processes at once: the upgrade runs in one ``BEGIN IMMEDIATE``
-    transaction, so the others wait and then find nothing to do. Raises
+    Safe to call from several processes at once: the upgrade runs in one writer transaction (SQLite:
+    ``BEGIN IMMEDIATE``; PostgreSQL: under a transaction advisory lock), so the others wait and then find
+    nothing to do. Raises
     :class:`~snowhub.errors.HubVersionError` if the database carries a revision this snowhub does not
     know (it was written by a newer snowhub), or if it needs an upgrade but ``read_only`` is set.
     """

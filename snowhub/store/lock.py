@@ -1,8 +1,11 @@
 """The hub's writer lock: one writing snowhub process per hub at a time.
 
-Readers (serving, listing) never take it; SQLite WAL lets them read while a writer works. The lock is an
-``fcntl.flock`` on ``hub.lock``, so the kernel releases it when the holder exits, even on a crash; the
-file is never deleted (deleting a flock'd file lets two processes "hold" two different files).
+Readers (serving, listing) never take it; the registry's own transactions let them read while a writer
+works. Which lock depends on where the registry lives (:meth:`snowhub.store.Registry.writer_lock`): with
+SQLite it is an ``fcntl.flock`` on ``hub.lock`` (:func:`file_lock`), so the kernel releases it when the
+holder exits, even on a crash; the file is never deleted (deleting a flock'd file lets two processes "hold"
+two different files). With PostgreSQL it is an advisory lock on the server (:mod:`snowhub.store.postgresql`),
+which serialises writers on every machine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from snowhub.errors import HubLockedError, HubNotFoundError
 from snowhub.store.files import HubLayout, HubReadOnlyError
@@ -38,8 +41,30 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def lock_holder(layout: HubLayout) -> str | None:
-    """Who holds the writer lock right now (``"pid N"``), or None if nobody does. Never waits."""
+def lock_holder(target: Any) -> str | None:
+    """Who holds the writer lock of `target` (a Registry, or a HubLayout: its file lock) right now, or None.
+
+    ``"pid N"`` for the file lock, ``"pid N on HOST"`` for PostgreSQL's advisory lock. Never waits.
+    """
+    if isinstance(target, HubLayout):
+        return file_lock_holder(target)
+    return target.lock_holder()
+
+
+def writer_lock(target: Any, wait: bool = True, timeout: float | None = None,
+                progress: Progress | None = None):
+    """Hold the writer lock of `target` for the ``with`` block (see :func:`file_lock` for the arguments).
+
+    `target` is the hub's open :class:`~snowhub.store.Registry` (the lock its database calls for: the
+    file lock with SQLite, an advisory lock with PostgreSQL), or a :class:`HubLayout` (the file lock only).
+    """
+    if isinstance(target, HubLayout):
+        return file_lock(target, wait, timeout, progress)
+    return target.writer_lock(wait, timeout, progress)
+
+
+def file_lock_holder(layout: HubLayout) -> str | None:
+    """Who holds the hub's file lock right now (``"pid N"``), or None if nobody does. Never waits."""
     try:
         fd = os.open(layout.lock_path, os.O_RDONLY)
     except OSError:
@@ -54,9 +79,9 @@ def lock_holder(layout: HubLayout) -> str | None:
 
 
 @contextmanager
-def writer_lock(layout: HubLayout, wait: bool = True, timeout: float | None = None,
-                progress: Progress | None = None) -> Iterator[None]:
-    """Hold the hub's exclusive writer lock for the ``with`` block.
+def file_lock(layout: HubLayout, wait: bool = True, timeout: float | None = None,
+              progress: Progress | None = None) -> Iterator[None]:
+    """Hold the hub's exclusive file lock (``hub.lock``) for the ``with`` block.
 
     ``wait=False``: fail at once if another process holds it. ``wait=True``: block, for at most
     ``timeout`` seconds if given (``None`` = forever); if it has to wait, `progress` (when given) prints

@@ -158,16 +158,26 @@ def clean_if_idle(registry: Registry) -> list[Path]:
     try:
         if registry.read_only or not find_leftovers(registry.layout, registry.source(), registry.tasks()).removable:
             return []
-        with writer_lock(registry.layout, wait=False):
+        with writer_lock(registry, wait=False):
             # Look again under the lock: a writer may have committed (or started) in between.
             return remove_leftovers(registry.layout, registry.source(), registry.tasks())
     except (HubLockedError, SnowhubError, OSError):
         return []  # a writer is active, or the hub cannot be written: the next writer cleans up
 
 
-def remove_new_hub(layout: HubLayout, created_dir: bool) -> None:
+def remove_new_hub(layout: HubLayout, created_dir: bool, registry: Registry | None = None) -> None:
     """Undo a failed ``init``: remove exactly what it created (the registry with SQLite's side files, the
-    lock, the hub's directories and, if `created_dir`, the hub directory itself when left empty)."""
+    lock, the hub's directories and, if `created_dir`, the hub directory itself when left empty).
+
+    With the new `registry` (closed here) a registry outside the hub directory is emptied too.
+    """
+    if registry is not None:
+        from snowhub.store.opening import discard
+
+        try:
+            discard(registry)
+        except SnowhubError:
+            pass  # the server went away: its tables stay, and a second `init` says so
     for path in (layout.db_path, Path(f"{layout.db_path}-wal"), Path(f"{layout.db_path}-shm"), layout.lock_path):
         path.unlink(missing_ok=True)
     for directory in (layout.staging_dir, layout.tasks_dir, layout.source_dir):

@@ -1,92 +1,49 @@
-"""The hub registry: the only way the rest of snowhub reads or writes ``hub.db``.
+"""The hub registry: the only way the rest of snowhub reads or writes the registry database.
 
-Tasks are append-only: there is deliberately no API to update or delete a task or the source, because the
-no-forgetting guarantee rests on every recorded delta staying exactly as it was trained.
+One SQLAlchemy implementation of :class:`~snowhub.store.interface.RegistryStore` behind a database URL
+(:mod:`snowhub.store.url`): ``sqlite:///<hub>/hub.db`` by default, or PostgreSQL. What is specific to one
+database lives in :mod:`snowhub.store.sqlite` or :mod:`snowhub.store.postgresql`; opening and creating are
+in :mod:`snowhub.store.opening`. Reads decode the rows themselves (:func:`snowhub.store.integrity.decoded`),
+so a record and its seal check come from one query.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from snowhub.errors import (
-    HubExistsError,
-    HubLockedError,
-    HubNotFoundError,
-    IntegrityError,
-    SnowhubError,
-    TaskExistsError,
-    TaskNotFoundError,
-)
+from snowhub.errors import HubExistsError, HubNotFoundError, IntegrityError, SnowhubError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point
-from snowhub.store.database import (
-    BUSY_TIMEOUT_S,
-    current_revision,
-    open_engine,
-    session_factory,
-    upgrade,
-    write_engine,
-)
-from snowhub.store.files import HubLayout, HubReadOnlyError, HubWriteError, write_error
-from snowhub.store.integrity import KEYS, raw_row, record_problem, seal
-from snowhub.store.models import Base, SourceRow, TaskRow
-from snowhub.store.records import SourceRecord, TaskRecord, field_names
+from snowhub.store.database import current_revision, dialect_for, session_factory
+from snowhub.store.files import HubLayout, HubReadOnlyError
+from snowhub.store.integrity import KEYS, record_problem, seal
+from snowhub.store.interface import RegistryStore
+from snowhub.store.models import HubRow, SourceRow
+from snowhub.store.records import SourceRecord, TaskRecord
+from snowhub.store.rows import record_from_raw as _record
+from snowhub.store.rows import require_complete as _require_complete
+from snowhub.store.rows import table_key as _table_key
+from snowhub.store.rows import to_row as _to_row
+from snowhub.store.url import default_url, in_directory, redacted
+
+if TYPE_CHECKING:
+    from snowhub.progress import Progress
 
 _MAX_LISTED = 20
 
 
-def _require_complete(row: Base) -> None:
-    """Refuse a row with a required field left as None (a bug in the caller, not a user error)."""
-    missing = [
-        column.key
-        for column in inspect(type(row)).columns
-        if not column.nullable and column.default is None and getattr(row, column.key) is None
-    ]
-    if missing:
-        raise ValueError(f"{type(row).__name__} is missing required fields: {', '.join(missing)}")
-
-
-def _to_record(row: SourceRow | TaskRow) -> SourceRecord | TaskRecord:
-    record_type = SourceRecord if isinstance(row, SourceRow) else TaskRecord
-    return record_type(**{name: getattr(row, name) for name in field_names(record_type)})
-
-
-def _to_row(record: SourceRecord | TaskRecord) -> SourceRow | TaskRow:
-    row_type = SourceRow if isinstance(record, SourceRecord) else TaskRow
-    values = {name: getattr(record, name) for name in field_names(type(record))}
-    return row_type(**{k: v for k, v in values.items() if k not in ("created_at", "record_sha256") or v is not None})
-
-
-def _table_key(record: SourceRecord | TaskRecord) -> tuple[str, int]:
-    return ("source", 1) if isinstance(record, SourceRecord) else ("task", record.seq)
-
-
-def database_error(db_path: Path, error: BaseException) -> SnowhubError:
-    """A one-line, actionable error for an SQLite failure (never a trace with SQL in it)."""
-    text = " ".join(str(getattr(error, "orig", None) or error).split())
-    low = text.lower()
-    if "locked" in low or "busy" in low:
-        return HubLockedError(f"{db_path} stayed locked by another process for over {BUSY_TIMEOUT_S:.0f} s "
-                              f"({text}); retry when it is done")
-    if "readonly" in low or "read-only" in low:
-        return HubReadOnlyError(f"cannot write {db_path} ({text}); the hub is read-only, make it writable")
-    if "full" in low or "i/o error" in low:
-        return HubWriteError(f"cannot read or write {db_path} ({text}); free some disk space, check the disk, "
-                             "then retry")
-    if "unable to open" in low:
-        return SnowhubError(f"cannot open {db_path} ({text}); check that the hub's files are readable and writable")
-    return SnowhubError(f"{db_path} is not a readable snowhub registry ({text}); restore it from a backup")
-
-
 def _writable(layout: HubLayout) -> bool:
-    """Whether this process may change the hub (its directory and its registry file)."""
+    """Whether this process may change the hub (its directory and its registry file ``hub.db``)."""
     return os.access(layout.root, os.W_OK) and os.access(layout.db_path, os.W_OK)
 
 
@@ -95,94 +52,49 @@ def _names(names: list[str]) -> str:
     return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
 
 
-class Registry:
+class Registry(RegistryStore):
     """A hub's registry: its source model and its append-only list of tasks.
 
     Get one with :meth:`create` or :meth:`open`, and :meth:`close` it (or use it as a context manager).
-    Rows returned are detached snapshots: changing them changes nothing in the hub. Writers should hold
-    :func:`snowhub.store.lock.writer_lock`; the registry's own writes are single SQLite transactions.
+    Records returned are detached snapshots: changing them changes nothing in the hub. Writers hold
+    :meth:`writer_lock`; the registry's own writes are single transactions.
     """
 
-    def __init__(self, layout: HubLayout, engine: Engine, read_only: bool = False) -> None:
+    def __init__(self, layout: HubLayout, engine: Engine, read_only: bool = False, url: URL | None = None) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._layout = layout
         self._engine = engine
         self._read_only = read_only
-        self._read = session_factory(engine)
-        self._write = session_factory(write_engine(engine))
+        self._url = url if url is not None else default_url(layout)
+        self._dialect: ModuleType = dialect_for(self._url)
+        self._in_directory = in_directory(self._url, layout)
+        # Messages name the SQLite file as before; a server registry by its URL (password hidden).
+        self._where = str(Path(self._url.database).absolute()) if self._dialect.NAME == "sqlite" else redacted(self._url)
+        self._read = session_factory(self._dialect.read_engine(engine))
+        self._write = session_factory(self._dialect.write_engine(engine))
 
     # -- opening -----------------------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, root: Path) -> Registry:
-        """Create a new, empty hub at ``root`` (directories and a migrated ``hub.db``).
-
-        ``root`` may exist as a directory. Raises :class:`~snowhub.errors.HubExistsError` if it already
-        holds a ``hub.db``, and :class:`~snowhub.errors.SnowhubError` if ``root`` is a file.
-        """
-        layout = HubLayout(Path(root))
-        if layout.root.exists() and not layout.root.is_dir():
-            raise SnowhubError(f"{layout.root} is a file, not a directory; choose a directory for the hub")
-        exists = HubExistsError(
-            f"a snowhub hub already exists at {layout.root}; use it, or choose another directory"
-        )
-        if layout.db_path.exists():
-            raise exists
-        try:
-            for directory in (layout.root, layout.source_dir, layout.tasks_dir, layout.staging_dir):
-                directory.mkdir(parents=True, exist_ok=True)
-            # O_EXCL decides the race between two concurrent `init`s; SQLite treats an empty file as an
-            # empty database.
-            os.close(os.open(layout.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            raise exists from None
-        except OSError as error:
-            raise write_error(Path(error.filename or layout.root), error) from None
-        engine = open_engine(layout.db_path)
-        try:
-            upgrade(engine)
-        except BaseException as error:
-            engine.dispose()
-            # Leave no half-made hub.db behind, so that `init` can simply be run again.
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{layout.db_path}{suffix}").unlink(missing_ok=True)
-            if isinstance(error, sa_exc.DatabaseError):
-                raise database_error(layout.db_path, error) from None
-            raise
-        return cls(layout, engine)
+    @staticmethod
+    def writable(layout: HubLayout) -> bool:
+        """Whether this process may change the hub directory and its ``hub.db``."""
+        return _writable(layout)
 
     @classmethod
-    def open(cls, root: Path, read_only: bool = False) -> Registry:
-        """Open the hub at ``root``, first migrating its registry if it was written by an older snowhub.
+    def create(cls, root: Path, url: str | URL | None = None) -> Registry:
+        """Create a new, empty registry for the hub directory ``root`` (see :func:`snowhub.store.opening.create`)."""
+        from snowhub.store.opening import create
 
-        ``read_only=True`` opens it without writing even where it could (``snowhub serve``): SQLite opens
-        ``hub.db`` read-only and still sees what writers in other processes commit (WAL readers).
+        return create(cls, Path(root), url)
 
-        Raises :class:`~snowhub.errors.HubNotFoundError` if there is no hub there (or ``root`` is a file),
-        :class:`~snowhub.errors.HubVersionError` if a newer snowhub wrote it, and
-        :class:`~snowhub.errors.SnowhubError` if ``hub.db`` is not a readable database.
-        """
-        layout = HubLayout(Path(root))
-        if layout.root.exists() and not layout.root.is_dir():
-            raise HubNotFoundError(
-                f"{layout.root} is a file, not a snowhub hub directory; pass the hub's directory"
-            )
-        if not layout.db_path.is_file():
-            raise HubNotFoundError(
-                f"no snowhub hub at {layout.root}; create one with `snowhub init --source NAME`"
-            )
-        # A hub on read-only storage (or without write permission) can still be listed and served.
-        read_only = read_only or not _writable(layout)
-        engine = open_engine(layout.db_path, read_only=read_only)
-        try:
-            upgrade(engine, read_only=read_only)
-        except sa_exc.DatabaseError as error:
-            engine.dispose()
-            raise database_error(layout.db_path, error) from None
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(layout, engine, read_only)
+    @classmethod
+    def open(cls, root: Path | None = None, url: str | URL | None = None, migrate: bool = True,
+             read_only: bool = False) -> Registry:
+        """Open the registry of the hub at ``root`` (see :func:`snowhub.store.opening.open_registry`);
+        ``read_only=True``: never write, even where it could (``snowhub serve``)."""
+        from snowhub.store.opening import open_registry
+
+        return open_registry(cls, None if root is None else Path(root), url, migrate, read_only)
 
     @property
     def layout(self) -> HubLayout:
@@ -193,6 +105,26 @@ class Registry:
     def read_only(self) -> bool:
         """Whether the hub was opened read-only (its directory or registry cannot be written)."""
         return self._read_only
+
+    @property
+    def url(self) -> str:
+        """The registry's URL, password hidden."""
+        return redacted(self._url)
+
+    @property
+    def dialect_name(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._dialect.NAME
+
+    @property
+    def in_directory(self) -> bool:
+        """Whether the registry is the hub directory's own ``hub.db``."""
+        return self._in_directory
+
+    @property
+    def where(self) -> str:
+        """The registry as messages name it: the SQLite file, or the URL without its password."""
+        return self._where
 
     def close(self) -> None:
         """Release the database connections. The registry must not be used afterwards."""
@@ -205,9 +137,22 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Registry({str(self._layout.root)!r})"
+        return f"Registry({str(self._layout.root)!r}, {self.url!r})"
 
     # -- sessions ----------------------------------------------------------------------------------
+
+    def database_error(self, error: BaseException) -> SnowhubError:
+        """`error` from the database as one actionable line."""
+        return self._dialect.database_error(self._where, error, url=self._url)
+
+    @contextmanager
+    def connection(self, autocommit: bool = False) -> Iterator[Connection]:
+        """A connection of its own (e.g. for a session advisory lock); database errors become one line."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT") if autocommit else conn
+        except sa_exc.DatabaseError as error:
+            raise self.database_error(error) from None
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -216,11 +161,11 @@ class Registry:
                 yield session
         except sa_exc.IntegrityError:
             raise
-        except sa_exc.DatabaseError as error:  # locked past the busy timeout, I/O error, corrupt file
-            raise database_error(self._layout.db_path, error) from None
+        except sa_exc.DatabaseError as error:  # locked past the busy timeout, I/O error, corrupt file, server gone
+            raise self.database_error(error) from None
         except ValueError as error:  # a stored value that does not parse (JSON, datetime): an edited row
             raise IntegrityError(
-                f"{self._layout.db_path} holds a malformed record ({' '.join(str(error).split())[:120]}); "
+                f"{self._where} holds a malformed record ({' '.join(str(error).split())[:120]}); "
                 "restore it from a backup (`snowhub doctor` lists what is wrong)"
             ) from None
 
@@ -228,14 +173,19 @@ class Registry:
     def _writing(self) -> Iterator[Session]:
         if self._read_only:
             raise HubReadOnlyError(f"the hub at {self._layout.root} is read-only; make it writable to change it")
-        # BEGIN IMMEDIATE: checks made inside the transaction still hold when it commits.
+        # SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction advisory lock. Checks made inside the
+        # transaction still hold when it commits.
         try:
             with self._write() as session, session.begin():
                 yield session
         except sa_exc.IntegrityError:
             raise
         except sa_exc.DatabaseError as error:  # locked past the busy timeout, disk full, read-only
-            raise database_error(self._layout.db_path, error) from None
+            raise self.database_error(error) from None
+
+    def _rows(self, session: Session, table: str, where: str = "", **params: object) -> list[dict[str, object]]:
+        sql = f'SELECT * FROM "{table}" {where} ORDER BY "{KEYS[table]}"'
+        return [dict(r) for r in session.connection().execute(text(sql), params).mappings()]
 
     @staticmethod
     def _seal(session: Session, record: SourceRecord | TaskRecord) -> None:
@@ -253,38 +203,45 @@ class Registry:
     # -- record seals ------------------------------------------------------------------------------
 
     def raw_rows(self, table: str) -> list[dict[str, object]]:
-        """Every row of ``source`` or ``task`` exactly as SQLite stores it (JSON as text), in key order.
+        """Every row of ``source`` or ``task`` exactly as the database returns it, in key order.
 
-        For checkers that must keep going where a tampered row would not load as an ORM object.
+        For checkers that must keep going where a tampered row would not load as a record.
         """
         if table not in KEYS:
             raise ValueError(f"unknown table {table!r}")
         with self._reading() as session:
-            result = session.connection().execute(text(f'SELECT * FROM "{table}" ORDER BY "{KEYS[table]}"'))
-            return [dict(row) for row in result.mappings()]
+            return self._rows(session, table)
+
+    def record_problems(self, table: str) -> dict[int, str]:
+        """``{key: problem}`` for every row of `table` whose seal does not hold, from one query."""
+        rows = self.raw_rows(table)
+        return {row[KEYS[table]]: problem for row in rows if (problem := record_problem(row, table))}
 
     def integrity_check(self) -> list[str]:
-        """SQLite's ``PRAGMA integrity_check``: an empty list when the database file is sound."""
+        """The database's soundness check (SQLite: ``PRAGMA integrity_check``; PostgreSQL: the schema is snowhub's)."""
         with self._reading() as session:
-            lines = [str(r[0]) for r in session.connection().exec_driver_sql("PRAGMA integrity_check")]
-        return [] if lines == ["ok"] else lines
+            return self._dialect.integrity_check(session.connection())
 
     def revision(self) -> str | None:
-        """The schema revision recorded in ``hub.db``."""
+        """The schema revision recorded in the registry."""
         try:
             return current_revision(self._engine)
         except sa_exc.DatabaseError as error:
-            raise database_error(self._layout.db_path, error) from None
+            raise self.database_error(error) from None
+
+    def untrusted(self, record: SourceRecord | TaskRecord, problem: str) -> str:
+        """The message for a record whose seal does not hold."""
+        what = "the source model" if isinstance(record, SourceRecord) else f"task {record.name!r}"
+        return (f"the registry record of {what} cannot be trusted: {problem}; it is not used until you restore "
+                f"{self._where} from a backup (see `snowhub doctor`)")
 
     def check_record(self, record: SourceRecord | TaskRecord) -> None:
         """Raise :class:`~snowhub.errors.IntegrityError` unless `record`'s registry row matches its seal."""
         table, key = _table_key(record)
         with self._reading() as session:
-            problem = record_problem(raw_row(session.connection(), table, key), table)
-        if problem:
-            what = "the source model" if table == "source" else f"task {record.name!r}"
-            raise IntegrityError(f"the registry record of {what} cannot be trusted: {problem}; it is not used "
-                                 f"until you restore {self._layout.db_path} from a backup (see `snowhub doctor`)")
+            rows = self._rows(session, table, f'WHERE "{KEYS[table]}" = :key', key=key)
+        if problem := record_problem(rows[0] if rows else None, table):
+            raise IntegrityError(self.untrusted(record, problem))
 
     # -- source ------------------------------------------------------------------------------------
 
@@ -297,10 +254,10 @@ class Registry:
     def source(self) -> SourceRecord:
         """The hub's source model. Raises :class:`~snowhub.errors.HubNotFoundError` if init never finished."""
         with self._reading() as session:
-            row = session.get(SourceRow, 1)
-            if row is None:
+            rows = self._rows(session, "source")
+            if not rows:
                 raise self._no_source()
-            return _to_record(row)
+            return _record("source", rows[0])
 
     def set_source(self, record: SourceRecord) -> None:
         """Record the hub's source model. Allowed once per hub.
@@ -324,20 +281,34 @@ class Registry:
                 "create a new hub for another source"
             ) from None
 
+    def hub_directory(self) -> str | None:
+        """The hub directory recorded by ``init`` or ``registry copy`` (None for a registry made before 0005)."""
+        with self._reading() as session:
+            row = session.get(HubRow, 1)
+            return None if row is None else row.directory
+
     # -- tasks -------------------------------------------------------------------------------------
 
     def tasks(self) -> list[TaskRecord]:
         """All registered tasks, in ``seq`` (append) order."""
         with self._reading() as session:
-            return [_to_record(row) for row in session.scalars(select(TaskRow).order_by(TaskRow.seq))]
+            return [_record("task", row) for row in self._rows(session, "task")]
+
+    def checked_tasks(self) -> list[tuple[TaskRecord, str | None]]:
+        """Every task with the message of its broken seal (None when it holds), from one query."""
+        with self._reading() as session:
+            rows = self._rows(session, "task")
+            records = [_record("task", row) for row in rows]
+        return [(record, self.untrusted(record, problem) if (problem := record_problem(row, "task")) else None)
+                for record, row in zip(records, rows, strict=True)]
 
     def get_task(self, name: str) -> TaskRecord:
         """The task called ``name``. Raises :class:`~snowhub.errors.TaskNotFoundError` naming the known ones."""
         with self._reading() as session:
-            row = session.scalars(select(TaskRow).where(TaskRow.name == name)).one_or_none()
-            if row is not None:
-                return _to_record(row)
-            names = list(session.scalars(select(TaskRow.name).order_by(TaskRow.seq)))
+            rows = self._rows(session, "task", "WHERE name = :name", name=name)
+            if rows:
+                return _record("task", rows[0])
+            names = list(session.scalars(text("SELECT name FROM task ORDER BY seq")))
         if not names:
             raise TaskNotFoundError(
                 f"no task named {name!r}: the hub at {self._layout.root} has no tasks yet; "
@@ -348,12 +319,12 @@ class Registry:
     def has_task(self, name: str) -> bool:
         """Whether a task called ``name`` is registered."""
         with self._reading() as session:
-            return session.scalar(select(TaskRow.seq).where(TaskRow.name == name)) is not None
+            return session.scalar(text("SELECT seq FROM task WHERE name = :name"), {"name": name}) is not None
 
     def next_seq(self) -> int:
         """The ``seq`` the next added task will get: 1 + the largest so far, or 1 for an empty hub."""
         with self._reading() as session:
-            return (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
+            return (session.scalar(text("SELECT max(seq) FROM task")) or 0) + 1
 
     def add_task(self, record: TaskRecord) -> None:
         """Append a task in one transaction. ``record.seq`` may be None (it is then assigned).
@@ -367,10 +338,10 @@ class Registry:
             with self._writing() as session:
                 if session.get(SourceRow, 1) is None:
                     raise self._no_source()
-                taken = session.scalar(select(TaskRow.seq).where(TaskRow.name == record.name))
+                taken = session.scalar(text("SELECT seq FROM task WHERE name = :name"), {"name": record.name})
                 if taken is not None:
                     raise self._task_exists(record.name, taken)
-                expected = (session.scalar(select(func.max(TaskRow.seq))) or 0) + 1
+                expected = (session.scalar(text("SELECT max(seq) FROM task")) or 0) + 1
                 if record.seq is None:
                     record.seq = expected
                 elif record.seq != expected:
@@ -382,9 +353,21 @@ class Registry:
             crash_point("registry:after-commit")
         except sa_exc.IntegrityError as error:
             # Backstop for the check above; never let a SQL trace reach the user.
-            if "task.name" in str(error.orig):
+            if self._dialect.is_unique_violation(error, "task.name"):
                 raise self._task_exists(record.name, None) from None
             raise
+
+    def copy_in(self, source: SourceRecord, tasks: list[TaskRecord]) -> None:
+        """Insert records exactly as another registry holds them, seals and times included, in one transaction.
+
+        For :mod:`snowhub.store.copy` into a new, empty registry only (the seals are not recomputed: they must
+        hold as they are). Raises HubExistsError if this registry already has a source.
+        """
+        with self._writing() as session:
+            if session.get(SourceRow, 1) is not None:
+                raise HubExistsError(f"{self._where} already holds a hub; copy into an empty database")
+            for record in (source, *tasks):
+                session.add(_to_row(record))
 
     def _task_exists(self, name: str, seq: int | None) -> TaskExistsError:
         where = f" (task {seq})" if seq is not None else ""
@@ -392,3 +375,17 @@ class Registry:
             f"a task named {name!r} already exists in {self._layout.root}{where}; "
             "tasks are append-only, choose another name"
         )
+
+    # -- the writer lock ---------------------------------------------------------------------------
+
+    def writer_lock(self, wait: bool = True, timeout: float | None = None,
+                    progress: Progress | None = None) -> AbstractContextManager[None]:
+        """The hub's writer lock: the file lock with SQLite, a server advisory lock with PostgreSQL.
+
+        See :func:`snowhub.store.lock.file_lock` for the arguments and errors.
+        """
+        return self._dialect.writer_lock(self, wait, timeout, progress)
+
+    def lock_holder(self) -> str | None:
+        """Who holds the writer lock now (``"pid N"``, ``"pid N on HOST"``), or None. Never waits."""
+        return self._dialect.lock_holder(self)

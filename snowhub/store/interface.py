@@ -1,0 +1,110 @@
+"""What the hub needs from a registry, whatever database holds it (as MLflow's ``AbstractStore``).
+
+Records go in and come out as the dataclasses of :mod:`snowhub.store.records`; no ORM row, engine or SQL
+leaves ``snowhub.store``. :class:`snowhub.store.Registry` is the one implementation: SQLAlchemy behind a
+database URL (:mod:`snowhub.store.url`), with the dialect-specific parts in :mod:`snowhub.store.sqlite`
+and :mod:`snowhub.store.postgresql`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from snowhub.store.files import HubLayout
+from snowhub.store.records import SourceRecord, TaskRecord
+
+if TYPE_CHECKING:
+    from snowhub.progress import Progress
+
+
+class RegistryStore(ABC):
+    """A hub's registry: one source record and an append-only list of task records, every row sealed.
+
+    Tasks are append-only: there is deliberately no way to update or delete a task or the source, because
+    the no-forgetting guarantee rests on every recorded delta staying exactly as it was trained. Every
+    method raises a :class:`~snowhub.errors.SnowhubError` (one line) when the database fails.
+    """
+
+    @property
+    @abstractmethod
+    def layout(self) -> HubLayout:
+        """The hub directory that holds the files the records refer to."""
+
+    @property
+    @abstractmethod
+    def read_only(self) -> bool:
+        """Whether this process may only read (read-only hub directory or registry)."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where the registry lives, password hidden (``sqlite:///…/hub.db``, ``postgresql+psycopg://…``)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the database connections; the registry must not be used afterwards."""
+
+    # -- records ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def source(self) -> SourceRecord:
+        """The source record (HubNotFoundError if ``init`` never finished)."""
+
+    @abstractmethod
+    def set_source(self, record: SourceRecord) -> None:
+        """Record the source, once (HubExistsError after that). Fills in ``created_at`` and the seal."""
+
+    @abstractmethod
+    def tasks(self) -> list[TaskRecord]:
+        """Every task in ``seq`` order."""
+
+    @abstractmethod
+    def get_task(self, name: str) -> TaskRecord:
+        """One task by name (TaskNotFoundError naming the known ones)."""
+
+    @abstractmethod
+    def has_task(self, name: str) -> bool:
+        """Whether a task of that name exists."""
+
+    @abstractmethod
+    def next_seq(self) -> int:
+        """The ``seq`` the next task gets."""
+
+    @abstractmethod
+    def add_task(self, record: TaskRecord) -> None:
+        """Append one task in one transaction (TaskExistsError for a taken name; the registry is then unchanged)."""
+
+    # -- seals and checks ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def check_record(self, record: SourceRecord | TaskRecord) -> None:
+        """IntegrityError unless the record's row still matches its seal."""
+
+    @abstractmethod
+    def record_problems(self, table: str) -> dict[int, str]:
+        """``{key: problem}`` for every row of ``source`` or ``task`` whose seal does not hold (one query)."""
+
+    @abstractmethod
+    def raw_rows(self, table: str) -> list[dict[str, object]]:
+        """Every row of ``source`` or ``task`` as the database returns it, in key order (for the doctor)."""
+
+    @abstractmethod
+    def integrity_check(self) -> list[str]:
+        """The database's own soundness check: an empty list when nothing is wrong."""
+
+    @abstractmethod
+    def revision(self) -> str | None:
+        """The schema revision recorded in the registry."""
+
+    # -- the writer lock ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def writer_lock(self, wait: bool = True, timeout: float | None = None,
+                    progress: Progress | None = None) -> AbstractContextManager[None]:
+        """The hub's exclusive writer lock, held for a ``with`` block (HubLockedError when not had)."""
+
+    @abstractmethod
+    def lock_holder(self) -> str | None:
+        """Who holds the writer lock now, or None. Never waits."""
