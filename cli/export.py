@@ -9,7 +9,7 @@ import typer
 
 from snowhub import Hub
 from snowhub_cli import render
-from snowhub_cli.options import HubOption, JsonOption, handled
+from snowhub_cli.options import HubOption, JsonOption, RegistryOption, handled
 from snowhub_cli.progress import RichProgress
 
 app = typer.Typer(help="Take tasks out of the hub: one ONNX graph, or a .snowtask bundle for another hub.",
@@ -32,10 +32,11 @@ def onnx(
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset (18 or later).")] = 18,
     source_head: Annotated[bool, typer.Option("--source-head", help="Also export the source's ImageNet head.")] = False,
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Export tasks as one ONNX graph (the source once, every delta), verified with ONNX Runtime first."""
-    with handled(), Hub.open(hub) as h:
+    with handled(), Hub.open(hub, registry=registry) as h:
         if bool(tasks) == all_tasks:
             raise typer.BadParameter("give task names or --all (not both)")
         render.err.print("exporting and checking with ONNX Runtime …", markup=False, highlight=False)
@@ -56,10 +57,11 @@ def task(
     name: Annotated[str, typer.Argument(help="The task to export.")],
     output: Annotated[Path, typer.Option("--output", help="The new .snowtask file.")],
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write one task (delta, classes, indices, metrics, probe set, source identity) as a .snowtask bundle."""
-    with handled(), Hub.open(hub) as h:
+    with handled(), Hub.open(hub, registry=registry) as h:
         info = h.export_task(name, output)
         if as_json:
             render.print_json(info.to_dict())
@@ -72,10 +74,11 @@ def import_bundle(
     bundle: Annotated[Path, typer.Argument(help="A .snowtask file from `snowhub export task`.")],
     new_name: Annotated[Optional[str], typer.Option("--as", help="Register it under this name instead.")] = None,
     hub: HubOption = None,
+    registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Append a .snowtask bundle's task, only if this hub's source matches and its probe logits are bit-identical."""
-    with handled(), Hub.open(hub) as h, RichProgress(render.err) as progress:
+    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
         info = h.import_task(bundle, new_name, progress)
         if as_json:
             render.print_json(info.to_dict())

@@ -132,7 +132,7 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
     image_size = int(bundle.task["hyperparams"].get("image_size", 0))
     probe = _probe(bundle, where, image_size, delta.shape.num_classes)
     record_fields = _fields(bundle, where, where.absolute())
-    with writer_lock(registry.layout, wait=wait_for_lock, progress=progress):
+    with writer_lock(registry, wait=wait_for_lock, progress=progress):  # the lock its database calls for
         remove_orphans(registry)
         if registry.has_task(name):  # another writer may have taken it while we waited
             raise _taken(name, registry.layout.root)
