@@ -57,7 +57,10 @@ def _launch(processes: int, *args: str) -> dict[int, dict]:
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=processes, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, run_id=f"test-{os.getpid()}-{processes}")
-    return elastic_launch(config, train_rank)(*args)
+    from snowhub.training._launch import _signal_handlers_kept
+
+    with _signal_handlers_kept():  # pytest keeps its Ctrl-C and timeouts
+        return elastic_launch(config, train_rank)(*args)
 
 
 def _snowhub(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

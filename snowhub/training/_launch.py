@@ -112,6 +112,20 @@ def _quiet_agent() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """The agent turns SIGTERM, SIGINT, SIGHUP and SIGQUIT into its own exception for good; put back ours
+    afterwards (a notebook or a test runner that launches keeps its Ctrl-C)."""
+    numbers = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT]
+    saved = [signal.getsignal(n) for n in numbers]
+    try:
+        yield
+    finally:
+        for number, handler in zip(numbers, saved):
+            if handler is not None:
+                signal.signal(number, handler)
+
+
 def run_workers(command: Sequence[str], processes: int) -> None:
     """Run `command` (a program and its arguments) as `processes` workers on this machine under PyTorch's
     elastic agent, with ``max_restarts=0``; return when all succeeded.
@@ -134,7 +148,7 @@ def run_workers(command: Sequence[str], processes: int) -> None:
     saved = os.environ.get(LAUNCHER_ENV)
     os.environ[LAUNCHER_ENV] = "1"
     try:
-        with _quiet_agent():
+        with _quiet_agent(), _signal_handlers_kept():
             elastic_launch(config, command[0])(*command[1:])
     except ChildFailedError as exc:
         raise DistributedError(_describe(exc.failures, processes)) from None
