@@ -7,12 +7,12 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub.errors import SnowhubError
-from snowhub.names import default_hub_path
-from snowhub_cli.options import DeviceOption, HubOption, handled
+from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, handled
 
 
 def serve(
     hub: HubOption = None,
+    registry: RegistryOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
     device: DeviceOption = "auto",
@@ -43,4 +43,4 @@ def serve(
         names = None if tasks is None else tuple(n.strip() for n in tasks.split(",") if n.strip())
         config = ServeConfig(device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, tasks=names,
                              max_image_bytes=max_image_bytes, max_images=max_images)
-        run(hub if hub is not None else default_hub_path(), config, host, port, access_log=access_log)
+        run(hub, config, host, port, access_log=access_log, registry_url=registry)

@@ -33,17 +33,20 @@ class ServerState:
     """Everything one running server holds (see the module docstring).
 
     Args:
-        root: the hub directory; its registry is opened read-only (the server never writes to the hub).
+        root: the hub directory (None: ``$SNOWHUB_HOME`` or ``./.snowhub``, or the one a ``registry_url``
+            records); its registry is opened read-only (the server never writes to the hub).
         config: the validated :class:`ServeConfig`.
+        registry_url: a registry behind a database URL (``--registry``); None = the hub's own ``hub.db``.
 
     Raises:
         HubNotFoundError, HubVersionError: no hub at `root`, or one this snowhub cannot read.
         TaskNotFoundError: a ``--tasks`` name the hub does not have.
     """
 
-    def __init__(self, root: Path, config: ServeConfig):
+    def __init__(self, root: Path | None, config: ServeConfig, registry_url: str | None = None):
         self.config = config.validate()
-        self.registry = Registry.open(Path(root), read_only=True)
+        where = {} if registry_url is None else {"url": registry_url}
+        self.registry = Registry.open(None if root is None else Path(root), read_only=True, **where)
         try:
             self.registry.source()  # a hub whose init never finished is not a hub
             for name in config.tasks or ():
@@ -60,6 +63,7 @@ class ServerState:
             self.registry.close()
             raise
         self.ready = False
+        self._ratio: float | None = None
         self.source_problem: str | None = None
         self._loader: threading.Thread | None = None
 
@@ -115,7 +119,10 @@ class ServerState:
     # -- answering ---------------------------------------------------------------------------------
 
     def resize_ratio(self) -> float:
-        return self.artifacts.source().spec.eval_resize_ratio
+        """The source's eval resize ratio (fixed for a hub: its recorded preprocessing)."""
+        if self._ratio is None:
+            self._ratio = self.artifacts.source().spec.eval_resize_ratio
+        return self._ratio
 
     async def logits(self, pictures: list[Image.Image], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
         """Logits of every task for decoded `pictures`: one queued item per image size (preprocessed in a

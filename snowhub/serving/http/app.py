@@ -46,17 +46,18 @@ class _BodyLimit:
         await self.app(scope, counting, send)
 
 
-def create_app(root: Path | str, config: ServeConfig | None = None) -> FastAPI:
+def create_app(root: Path | str | None, config: ServeConfig | None = None, registry_url: str | None = None) -> FastAPI:
     """The HTTP app serving the hub at `root` (opened read-only; models load in the background at start).
 
     Args:
-        root: the hub directory.
+        root: the hub directory (None: ``$SNOWHUB_HOME`` or ``./.snowhub``, or the one the registry records).
         config: batching, limits, device and task selection (default :class:`ServeConfig`).
+        registry_url: a registry behind a database URL; None = the hub's own ``hub.db``.
 
     Raises:
         HubNotFoundError, HubVersionError, TaskNotFoundError, ConfigError: see :class:`ServerState`.
     """
-    state = ServerState(Path(root), config or ServeConfig())
+    state = ServerState(None if root is None else Path(root), config or ServeConfig(), registry_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):

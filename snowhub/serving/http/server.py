@@ -40,15 +40,15 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(root: Path | str, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
-          access_log: bool = True, log_level: str = "info") -> None:
+def serve(root: Path | str | None, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+          access_log: bool = True, log_level: str = "info", registry_url: str | None = None) -> None:
     """Serve the hub at `root` on `host`:`port` until SIGTERM or Ctrl-C (then exit normally).
 
     Raises:
         ConfigError: an option out of range, or the address cannot be listened on.
         HubNotFoundError, HubVersionError, TaskNotFoundError: see :func:`create_app`.
     """
-    app = create_app(root, config)
+    app = create_app(root, config, registry_url)
     sock = _listen(host, port)
     server = _GracefulServer(uvicorn.Config(app, log_level=log_level, access_log=access_log,
                                             timeout_graceful_shutdown=max(30, int(config.request_timeout_s))))

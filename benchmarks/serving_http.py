@@ -1,0 +1,215 @@
+"""``snowhub serve`` under load: requests/s and p50/p99 latency at 1, 4 and 16 concurrent clients, dynamic
+batching on and off, against a loop of ``Hub.predict`` in one process.
+
+Each request is one PNG upload to ``POST /v1/predict`` answered for every task (the source's own task at its
+224 px plus the added tasks at 32 px), or for the added tasks only (``--scope deltas``: one 32 px source pass).
+The server is the real command (``snowhub serve``, a subprocess); the clients are asyncio + httpx in this process,
+each sending its requests one after another, a bounded number, to 127.0.0.1 only. The hub is built here with
+short trainings (one epoch on a few Fashion-MNIST images): accuracy does not change the cost of a forward pass.
+
+    python -m benchmarks.serving_http                       # builds a hub, ~5 min on 2 cores
+    python -m benchmarks.serving_http --hub PATH --tasks 5   # reuse a hub
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from benchmarks.environment import describe_environment
+
+REPO = Path(__file__).resolve().parent.parent
+SNOWHUB = Path(sys.executable).parent / "snowhub"
+CLIENTS = (1, 4, 16)
+FASHION = [{0: "T-shirt_top", 1: "Trouser", 2: "Pullover"}, {3: "Dress", 4: "Coat", 5: "Sandal"},
+           {6: "Shirt", 7: "Sneaker", 8: "Bag"}, {9: "Ankle_boot", 0: "T-shirt_top", 5: "Sandal"},
+           {1: "Trouser", 8: "Bag", 7: "Sneaker"}]
+
+
+def build_hub(root: Path, tasks: int) -> Path:
+    """efficientnet_lite0 + `tasks` tasks at 32 px, one epoch on 20 images per class (seconds each)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import write_fashion
+
+    from snowhub import Hub, RunOptions, TrainConfig
+
+    hub_path = root / "hub"
+    with Hub.init(hub_path, "efficientnet_lite0") as hub:
+        for i in range(tasks):
+            data = write_fashion(root / f"data{i}", "train", 20, FASHION[i % len(FASHION)], offset=20 * i)
+            hub.add_task(f"task{i + 1}", data, TrainConfig(epochs=1, image_size=32, batch_size=16, seed=i,
+                                                           run=RunOptions(device="cpu", num_workers=0)))
+    write_fashion(root / "queries", "t10k", 8, {k: v for d in FASHION for k, v in d.items()})
+    return hub_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def _load(url: str, images: list[bytes], clients: int, per_client: int, query: str) -> dict:
+    latencies: list[float] = []
+
+    async def client(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            for j in range(per_client):
+                data = images[(i * per_client + j) % len(images)]
+                start = time.perf_counter()
+                r = await c.post(f"/v1/predict{query}", files=[("file", ("q.png", data, "image/png"))])
+                latencies.append(time.perf_counter() - start)
+                r.raise_for_status()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    wall = time.perf_counter() - start
+    return {"clients": clients, "requests": len(latencies), "seconds": wall, "requests_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * _percentile(latencies, 0.99)}
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int, query: str) -> list[dict]:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    flags = ["--max-batch-size", "32", "--max-wait-ms", "5"] if batching else ["--max-batch-size", "1",
+                                                                               "--max-wait-ms", "0"]
+    server = subprocess.Popen([str(SNOWHUB), "serve", "--hub", str(hub), "--port", str(port), "--device", "cpu",
+                               "--no-access-log", *flags], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("snowhub serve did not become ready")
+            time.sleep(0.2)
+        asyncio.run(_load(url, images, 4, 5, query))  # warm-up
+        rows = []
+        for clients in CLIENTS:
+            passes = _metric(url, "snowhub_source_passes_total")
+            row = asyncio.run(_load(url, images, clients, max(1, requests // clients), query))
+            row |= {"batching": batching, "source_passes": _metric(url, "snowhub_source_passes_total") - passes}
+            rows.append(row)
+            print(f"  batching {'on ' if batching else 'off'} {clients:2d} clients: {row['requests_per_s']:6.1f} "
+                  f"requests/s, p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, "
+                  f"{row['source_passes']:.0f} source passes for {row['requests']} requests", flush=True)
+        return rows
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def measure_in_process(hub: Path, paths: list[Path], tasks: list[str] | None, requests: int) -> dict:
+    from snowhub import Hub
+
+    with Hub.open(hub) as h:
+        for p in paths[:4]:
+            h.predict([p], tasks, device="cpu")  # warm-up: models loaded and verified
+        start = time.perf_counter()
+        for i in range(requests):
+            h.predict([paths[i % len(paths)]], tasks, device="cpu")
+        one = requests / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(0, requests, 16):
+            h.predict([paths[(i + k) % len(paths)] for k in range(16)], tasks, device="cpu")
+        batched = 16 * len(range(0, requests, 16)) / (time.perf_counter() - start)
+    print(f"  in-process Hub.predict: {one:6.1f} images/s one image per call, {batched:6.1f} in calls of 16",
+          flush=True)
+    return {"images_per_s_one_per_call": one, "images_per_s_16_per_call": batched}
+
+
+def plot(path: Path, rows: list[dict], in_process: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(10, 4))
+    for batching, colour in ((True, "tab:green"), (False, "tab:red")):
+        mine = [r for r in rows if r["batching"] == batching]
+        label = "batching on (32 images, 5 ms)" if batching else "batching off"
+        ax.plot([r["clients"] for r in mine], [r["requests_per_s"] for r in mine], "o-", color=colour, label=label)
+        lat.plot([r["clients"] for r in mine], [r["p50_ms"] for r in mine], "o-", color=colour, label=f"p50, {label}")
+        lat.plot([r["clients"] for r in mine], [r["p99_ms"] for r in mine], "s--", color=colour, label=f"p99, {label}")
+    ax.axhline(in_process["images_per_s_one_per_call"], color="tab:gray", ls=":", label="in-process Hub.predict, 1/call")
+    ax.axhline(in_process["images_per_s_16_per_call"], color="black", ls=":", label="in-process Hub.predict, 16/call")
+    ax.set(xscale="log", xticks=list(CLIENTS), xticklabels=list(map(str, CLIENTS)), xlabel="concurrent clients",
+           ylabel="requests/s (1 image each)", title=title)
+    lat.set(xscale="log", yscale="log", xticks=list(CLIENTS), xticklabels=list(map(str, CLIENTS)),
+            xlabel="concurrent clients", ylabel="latency (ms)", title="latency")
+    ax.legend(fontsize=7)
+    lat.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    lat.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hub", type=Path, help="an existing hub (default: build one under --out)")
+    parser.add_argument("--tasks", type=int, default=5, help="tasks of the hub built (default 5)")
+    parser.add_argument("--requests", type=int, default=96, help="requests per measurement (default 96)")
+    parser.add_argument("--scope", choices=("all", "deltas"), default="all",
+                        help="all: the source's task (224 px) + every task; deltas: the added tasks only")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
+    args = parser.parse_args(argv)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = args.out or REPO / "benchmarks" / "results" / f"serving-http-{stamp}"
+    out.mkdir(parents=True, exist_ok=True)
+    hub = args.hub or build_hub(out / "work", args.tasks)
+    queries = sorted((hub.parent / "queries").rglob("*.png")) if (hub.parent / "queries").is_dir() else []
+    from snowhub import Hub
+
+    with Hub.open(hub) as h:
+        names = [t.name for t in h.tasks()]
+    deltas = [n for n in names if n != "imagenet"]
+    tasks = None if args.scope == "all" else deltas
+    query = "" if tasks is None else "?tasks=" + ",".join(tasks)
+    images = [p.read_bytes() for p in queries]
+    print(f"hub {hub}: {', '.join(names)}; asking {'every task' if tasks is None else ', '.join(tasks)}", flush=True)
+    in_process = measure_in_process(hub, queries, tasks, args.requests)
+    rows = [r for batching in (True, False) for r in measure_server(hub, images, batching, args.requests, query)]
+    on16, off16 = (next(r for r in rows if r["clients"] == 16 and r["batching"] == b) for b in (True, False))
+    summary = {"batching_ratio_16_clients": on16["requests_per_s"] / off16["requests_per_s"],
+               "server_vs_in_process_one_per_call": on16["requests_per_s"] / in_process["images_per_s_one_per_call"],
+               "server_vs_in_process_16_per_call": on16["requests_per_s"] / in_process["images_per_s_16_per_call"]}
+    print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
+    result = {"command": "python -m benchmarks.serving_http " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "tasks": names, "asked": tasks or names, "rows": rows, "in_process": in_process, "summary": summary,
+              "environment": describe_environment()}
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    plot(out / "serving_http.png", rows, in_process,
+         f"snowhub serve, {len(tasks or names)} tasks, {os.cpu_count()} CPU cores")
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
