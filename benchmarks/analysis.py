@@ -87,8 +87,9 @@ def serving_ratios(serve: dict | None) -> dict:
     out = {"tasks": serve["table_tasks"]}
     for unit in ("images_per_s", "images_per_cpu_s"):
         out |= {
-            f"snow_over_ft_serving_{unit}": _ratio(table["SNOW"][unit], table["FT"][unit]),
-            f"snow_serving_over_source_alone_{unit}": _ratio(table["SNOW"][unit], serve[f"source_{unit}"]),
+            f"snow_over_ft_serving_{unit}": _ratio(table.get("SNOW", {}).get(unit), table.get("FT", {}).get(unit)),
+            f"snow_serving_over_source_alone_{unit}": _ratio(table.get("SNOW", {}).get(unit),
+                                                             serve[f"source_{unit}"]),
             f"snow_over_ideal_{unit}": [_ratio(r[f"SNOW_{unit}"], r[f"ideal_snow_{unit}"]) for r in serve["scaling"]],
         }
     return out
@@ -99,7 +100,10 @@ def analyse(config: BenchConfig, results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     trained = [r for r in ok if r["job"]["kind"] == "train"]
     serve = next((r for r in ok if r["job"]["kind"] == "serve"), None)
+    from benchmarks.speed import speed_analysis
+
     return {
+        "speed": speed_analysis([r for r in ok if r["job"]["kind"] == "speed"]),
         "datasets": {d.name: dataset_analysis(config, d.name, trained) for d in config.datasets},
         "variants": variant_rows(config, trained),
         "serving": serve,

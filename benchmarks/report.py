@@ -88,12 +88,35 @@ def serving_section(serve: dict | None, ratios: dict) -> list[str]:
     for r, wall, cpu in zip(serve["scaling"], ratios["snow_over_ideal_images_per_s"],
                             ratios["snow_over_ideal_images_per_cpu_s"]):
         rows.append([str(r["tasks"]), fmt(r["SNOW_images_per_s"], ".1f"), fmt(r["ideal_snow_images_per_s"], ".1f"),
-                     fmt(wall, ".2f"), fmt(cpu, ".2f"), fmt(r["FE_images_per_s"], ".1f"),
-                     fmt(r["FT_images_per_s"], ".1f"), fmt_params(r["SNOW_params"]), fmt_params(r["FE_params"]),
-                     fmt_params(r["FT_params"])])
+                     fmt(wall, ".2f"), fmt(cpu, ".2f"), fmt(r.get("FE_images_per_s"), ".1f"),
+                     fmt(r.get("FT_images_per_s"), ".1f"), fmt_params(r["SNOW_params"]),
+                     fmt_params(r.get("FE_params")), fmt_params(r.get("FT_params"))])
     lines += table(["tasks N", "SNOW images/s", "FLOP ideal images/s", "SNOW ÷ ideal", "SNOW ÷ ideal per CPU-s",
                     "FE images/s", "FT images/s", "SNOW params", "FE params", "FT params"], rows)
     return lines + [""]
+
+
+def speed_section(speed: dict) -> list[str]:
+    """The ``speed`` jobs: training images/s and memory per batch size, beside the paper's Table 7."""
+    if not speed:
+        return []
+    t7 = paper.TABLE7_TRAINING
+    lines = ["## Training speed and memory at the paper's geometry (paper Table 7: batch 256, V100)", ""]
+    for batch, b in speed.items():
+        lines += [f"### batch {batch}", ""]
+        lines += table(["method", "train images/s", "train images/CPU-s", "memory MiB", "peak RSS MiB", "trainable",
+                        "autocast", "paper images/s (mean)", "paper GB (mean)"],
+                       [[m, fmt(r["images_per_s"], ".2f"), fmt(r["images_per_cpu_s"], ".2f"),
+                         fmt(r["memory_mib"], ".0f"), fmt(r["rss_peak_mib"], ".0f"), fmt_params(r["trainable"]),
+                         str(r.get("amp_dtype")), f"{paper.mean(x[0] for x in t7[m]):.0f}",
+                         f"{paper.mean(x[1] for x in t7[m]):.1f}"] for m, r in b["rows"].items()])
+        r = b["ratios"]
+        lines += ["", f"Batch {batch}: SNOW ÷ FT training images/s **{fmt(r.get('snow_over_ft_images_per_s'), '.2f', '×')}** "
+                  f"(per CPU-second {fmt(r.get('snow_over_ft_images_per_cpu_s'), '.2f', '×')}; paper "
+                  f"{paper.paper_ratios()['snow_over_ft_train_images_per_s']:.2f}×); FT ÷ SNOW memory "
+                  f"**{fmt(r.get('ft_over_snow_memory'), '.2f', '×')}** (paper "
+                  f"{paper.paper_ratios()['ft_over_snow_memory']:.2f}×).", ""]
+    return lines
 
 
 def paper_section() -> list[str]:
@@ -145,6 +168,8 @@ def markdown(config: BenchConfig, a: dict, env: dict, wall: float, command: str)
     for name, d in a["datasets"].items():
         lines += training_section(name, d, config)
     lines += variants_section(a["variants"])
+    if a.get("speed"):
+        lines = [ln for ln in lines if ln != "## Training (paper Fig. 4, Tables 6 and 7)"] + speed_section(a["speed"])
     if a["serving"]:
         lines += ["## Serving (paper section 3.2)", ""] + serving_section(a["serving"], a["serving_ratios"])
     lines += ["## Reference", ""] + paper_section()

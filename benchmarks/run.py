@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default: the configuration's)")
     p.add_argument("--no-variants", action="store_true", help="skip the SNOW variants (subscription, K, width)")
     p.add_argument("--no-serving", action="store_true", help="skip the serving measurements")
+    p.add_argument("--weights", choices=("pretrained", "random"),
+                   help="source weights: pretrained, or random (speed and memory only; paper-cpu's default)")
     p.add_argument("--product", default="worktree",
                    help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
     return p.parse_args(argv)
@@ -70,6 +72,8 @@ def configure(args: argparse.Namespace) -> BenchConfig:
         changes["epochs"] = args.epochs
     if args.device:
         changes["device"] = args.device
+    if args.weights:
+        changes["weights"] = args.weights
     if args.no_variants:
         changes["variants"] = ()
     return config.replace(**changes)
@@ -152,6 +156,9 @@ def summary_line(result: dict) -> str:
         return f"[red]✗ {label}: {result['error']}[/red] (log: {result.get('log')})"
     if result["job"]["kind"] == "serve":
         return f"✓ {label}: source alone {result['source_images_per_s']:.1f} images/s"
+    if result["job"]["kind"] == "speed":
+        return (f"✓ {label}: {result['images_per_s']:.2f} images/s ({result['images_per_cpu_s']:.2f} per CPU-s), "
+                f"{result['memory']['training_mib']:.0f} MiB, {result['wall_seconds']:.0f} s")
     loop = result["loop"]
     return (f"✓ {label}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, "
             f"{loop['images_per_s']:.1f} images/s ({loop['images_per_cpu_s']:.1f} per CPU-s), "

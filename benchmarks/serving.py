@@ -1,7 +1,8 @@
 """The ``serve`` job: the source's own task plus N added tasks answered for the same input batch (paper
 section 3.2, Table 4), with randomly initialised task parameters (they do not change the cost).
 
-* SNOW: the product's ``MultiTaskNetwork``: one source pass, N deltas.
+* SNOW: the product's ``MultiTaskNetwork`` as ``Predictor`` builds it: one source pass, N deltas (run as one
+  batched computation per delta shape where the product fuses them).
 * FT and MP: N separate copies of the network plus the source (MP shares all but BatchNorm and head).
 * FE: one source pass, N copies of the part after the second-to-last tap.
 * FO: one source pass, N classifiers on the pooled features.
@@ -13,6 +14,7 @@ FLOP-count ideal of SNOW: source FLOPs + N × delta FLOPs at the source-alone sp
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 
@@ -133,6 +135,14 @@ def _fe_suffixes(config: BenchConfig, pretrained: Pretrained, n: int, device: to
     return suffixes
 
 
+def _snow_network(source: FrozenSource, deltas: dict[str, Delta]) -> MultiTaskNetwork:
+    """What the product serves: the Predictor's network, with horizontal fusion where the measured product
+    has it (``--product`` may name a revision from before it)."""
+    if "fused" in inspect.signature(MultiTaskNetwork).parameters:
+        return MultiTaskNetwork(source, deltas, "imagenet", fused=True)
+    return MultiTaskNetwork(source, deltas, "imagenet")
+
+
 def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.device, progress: Progress) -> dict:
     """Serving images/s and total parameters vs number of added tasks, and the all-methods table."""
     torch.manual_seed(config.seed)
@@ -142,8 +152,11 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     n_max = max(max(config.serve_tasks), config.serve_table_tasks)
     progress.start("building task models", None)
     deltas = _deltas(config, pretrained, n_max, device)
-    ft = _transfer(pretrained, "all", n_max, device)
-    fe = _fe_suffixes(config, pretrained, n_max, device)
+    wanted = set(config.serve_methods) | {"SNOW"}
+    n_ft = n_max if "FT" in wanted else (config.serve_table_tasks if "FT" in config.serve_table_methods else 1)
+    n_fe = n_max if "FE" in wanted else (config.serve_table_tasks if "FE" in config.serve_table_methods else 1)
+    ft = _transfer(pretrained, "all", n_ft, device)
+    fe = _fe_suffixes(config, pretrained, n_fe, device)
     progress.finish()
     source_params = parameter_count(pretrained.model.parameters())
     per_task = {"SNOW": deltas[0].serving_parameter_count(), "FT": parameter_count(ft[0].backbone.parameters()),
@@ -153,11 +166,12 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     x = source.normalizer(images[:1])
     taps, _ = source(x)
     flops = {"source": forward_flops(alone, images), "delta": forward_flops(lambda _: deltas[0](x, taps), images)}
-    builders = {
-        "SNOW": lambda n: MultiTaskNetwork(source, {f"task{i}": d for i, d in enumerate(deltas[:n])}, "imagenet"),
+    all_builders = {
+        "SNOW": lambda n: _snow_network(source, {f"task{i}": d for i, d in enumerate(deltas[:n])}),
         "FT": lambda n: SeparateModels(source, ft[:n]),
         "FE": lambda n: SharedTap(source, fe[:n], config.fe_tap),
     }
+    builders = {m: b for m, b in all_builders.items() if m in wanted}
     steps = len(config.serve_tasks) * len(builders) + 1
     progress.start("serving vs number of tasks", steps)
     source_ips, source_ipcs = images_per_s(alone, images, device, config.serve_min_seconds,
@@ -177,23 +191,25 @@ def run_serving(config: BenchConfig, pretrained: Pretrained, device: torch.devic
     progress.finish(f"serving: source alone {source_ips:.1f} images/s")
 
     n = config.serve_table_tasks
-    progress.start(f"serving table: source + {n} tasks", 6)
-    mp = _transfer(pretrained, "batchnorm", n, device)
-    pn = [ProgressiveModel(pretrained, source, NUM_CLASSES).to(device).eval() for _ in range(n)]
+    methods = config.serve_table_methods
+    progress.start(f"serving table: source + {n} tasks", len(methods))
+    mp = _transfer(pretrained, "batchnorm", n if "MP" in methods else 1, device)
+    pn = [ProgressiveModel(pretrained, source, NUM_CLASSES).to(device).eval() for _ in range(n if "PN" in methods else 1)]
     features = pretrained.model.get_submodule(pretrained.spec.head).in_features
     fo_heads = [nn.Linear(features, NUM_CLASSES).to(device) for _ in range(n)]
     mp_task = sum(p.numel() for p in mp[0].backbone.parameters() if p.requires_grad)
     table_models = {
-        "FO": (SharedFeatures(pretrained, fo_heads).to(device), parameter_count(fo_heads[0].parameters())),
-        "FE": (builders["FE"](n), per_task["FE"]),
-        "FT": (builders["FT"](n), per_task["FT"]),
-        "MP": (SeparateModels(source, mp), mp_task),
-        "PN": (SharedTap(source, pn, None),
-               parameter_count(pn[0].column.parameters()) + parameter_count(pn[0].laterals.parameters())),
-        "SNOW": (builders["SNOW"](n), per_task["SNOW"]),
+        "FO": lambda: (SharedFeatures(pretrained, fo_heads).to(device), parameter_count(fo_heads[0].parameters())),
+        "FE": lambda: (all_builders["FE"](n), per_task["FE"]),
+        "FT": lambda: (all_builders["FT"](n), per_task["FT"]),
+        "MP": lambda: (SeparateModels(source, mp), mp_task),
+        "PN": lambda: (SharedTap(source, pn, None),
+                       parameter_count(pn[0].column.parameters()) + parameter_count(pn[0].laterals.parameters())),
+        "SNOW": lambda: (all_builders["SNOW"](n), per_task["SNOW"]),
     }
     table = {}
-    for name, (model, task_params) in table_models.items():
+    for name in methods:
+        model, task_params = table_models[name]()
         ips, ipcs = images_per_s(model, images, device, config.serve_min_seconds, config.serve_min_batches)
         table[name] = {"images_per_s": ips, "images_per_cpu_s": ipcs, "params": source_params + n * task_params,
                        "task_params": task_params}

@@ -46,8 +46,10 @@ def config_from_dict(d: dict) -> BenchConfig:
     d["datasets"] = tuple(DatasetSpec(**x) for x in d["datasets"])
     d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor", "head_k_ratio") if k in v})
                           for v in d["variants"])
-    for key in ("methods", "ablation_datasets", "serve_tasks"):
-        d[key] = tuple(d[key])
+    for key in ("methods", "ablation_datasets", "serve_tasks", "serve_methods", "serve_table_methods",
+                "speed_batches"):
+        if key in d:
+            d[key] = tuple(d[key])
     return BenchConfig(**d)
 
 
@@ -77,17 +79,22 @@ def main(argv: list[str]) -> int:
     device = setup_torch(config, autotune=job.kind != "serve")
     progress = JsonLinesProgress()
     progress.start("loading source", None)
-    pretrained = load_pretrained(config.source)
+    pretrained = load_pretrained(config.source, random_weights=config.weights == "random")
     progress.finish()
     if job.kind == "serve":
         from benchmarks.serving import run_serving
 
         result = run_serving(config, pretrained, device, progress)
     else:
-        from benchmarks.training_job import run_training
+        if job.kind == "speed":
+            from benchmarks.speed import run_speed
 
-        dataset = next(d for d in config.datasets if d.name == job.dataset)
-        result = run_training(config, job, dataset, Path(spec["data"]), pretrained, device, progress)
+            result = run_speed(config, job, pretrained, device, progress)
+        else:
+            from benchmarks.training_job import run_training
+
+            dataset = next(d for d in config.datasets if d.name == job.dataset)
+            result = run_training(config, job, dataset, Path(spec["data"]), pretrained, device, progress)
         result["memory"] |= {"rss_libraries_mib": RSS_LIBS,
                              "rss_peak_mib": peak_rss_mib(), "cuda_peak_mib": cuda_peak_mib(device)}
         result["memory"]["training_mib"] = (result["memory"]["cuda_peak_mib"] if device.type == "cuda"
