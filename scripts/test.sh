@@ -3,7 +3,18 @@
 # tests/stress (a plain `pytest` skips it) and the benchmark harness's checks in benchmarks/tests.
 # SNOWHUB_STRESS=1 also makes every skip a failure (tests/conftest.py): a missing dataset fails the run
 # instead of quietly skipping what needs it. Every test has a time limit (pytest-timeout, pyproject.toml).
+# The registry tests run on SQLite and on a real PostgreSQL server: scripts/postgres.sh installs PostgreSQL
+# if it is missing, starts a throwaway cluster for the run ($SNOWHUB_TEST_POSTGRES_URL) and stops it after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-SNOWHUB_STRESS=1 exec .venv/bin/pytest -q "$@"
+if [[ -z "${SNOWHUB_TEST_POSTGRES_URL:-}" ]]; then
+  pg_dir="$(mktemp -d)/cluster"
+  trap 'bash scripts/postgres.sh stop "$pg_dir"' EXIT
+  if url="$(bash scripts/postgres.sh start "$pg_dir")"; then
+    export SNOWHUB_TEST_POSTGRES_URL="$url"
+  else
+    echo "warning: scripts/postgres.sh could not start PostgreSQL; the tests that need it will fail" >&2
+  fi
+fi
+SNOWHUB_STRESS=1 .venv/bin/pytest -q "$@"

@@ -150,13 +150,25 @@ def remove_leftovers(layout: HubLayout, source: SourceRecord | None, tasks: Iter
     return removed
 
 
+def _may_have_leftovers(layout: HubLayout) -> bool:
+    """Whether a directory listing shows anything removable could exist: a staging entry or a temporary file.
+
+    Removable leftovers are only ever those (an abandoned intent lives in ``staging/`` too).
+    """
+    if layout.staging_dir.is_dir() and any(layout.staging_dir.iterdir()):
+        return True
+    return any(_TMP.match(p.name) for d in (layout.source_dir, layout.tasks_dir) if d.is_dir() for p in d.iterdir())
+
+
 def clean_if_idle(registry: Registry) -> list[Path]:
     """Remove leftovers when there are some and no writer is active; never waits, never fails.
 
     Called on every open, so that a crash is cleaned up by whatever command runs next.
     """
     try:
-        if registry.read_only or not find_leftovers(registry.layout, registry.source(), registry.tasks()).removable:
+        if registry.read_only or not _may_have_leftovers(registry.layout):
+            return []  # the common case, without reading every record
+        if not find_leftovers(registry.layout, registry.source(), registry.tasks()).removable:
             return []
         with writer_lock(registry, wait=False):
             # Look again under the lock: a writer may have committed (or started) in between.
