@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     started_server = None
     if not args.postgres:
-        started_server = Path(tempfile.mkdtemp()) / "cluster"
+        started_server = Path(tempfile.mkdtemp())
         args.postgres = subprocess.run(["bash", str(REPO / "scripts/postgres.sh"), "start", str(started_server)],
                                        check=True, capture_output=True, text=True).stdout.strip()
     rows = []

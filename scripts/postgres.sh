@@ -44,7 +44,7 @@ start)
   if [[ "$(id -u)" == 0 ]] && ! id postgres >/dev/null 2>&1; then
     useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
   fi
-  mkdir -p "$dir"
+  mkdir -p "$dir"  # give a directory of its own (mktemp -d): its owner changes to postgres under root
   [[ "$(id -u)" == 0 ]] && chown postgres "$dir"
   chmod 700 "$dir"
   printf 'snowhub\n' > "$dir/pw"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 if [[ -z "${SNOWHUB_TEST_POSTGRES_URL:-}" ]]; then
-  pg_dir="$(mktemp -d)/cluster"
+  pg_dir="$(mktemp -d)"
   trap 'bash scripts/postgres.sh stop "$pg_dir"' EXIT
   if url="$(bash scripts/postgres.sh start "$pg_dir")"; then
     export SNOWHUB_TEST_POSTGRES_URL="$url"

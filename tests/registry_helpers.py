@@ -29,7 +29,7 @@ def postgres_admin_url():
     if given:
         yield given
         return
-    directory = Path(tempfile.mkdtemp(prefix="snowhub-pg-")) / "cluster"
+    directory = Path(tempfile.mkdtemp(prefix="snowhub-pg-"))  # postgres.sh gives it to the cluster owner
     started = subprocess.run(["bash", str(REPO / "scripts" / "postgres.sh"), "start", str(directory)],
                              capture_output=True, text=True, timeout=600)
     if started.returncode != 0:
