@@ -67,6 +67,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def _load(url: str, images: list[bytes], clients: int, per_client: int, query: str) -> dict:
     latencies: list[float] = []
+    errors: list[int] = []
 
     async def client(i: int) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as c:
@@ -75,12 +76,13 @@ async def _load(url: str, images: list[bytes], clients: int, per_client: int, qu
                 start = time.perf_counter()
                 r = await c.post(f"/v1/predict{query}", files=[("file", ("q.png", data, "image/png"))])
                 latencies.append(time.perf_counter() - start)
-                r.raise_for_status()
+                if r.status_code != 200:
+                    errors.append(r.status_code)
 
     start = time.perf_counter()
     await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - start
-    return {"clients": clients, "requests": len(latencies), "seconds": wall, "requests_per_s": len(latencies) / wall,
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": wall, "requests_per_s": len(latencies) / wall,
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * _percentile(latencies, 0.99)}
 
 
@@ -117,11 +119,15 @@ def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int
             rows.append(row)
             print(f"  batching {'on ' if batching else 'off'} {clients:2d} clients: {row['requests_per_s']:6.1f} "
                   f"requests/s, p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, "
-                  f"{row['source_passes']:.0f} source passes for {row['requests']} requests", flush=True)
+                  f"{row['source_passes']:.0f} source passes for {row['requests']} requests, {row['errors']} errors", flush=True)
         return rows
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.terminate()  # SIGTERM: in-flight requests finish first
+        try:
+            server.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def measure_in_process(hub: Path, paths: list[Path], tasks: list[str] | None, requests: int) -> dict:
