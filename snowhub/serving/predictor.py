@@ -2,8 +2,8 @@
 
 A :class:`Predictor` is built once per process (``Hub.predict``, a notebook loop, the HTTP server) and
 answers decoded images or uint8 tensors; reading files stays outside it. Tasks trained at the same image
-size share one source forward pass (SNOW, section 3.2): a multi-task network per image size and task set
-is kept, and the deltas come from :class:`~snowhub.artifacts.Artifacts`, read and hashed once (again only
+size share one source forward pass (SNOW, section 3.2) and their deltas of one shape run as one batched
+computation (``snowhub.models.fused``): a multi-task network per image size and task set is kept, and the deltas come from :class:`~snowhub.artifacts.Artifacts`, read and hashed once (again only
 if a file changes on disk).
 """
 
@@ -108,7 +108,9 @@ class Predictor:
             cached = self._networks.get(key)
             if cached is None or cached[0] != models:
                 head = next((t.name for t in group if t.record is None), None)
-                cached = self._networks[key] = (models, MultiTaskNetwork(source, deltas, head))
+                # Horizontal fusion: the deltas of one shape run as one batched computation (logits equal to
+                # float rounding). The forgetting checker's probe logits stay on the unfused path.
+                cached = self._networks[key] = (models, MultiTaskNetwork(source, deltas, head, fused=True))
             return cached[1]
 
     @torch.no_grad()
