@@ -42,12 +42,15 @@ class SnowVariant:
         k_ratio: K/N, share of each tap's channels the delta's stages subscribe to (paper: 1/8).
         width_divisor: the delta is the source narrowed by this factor (paper: 8).
         head_k_ratio: K/N of the last tap, read by the classifier (product: 1; paper: 1/8).
+        source_precision: ``float32`` (the product's training) or ``bfloat16``: the source's forward under
+            bfloat16 autocast in training (``snowhub.models.staged.StagedForward``), the delta in float32.
     """
 
     subscription: str = "channel_pooling"
     k_ratio: float = 1 / 8
     width_divisor: float = 8.0
     head_k_ratio: float = 1.0
+    source_precision: str = "float32"
 
     @property
     def label(self) -> str:
@@ -62,6 +65,8 @@ class SnowVariant:
             parts.append(f"width/{self.width_divisor:g}")
         if self.head_k_ratio != 1.0 and self.subscription in ("channel_pooling", "conv1x1"):
             parts.append(f"classifier K=N/{round(1 / self.head_k_ratio)} (paper)")
+        if self.source_precision != "float32":
+            parts.append(f"{self.source_precision} source")
         return "SNOW" + (" " + ", ".join(parts) if parts else "")
 
 
@@ -218,6 +223,7 @@ CONFIGS: dict[str, BenchConfig] = {
         weights="random", speed_batches=(32, 64), speed_steps=2, skip_steps=1,
         serve_tasks=(1, 5, 20), serve_table_tasks=5, serve_batch=32, serve_min_seconds=3.0, serve_min_batches=2,
         serve_methods=("SNOW",), serve_table_methods=("FO", "FE", "FT", "SNOW"),
+        variants=(SnowVariant(source_precision="bfloat16"),),
     ),
 }
 
@@ -265,7 +271,8 @@ class Job:
             return f"speed-b{self.batch}-{self.method}"
         v = self.variant
         extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
-                                                  + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}"))
+                                                  + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}")
+                                                  + ("" if v.source_precision == "float32" else f"-{v.source_precision}"))
         return f"{self.dataset}-{self.method}{extra}"
 
     def to_dict(self) -> dict:
@@ -282,7 +289,8 @@ def plan(config: BenchConfig) -> list[Job]:
     """The jobs of a run: every method on every dataset, the SNOW variants on the ablation datasets, serving;
     with `speed_batches`, every method at every batch size instead of the training jobs."""
     if config.speed_batches:
-        return [Job("speed", m, batch=b) for b in config.speed_batches for m in config.methods] + [Job("serve")]
+        return [Job("speed", m, batch=b) for b in config.speed_batches for m in config.methods] + [
+            Job("speed", "SNOW", variant=v, batch=b) for b in config.speed_batches for v in config.variants] + [Job("serve")]
     jobs = [Job("train", m, d.name) for d in config.datasets for m in config.methods]
     jobs += [Job("train", "SNOW", d, v) for d in config.ablation_datasets for v in config.variants]
     return jobs + [Job("serve")]

@@ -107,12 +107,25 @@ def subscription_parameters(delta: Delta) -> int:
 
 
 class SnowModel(nn.Module):
-    """Source + one delta, uint8 images in, logits out (the product's ``task_logits``)."""
+    """Source + one delta, uint8 images in, logits out: in training the product's training forward
+    (``snowhub.models.staged.StagedForward`` where the measured product has it, with the source in
+    `source_precision`), else ``task_logits``."""
 
-    def __init__(self, source: FrozenSource, delta: Delta):
+    def __init__(self, source: FrozenSource, delta: Delta, source_precision: str = "float32"):
         super().__init__()
         self.source, self.delta = source, delta
+        try:
+            from snowhub.models.staged import StagedForward
+        except ImportError:  # a --product revision from before it
+            if source_precision != "float32":
+                raise
+            self._staged = None
+        else:
+            self._staged = StagedForward(source, delta, getattr(torch, source_precision)
+                                         if source_precision != "float32" else None)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training and self._staged is not None and torch.is_grad_enabled():
+            return self._staged(images)
         return task_logits(self.source, self.delta, images)
 

@@ -44,7 +44,7 @@ def run_speed(config: BenchConfig, job: Job, pretrained: Pretrained, device: tor
     source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN") else None
     if job.method == "SNOW":
         delta = build_delta(pretrained.spec, NUM_CLASSES, job.variant, config.noise_var).to(device)
-        model = SnowModel(source, delta)
+        model = SnowModel(source, delta, job.variant.source_precision)
         groups = delta_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)
     else:
         model = build_baseline(job.method, pretrained, NUM_CLASSES, config.fe_tap, source).to(device)
@@ -84,7 +84,7 @@ def speed_analysis(results: list[dict]) -> dict:
     out: dict = {}
     for r in results:
         b = out.setdefault(str(r["batch"]), {"rows": {}, "ratios": {}})
-        b["rows"][r["job"]["method"]] = {"images_per_s": r["images_per_s"], "images_per_cpu_s": r["images_per_cpu_s"],
+        b["rows"][r["job"]["label"].split(" · ")[0]] = {"images_per_s": r["images_per_s"], "images_per_cpu_s": r["images_per_cpu_s"],
                                          "memory_mib": r["memory"]["training_mib"],
                                          "rss_peak_mib": r["memory"]["rss_peak_mib"],
                                          "trainable": r["params"]["trainable"], "amp_dtype": r.get("amp_dtype")}

@@ -44,7 +44,8 @@ class JsonLinesProgress:
 def config_from_dict(d: dict) -> BenchConfig:
     d = dict(d)
     d["datasets"] = tuple(DatasetSpec(**x) for x in d["datasets"])
-    d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor", "head_k_ratio") if k in v})
+    d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor", "head_k_ratio",
+                                                                                     "source_precision") if k in v})
                           for v in d["variants"])
     for key in ("methods", "ablation_datasets", "serve_tasks", "serve_methods", "serve_table_methods",
                 "speed_batches"):

@@ -16,8 +16,10 @@ def test_paper_cpu_plans_every_method_at_both_batch_sizes():
     config = CONFIGS["paper-cpu"]
     assert (config.source, config.image_size, config.weights) == ("resnet50", 224, "random")
     jobs = plan(config)
-    assert [(j.kind, j.method, j.batch) for j in jobs[:-1]] == [
+    assert [(j.kind, j.method, j.batch) for j in jobs[:10]] == [
         ("speed", m, b) for b in (32, 64) for m in ("FO", "FE", "FT", "MP", "SNOW")]
+    assert [(j.label, j.batch) for j in jobs[10:-1]] == [("SNOW bfloat16 source · batch 32", 32),
+                                                         ("SNOW bfloat16 source · batch 64", 64)]
     assert jobs[-1].kind == "serve" and len({j.key for j in jobs}) == len(jobs)
     assert Job.from_dict(jobs[3].to_dict()) == jobs[3]
 

@@ -54,7 +54,20 @@ class _HookExtractor(nn.Module):
             modules[module_name].register_forward_hook(functools.partial(self._store, key))
 
     def _store(self, key: str, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        self._local.out[key] = output
+        sink = getattr(self._local, "sink", None)
+        if sink is not None:
+            sink(key, output)
+        else:
+            self._local.out[key] = output
+
+    def run_with_sink(self, x: torch.Tensor, sink) -> None:
+        """Run the model, handing each tap to ``sink(key, tensor)`` as soon as it is computed instead of
+        keeping it (``snowhub.models.staged``: the training forward that frees each tap once pooled)."""
+        self._local.sink, self._local.out = sink, {}
+        try:
+            self.model(x)
+        finally:
+            self._local.sink = self._local.out = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self._local.out = out = {}

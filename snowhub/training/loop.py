@@ -19,6 +19,7 @@ from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
+from snowhub.models.staged import StagedForward
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.calibration import calibrate_channel_pooling
 from snowhub.training.config import TrainConfig
@@ -126,6 +127,9 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     progress.finish()
     model = delta if group is None else group.wrap(delta)  # DDP: the delta only, never the source
     noise = None if group is None else group.pooling_noise(delta, config.seed, device)
+    # One process: stage by stage, each tap freed once pooled (bit-identical logits and gradients, a fraction
+    # of the memory; snowhub.models.staged). DDP must see its wrapper called, so it keeps task_logits.
+    forward = StagedForward(source, delta) if model is delta else (lambda x: task_logits(source, model, x))
 
     steps_per_epoch = len(train_loader)
     sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
@@ -146,7 +150,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if noise is not None:
                 noise.reseed(step)
-            value = sgd.step(lambda x: task_logits(source, model, x), images, labels)
+            value = sgd.step(forward, images, labels)
             epoch_loss += value * len(labels)
             epoch_n += len(labels)
             losses.append(value)

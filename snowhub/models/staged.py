@@ -1,0 +1,217 @@
+"""SNOW's training forward with only what backward needs kept (paper section 3.1: the source runs in an
+inference-only mode, so training memory should be the delta's alone).
+
+``task_logits`` runs the whole source, keeps every tap alive (at 224 px, ResNet-50's five taps are about
+9 MB per image in float32), then runs the delta. :class:`StagedForward` computes the same logits with the
+same random numbers and arithmetic, interleaved:
+
+* the source runs stage by stage: as soon as it produces a tap, the delta's channel pooling takes its K
+  channels and the delta stage that reads them runs; the full tap is then freed by the source's own
+  graph (a traced source) or never stored (a hooked one);
+* the channel pooling saves one tensor for backward, the K gathered channels in the tap's dtype
+  (:class:`_PoolTap`, a small autograd function), not a float32 copy per operation;
+* every delta block is checkpointed (its input saved, its activations recomputed in backward); the
+  recomputation runs BatchNorm with momentum 0 and restores its batch counter, so the running statistics
+  are updated once per step, as before;
+* optionally the source runs under bfloat16 autocast (:func:`source_autocast_dtype`): only in training,
+  and only where the hardware has bfloat16 arithmetic; serving and the forgetting checker's probe logits
+  keep the float32 source (``task_logits``, ``MultiTaskNetwork``).
+
+In float32 the logits, the loss and the gradients are bit-identical to ``task_logits`` + backward
+(``tests/test_staged_forward.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from snowhub.models.channel_pooling import ChannelPooling
+from snowhub.models.delta import Delta
+from snowhub.models.frozen import FrozenSource, _HookExtractor
+
+_CURRENT = threading.local()  # the tap consumer of the forward pass running in this thread
+
+
+def source_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 where the source can run in it for training: CUDA with bfloat16 (sm80+) or a CPU whose
+    oneDNN has native bfloat16 (AVX-512 BF16 / AMX); else None (float32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class _PoolTap(torch.autograd.Function):
+    """``(tap[:, idx] - shift) · scale`` per selected channel, in float32; saves only ``tap[:, idx]``.
+
+    Inputs: tap ``(B, N, h, w)`` (no gradient), idx ``(K,)``, shift ``(K,)`` float32 (no gradient), scale
+    ``(K,)`` float32 (gradient: it is ``inv_std · score``). Returns ``(B, K, h, w)`` float32.
+    """
+
+    @staticmethod
+    def forward(ctx, tap, idx, shift, scale):
+        selected = tap.index_select(1, idx)
+        ctx.save_for_backward(selected, shift, scale)
+        return (selected.float() - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        selected, shift, scale = ctx.saved_tensors
+        grad_scale = None
+        if ctx.needs_input_grad[3]:
+            centred = selected.float() - shift.view(1, -1, 1, 1)
+            grad_scale = (grad * centred).sum(dim=(0, 2, 3))
+        return None, None, None, grad_scale
+
+
+def _pool(pool: nn.Module, tap: torch.Tensor) -> torch.Tensor:
+    if not isinstance(pool, ChannelPooling):  # the benchmarks' subscription alternatives
+        return pool(tap).float()
+    idx = pool.select()
+    return _PoolTap.apply(tap, idx, pool.mean[idx], pool.inv_std[idx] * pool.scores[idx])
+
+
+class _RecomputeOnce:
+    """Context of a checkpointed block's recomputation: BatchNorm normalises with the batch statistics as
+    in the forward pass but leaves its running statistics and counter as they are."""
+
+    def __init__(self, block: nn.Module):
+        self.bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [(bn.momentum, None if bn.num_batches_tracked is None else bn.num_batches_tracked.clone())
+                      for bn in self.bns]
+        for bn in self.bns:
+            bn.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for bn, (momentum, count) in zip(self.bns, self.saved):
+            bn.momentum = momentum
+            if count is not None:
+                bn.num_batches_tracked.copy_(count)
+        return False
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+    if not recompute or not torch.is_grad_enabled():
+        return block(x)
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _RecomputeOnce(block)))
+
+
+class _Consumer:
+    """Receives the taps in order and runs the delta on them (the delta's forward, split at the taps)."""
+
+    def __init__(self, delta: Delta, images: torch.Tensor, recompute: bool, autocast_off: str | None):
+        self.delta, self.recompute, self.autocast_off = delta, recompute, autocast_off
+        self.next, self.logits = 0, None
+        with self._delta_mode():
+            self.x = images
+            for block in delta.stem:
+                self.x = _run_block(block, self.x, recompute)
+
+    def _delta_mode(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.enable_grad())
+        if self.autocast_off:  # the delta keeps float32 when only the source runs in bfloat16
+            stack.enter_context(torch.autocast(self.autocast_off, enabled=False))
+        return stack
+
+    def __call__(self, index: int, tap: torch.Tensor) -> None:
+        if index != self.next:
+            raise RuntimeError(f"tap {index} arrived before tap {self.next}")
+        self.next += 1
+        delta = self.delta
+        with self._delta_mode():
+            pooled = _pool(delta.pools[index], tap)
+            del tap
+            if index < len(delta.stages):
+                x = torch.cat([self.x.to(pooled.dtype), pooled], dim=1)
+                for block in delta.stages[index]:
+                    x = _run_block(block, x, self.recompute)
+                self.x = x
+            else:
+                x = torch.cat([self.x.to(pooled.dtype), pooled], dim=1)
+                self.logits = delta.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+                self.x = None
+
+
+def _emit(index: int, tap: torch.Tensor) -> None:
+    _CURRENT.consumer(index, tap)
+
+
+def _staged_graph(extractor: fx.GraphModule, names: list[str]) -> fx.GraphModule:
+    """A copy of the traced source whose taps go to the current consumer as soon as they are computed
+    (and are then freed by the graph), returning nothing."""
+    old_out = next(n for n in extractor.graph.nodes if n.op == "output").args[0]
+    tap_nodes = {old_out[name]: i for i, name in enumerate(names)}
+    graph, env, emits = fx.Graph(), {}, []
+    for node in extractor.graph.nodes:
+        if node.op == "output":
+            break
+        env[node] = graph.node_copy(node, lambda n: env[n])
+        if node in tap_nodes:
+            emits.append(graph.call_function(_emit, (tap_nodes[node], env[node])))
+    graph.output(tuple(emits))
+    module = fx.GraphModule(extractor, graph)
+    module.graph.eliminate_dead_code()  # the source's own head: not needed to train a delta
+    module.recompile()
+    return module
+
+
+class StagedForward:
+    """The training forward of source + delta, stage by stage: uint8 images ``(B, 3, H, W)`` → logits
+    ``(B, classes)``, as :func:`snowhub.models.network.task_logits` computes them (see the module docstring).
+
+    Args:
+        source: the frozen source. delta: the delta being trained (called directly, so not for a
+            DistributedDataParallel wrapper).
+        source_dtype: autocast dtype of the source's forward (``torch.bfloat16``), or None for float32.
+        recompute: checkpoint the delta's blocks (saves their activations; costs one more delta forward).
+    """
+
+    def __init__(self, source: FrozenSource, delta: Delta, source_dtype: torch.dtype | None = None,
+                 recompute: bool = True):
+        self.source, self.delta, self.source_dtype, self.recompute = source, delta, source_dtype, recompute
+        names = [t.name for t in source.spec.taps]
+        extractor = source.extractor
+        self._hooked = isinstance(extractor, _HookExtractor)
+        self._graph = None if self._hooked else _staged_graph(extractor, names)
+        self._index = {name: i for i, name in enumerate(names)}
+
+    def _sink(self, consumer: _Consumer):
+        def sink(key: str, tap: torch.Tensor) -> None:
+            if key in self._index:  # not the source's logits
+                consumer(self._index[key], tap)
+        return sink
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.source.normalizer(images)
+        device_type = x.device.type
+        autocast_off = device_type if self.source_dtype is not None and not torch.is_autocast_enabled(device_type) \
+            else None
+        consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+        previous = getattr(_CURRENT, "consumer", None)
+        _CURRENT.consumer = consumer
+        try:
+            precision = (torch.autocast(device_type, dtype=self.source_dtype) if self.source_dtype is not None
+                         else contextlib.nullcontext())
+            with torch.no_grad(), precision:
+                if self._hooked:
+                    self.source.extractor.run_with_sink(x, self._sink(consumer))
+                else:
+                    self._graph(x)
+        finally:
+            _CURRENT.consumer = previous
+        if consumer.logits is None:
+            raise RuntimeError("the source did not produce every tap")
+        return consumer.logits
