@@ -3,7 +3,7 @@
 The graph is the product's (:class:`snowhub.export.graph.ExportNetwork`, exported and verified by
 :func:`snowhub.export.onnx_file.export_graph` / ``verify_graph``) around the pretrained source, with deltas of the
 product's default shape (random task weights and frozen channel pooling: they do not change the cost). Both
-runtimes use every CPU thread the process may use and run the same uint8 batches back to back, warmed up;
+runtimes use the same CPU threads (torch's, or ``--threads``) and run the same uint8 batches back to back, warmed up;
 each figure is the median of ``--repeats`` timed runs of ``--iterations`` forward passes.
 
     .venv/bin/python -m benchmarks.export                       # efficientnet_lite0, 64 px, ~3 min on 2 cores
@@ -77,7 +77,10 @@ def measure(source: str, image_size: int, tasks: list[int], batches: list[int], 
             check = verify_graph(path, network, images)
             size = path.stat().st_size
             onnx.checker.check_model(str(path))
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             for batch in batches:
                 x = images[:batch].contiguous()
                 feed = {"images": x.numpy()}
@@ -113,7 +116,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both runtimes (default: torch's; 1 on a busy machine, where two "
+                             "spinning OpenMP threads per process slow PyTorch down by orders of magnitude)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     rows = measure(args.source, args.image_size, args.tasks, args.batches, args.iterations, args.repeats)
     text = table(rows, args.source, args.image_size)
     print(text)
