@@ -258,7 +258,7 @@ class Job:
         if self.kind == "serve":
             return "serving"
         if self.kind == "speed":
-            return f"{self.method} · batch {self.batch}"
+            return f"{self.variant.label if self.method == 'SNOW' else self.method} · batch {self.batch}"
         name = self.variant.label if self.method == "SNOW" else self.method
         return f"{name} · {self.dataset}"
 
@@ -268,7 +268,9 @@ class Job:
         if self.kind == "serve":
             return "serve"
         if self.kind == "speed":
-            return f"speed-b{self.batch}-{self.method}"
+            v = self.variant
+            return f"speed-b{self.batch}-{self.method}" + (
+                "" if self.method != "SNOW" or v.source_precision == "float32" else f"-{v.source_precision}")
         v = self.variant
         extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
                                                   + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}")

@@ -84,7 +84,7 @@ def speed_analysis(results: list[dict]) -> dict:
     out: dict = {}
     for r in results:
         b = out.setdefault(str(r["batch"]), {"rows": {}, "ratios": {}})
-        b["rows"][r["job"]["label"].split(" · ")[0]] = {"images_per_s": r["images_per_s"], "images_per_cpu_s": r["images_per_cpu_s"],
+        b["rows"][Job.from_dict(r["job"]).label.split(" · ")[0]] = {"images_per_s": r["images_per_s"], "images_per_cpu_s": r["images_per_cpu_s"],
                                          "memory_mib": r["memory"]["training_mib"],
                                          "rss_peak_mib": r["memory"]["rss_peak_mib"],
                                          "trainable": r["params"]["trainable"], "amp_dtype": r.get("amp_dtype")}
