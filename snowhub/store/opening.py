@@ -140,7 +140,11 @@ def open_registry(cls: type[Registry], root: Path | None, url: str | URL | None,
 
 
 def _refuse_old(engine: Engine, where: str) -> None:
+    from snowhub.store.database import _script
+
     revision = current_revision(engine)
+    if revision is not None and revision not in {rev.revision for rev in _script().walk_revisions()}:
+        raise HubVersionError(f"this hub was written by a newer snowhub (schema {revision}); upgrade snowhub")
     if revision != head_revision():
         raise HubVersionError(f"{where} is at schema {revision}, not {head_revision()}; run `snowhub list` once "
                               "to upgrade it, then retry")
