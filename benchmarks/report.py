@@ -108,8 +108,8 @@ def speed_section(speed: dict) -> list[str]:
                         "autocast", "paper images/s (mean)", "paper GB (mean)"],
                        [[m, fmt(r["images_per_s"], ".2f"), fmt(r["images_per_cpu_s"], ".2f"),
                          fmt(r["memory_mib"], ".0f"), fmt(r["rss_peak_mib"], ".0f"), fmt_params(r["trainable"]),
-                         str(r.get("amp_dtype")), f"{paper.mean(x[0] for x in t7[m]):.0f}",
-                         f"{paper.mean(x[1] for x in t7[m]):.1f}"] for m, r in b["rows"].items()])
+                         str(r.get("amp_dtype")), f"{paper.mean(x[0] for x in t7[m.split()[0]]):.0f}",
+                         f"{paper.mean(x[1] for x in t7[m.split()[0]]):.1f}"] for m, r in b["rows"].items()])
         r = b["ratios"]
         lines += ["", f"Batch {batch}: SNOW ÷ FT training images/s **{fmt(r.get('snow_over_ft_images_per_s'), '.2f', '×')}** "
                   f"(per CPU-second {fmt(r.get('snow_over_ft_images_per_cpu_s'), '.2f', '×')}; paper "
