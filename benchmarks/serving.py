@@ -138,7 +138,9 @@ def _fe_suffixes(config: BenchConfig, pretrained: Pretrained, n: int, device: to
 def _snow_network(source: FrozenSource, deltas: dict[str, Delta]) -> MultiTaskNetwork:
     """What the product serves: the Predictor's network, with horizontal fusion where the measured product
     has it (``--product`` may name a revision from before it)."""
-    if "fused" in inspect.signature(MultiTaskNetwork).parameters:
+    from snowhub.serving.predictor import Predictor
+
+    if getattr(Predictor, "FUSE_DELTAS", False) and "fused" in inspect.signature(MultiTaskNetwork).parameters:
         return MultiTaskNetwork(source, deltas, "imagenet", fused=True)
     return MultiTaskNetwork(source, deltas, "imagenet")
 

@@ -2,8 +2,8 @@
 
 A :class:`Predictor` is built once per process (``Hub.predict``, a notebook loop, the HTTP server) and
 answers decoded images or uint8 tensors; reading files stays outside it. Tasks trained at the same image
-size share one source forward pass (SNOW, section 3.2) and their deltas of one shape run as one batched
-computation (``snowhub.models.fused``): a multi-task network per image size and task set is kept, and the deltas come from :class:`~snowhub.artifacts.Artifacts`, read and hashed once (again only
+size share one source forward pass (SNOW, section 3.2): a multi-task network per image size and task set
+is kept, and the deltas come from :class:`~snowhub.artifacts.Artifacts`, read and hashed once (again only
 if a file changes on disk).
 """
 
@@ -66,7 +66,14 @@ class Predictor:
         artifacts: where verified models come from (their device is the predictor's).
 
     Safe to call from several threads: forward passes share no state, and the caches are locked.
+
+    Attributes:
+        FUSE_DELTAS: serve the deltas of one shape as one batched computation (``snowhub.models.fused``,
+            logits within 1e-5). Off: on a 2-core CPU its grouped convolutions measured 0.78× (5 tasks) and
+            0.46× (20 tasks) the speed of running the deltas one by one; not yet measured on a GPU.
     """
+
+    FUSE_DELTAS = False
 
     def __init__(self, artifacts: Artifacts):
         self.artifacts = artifacts
@@ -108,9 +115,10 @@ class Predictor:
             cached = self._networks.get(key)
             if cached is None or cached[0] != models:
                 head = next((t.name for t in group if t.record is None), None)
-                # Horizontal fusion: the deltas of one shape run as one batched computation (logits equal to
-                # float rounding). The forgetting checker's probe logits stay on the unfused path.
-                cached = self._networks[key] = (models, MultiTaskNetwork(source, deltas, head, fused=True))
+                # Horizontal fusion (FUSE_DELTAS) stays off: measured slower than the deltas one by one on
+                # the CPU (docs/benchmarks.md, paper-cpu). Probe logits never use it.
+                cached = self._networks[key] = (models, MultiTaskNetwork(source, deltas, head,
+                                                                         fused=self.FUSE_DELTAS))
             return cached[1]
 
     @torch.no_grad()
