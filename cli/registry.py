@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from snowhub.store.copy import copy_registry
+from snowhub import Hub
 from snowhub_cli import render
 from snowhub_cli.options import HubOption, JsonOption, RegistryOption, handled
 
@@ -27,7 +27,7 @@ def copy(
     --registry URL (or $SNOWHUB_REGISTRY_URL); the weight files stay in the hub directory.
     """
     with handled():
-        report = copy_registry(hub, to, registry)
+        report = Hub.copy_registry(hub, to, registry)
         if as_json:
             render.print_json(vars(report))
         else:

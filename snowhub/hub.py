@@ -28,6 +28,7 @@ from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, register_task, remove_orphans
 from snowhub.serving import ImagePrediction, Predictor
 from snowhub.store import HubReadOnlyError, Registry, SourceRecord, TaskRecord, clean_if_idle, writer_lock
+from snowhub.store.copy import CopyReport, copy_registry
 from snowhub.training import (
     TrainConfig,
     check_processes,
@@ -87,6 +88,12 @@ class Hub:
     def doctor(path: Path | str | None = None, registry: str | None = None) -> DoctorReport:
         """Check the whole hub at `path` (its registry at `registry`) without running a model (:mod:`snowhub.checks.doctor`)."""
         return check_hub(path, registry)
+
+    @staticmethod
+    def copy_registry(path: Path | str | None, to: str, registry: str | None = None) -> CopyReport:
+        """Copy the registry of the hub at `path` into the empty database `to`, verified there; the original is
+        only read (:func:`snowhub.store.copy.copy_registry`, which lists the errors raised)."""
+        return copy_registry(Path(path) if path is not None else None, to, registry)
 
     def close(self) -> None:
         self.registry.close()
