@@ -78,6 +78,8 @@ def add_task(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: 0 on a 2-core CPU, more with CUDA).")] = None,
     device: DeviceOption = "auto",
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="Train stage by stage, recomputing the delta in "
+                                             "backward: the same delta, less memory, slower (one process).")] = False,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
@@ -87,7 +89,7 @@ def add_task(
                          val_fraction=val_fraction, seed=seed,
                          delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
                                            noise_var=noise_var),
-                         run=RunOptions(device=device, num_workers=workers))
+                         run=RunOptions(device=device, num_workers=workers, low_memory=low_memory))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
         if registry is not None:  # the launcher's Hub.open and every worker it starts read it from there
             os.environ["SNOWHUB_REGISTRY_URL"] = registry

@@ -42,6 +42,15 @@ def test_same_seed_and_data_give_the_same_weights_on_cpu(source, fashion_dir, tr
     assert tensor_digest(other.delta.state_dict()) != tensor_digest(trained.delta.state_dict())
 
 
+def test_low_memory_training_gives_the_same_delta_bit_for_bit(source, fashion_dir, trained):
+    # --low-memory (StagedForward: taps freed once pooled, delta blocks recomputed in backward) changes how a
+    # step is computed, not what it computes.
+    run = dataclasses.replace(FAST["run"], low_memory=True)
+    low = train_delta(source, discover(fashion_dir), TrainConfig(**(FAST | {"run": run})), pick_device("cpu"))
+    assert tensor_digest(low.delta.state_dict()) == tensor_digest(trained.delta.state_dict())
+    assert low.cp_indices == trained.cp_indices and low.val.top1 == trained.val.top1
+
+
 def test_learns_real_fashion_mnist_classes_well_above_chance(trained):
     result = trained
     assert result.val.images == 36

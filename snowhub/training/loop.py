@@ -127,9 +127,11 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     progress.finish()
     model = delta if group is None else group.wrap(delta)  # DDP: the delta only, never the source
     noise = None if group is None else group.pooling_noise(delta, config.seed, device)
-    # One process: stage by stage, each tap freed once pooled (bit-identical logits and gradients, a fraction
-    # of the memory; snowhub.models.staged). DDP must see its wrapper called, so it keeps task_logits.
-    forward = StagedForward(source, delta) if model is delta else (lambda x: task_logits(source, model, x))
+    # --low-memory, one process: stage by stage, each tap freed once pooled (bit-identical logits and gradients,
+    # less memory, one more delta forward per step; snowhub.models.staged). DDP must see its wrapper called,
+    # so it keeps task_logits.
+    staged = config.run.low_memory and model is delta
+    forward = StagedForward(source, delta) if staged else (lambda x: task_logits(source, model, x))
 
     steps_per_epoch = len(train_loader)
     sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
