@@ -21,6 +21,9 @@ from PIL import Image
 
 from snowhub import RunOptions
 
+# The registry fixtures (a real PostgreSQL server, registries on both databases), for every test module.
+from registry_helpers import fresh_database, postgres_admin_url, registry_hub, registry_url  # noqa: F401
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # Visually distinct Fashion-MNIST classes, so a few short epochs learn them well above chance.
 CLASSES = {1: "Trouser", 5: "Sandal", 8: "Bag"}

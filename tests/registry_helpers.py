@@ -4,12 +4,15 @@
 server started here with ``scripts/postgres.sh`` and stopped at the end of the session. Only when no server can
 be started are the PostgreSQL tests skipped, with the reason (under CI a skip fails the run: tests/conftest.py).
 ``fresh_database`` makes an empty database per test; ``registry_url`` is parametrised over both databases
-(None = the default ``sqlite:///<hub>/hub.db``). Import the fixtures into a test module to use them.
+(None = the default ``sqlite:///<hub>/hub.db``); ``registry_hub`` is a private copy of the session's trained hub
+with its registry on either database. tests/conftest.py imports the fixtures, so every test module can use them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 import os
 import subprocess
 import tempfile
@@ -102,3 +105,76 @@ def dump(url: str) -> list[tuple]:
         except Exception:  # noqa: BLE001 -- a table that does not exist (yet) is part of the state too
             rows.append((table, "absent"))
     return rows
+
+
+@dataclasses.dataclass
+class RegistryHub:
+    """A hub directory and the URL of its registry (None: the hub's own ``hub.db``)."""
+
+    path: Path
+    url: str | None
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.url is None else "postgresql"
+
+    @property
+    def where(self) -> str:
+        """How snowhub's messages name the registry: the hub.db file, or the URL with its password hidden."""
+        if self.url is None:
+            return str(self.path / "hub.db")
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @property
+    def cli_args(self) -> list[str]:
+        """The options that point a command at this hub and registry."""
+        return ["--hub", str(self.path)] + ([] if self.url is None else ["--registry", self.url])
+
+    def open(self, **options):
+        """``Hub.open`` on this hub and registry (the caller closes it)."""
+        from snowhub import Hub
+
+        return Hub.open(self.path, registry=self.url, **options)
+
+    def snapshot(self) -> dict[str, str]:
+        """Everything the hub holds: every file's sha256 and the registry's rows, on whichever database."""
+        from fixtures.hubkit import snapshot
+
+        state = snapshot(self.path)  # hub.db's rows too: on PostgreSQL it must stay as the copy left it
+        if self.url is not None:
+            state["registry (rows)"] = repr(dump(self.url))
+        return state
+
+    def execute(self, statement: str) -> None:
+        """Run one statement on the registry behind snowhub's back (tampering), written in SQLite's SQL: on
+        PostgreSQL, ``replace(column, ...)`` of a json column is done on its text."""
+        if self.url is None:
+            from fixtures.hubkit import sql
+
+            sql(self.path, statement)
+        else:
+            as_text = r"CAST(replace(CAST(\1 AS text), \2) AS json)"
+            pg(self.url, re.sub(r"replace\((\w+), ([^)]*)\)", as_text, statement))
+
+    def task_names(self) -> list[str]:
+        """The registered tasks in order, read with the database's own client library."""
+        if self.url is None:
+            from fixtures.hubkit import task_names
+
+            return task_names(self.path)
+        return [name for (name,) in pg(self.url, "SELECT name FROM task ORDER BY seq")]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_hub(request, hub_copy) -> RegistryHub:
+    """A private copy of the session hub (`hub_copy`) with its registry on SQLite (the hub's hub.db) or copied
+    into a fresh PostgreSQL database with ``Hub.copy_registry`` (as ``snowhub registry copy`` does)."""
+    if request.param == "sqlite":
+        return RegistryHub(hub_copy, None)
+    from snowhub import Hub
+
+    url = request.getfixturevalue("fresh_database")
+    Hub.copy_registry(hub_copy, url)
+    return RegistryHub(hub_copy, url)

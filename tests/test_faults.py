@@ -3,6 +3,8 @@ leftovers, a full disk, a busy registry and the writer lock.
 
 The SIGKILL matrix (a real process killed at every crash point) is in ``tests/stress/test_crash.py``;
 here each fault is raised as an exception at the same named points, which is fast enough to run always.
+The add-task faults run on both registries (`registry_hub`: SQLite, and a PostgreSQL copy of the same hub); the
+file lock and SQLite's busy timeout are SQLite's own (tests/test_registry_postgres.py has the advisory lock).
 """
 
 from __future__ import annotations
@@ -104,7 +106,16 @@ def test_every_crash_point_is_on_the_add_task_path(hub_copy, tmp_path, monkeypat
 
 # -- a failure at each write point leaves the hub exactly as it was -------------------------------------
 
-_DISK_FULL = sa_exc.OperationalError("INSERT INTO task", {}, sqlite3.OperationalError("database or disk is full"))
+_DISK_FULL = "the registry's disk is full"  # the error each database's driver raises then: _disk_full()
+
+
+def _disk_full(dialect: str) -> sa_exc.OperationalError:
+    if dialect == "sqlite":
+        return sa_exc.OperationalError("INSERT INTO task", {}, sqlite3.OperationalError("database or disk is full"))
+    import psycopg
+
+    return sa_exc.OperationalError("INSERT INTO task", {}, psycopg.errors.DiskFull(
+        'could not extend file "base/16384/16390": No space left on device'))
 
 
 @pytest.mark.parametrize(("point", "hit", "error", "raised"), [
@@ -118,33 +129,35 @@ _DISK_FULL = sa_exc.OperationalError("INSERT INTO task", {}, sqlite3.Operational
     ("registry:before-commit", 1, _DISK_FULL, HubWriteError),
     ("registry:before-commit", 1, KeyboardInterrupt(), KeyboardInterrupt),
 ], ids=lambda v: v if isinstance(v, str) else None)
-def test_failure_at_each_write_point_leaves_the_hub_unchanged(hub_copy, fashion_dir, monkeypatch, cached,
+def test_failure_at_each_write_point_leaves_the_hub_unchanged(registry_hub, fashion_dir, monkeypatch, cached,
                                                               point, hit, error, raised):
-    before = snapshot(hub_copy)
-    raise_at(monkeypatch, point, error, hit)
-    with Hub.open(hub_copy) as hub:
+    before = registry_hub.snapshot()
+    raise_at(monkeypatch, point, _disk_full(registry_hub.dialect) if error == _DISK_FULL else error, hit)
+    with registry_hub.open() as hub:
         with pytest.raises(raised) as caught:
             hub.add_task("third", fashion_dir, TrainConfig(**FAST))
         if isinstance(caught.value, SnowhubError):
-            assert "\n" not in str(caught.value) and "free some disk space" in str(caught.value)
+            message = str(caught.value)
+            advice = {"sqlite": "free some disk space", "postgresql": "free space on the server"}[registry_hub.dialect]
+            assert "\n" not in message and advice in message
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2"]
-    assert snapshot(hub_copy) == before
-    assert leftovers(hub_copy) == []
+    assert registry_hub.snapshot() == before
+    assert leftovers(registry_hub.path) == []
 
 
-def test_an_interrupt_right_after_the_commit_keeps_the_task(hub_copy, fashion_dir, monkeypatch, cached):
+def test_an_interrupt_right_after_the_commit_keeps_the_task(registry_hub, fashion_dir, monkeypatch, cached):
     """Ctrl-C between the commit and add-task's return must not delete the files of a registered task."""
     raise_at(monkeypatch, "registry:after-commit", KeyboardInterrupt())
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         with pytest.raises(KeyboardInterrupt):
             hub.add_task("third", fashion_dir, TrainConfig(**FAST))
     monkeypatch.undo()
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2", "third"]
         row = hub.registry.get_task("third")
         artifacts = hub.artifacts(torch.device("cpu"))
         artifacts.delta(row), artifacts.probe(row)  # both files there and verified
-    assert check_hub(hub_copy).ok and leftovers(hub_copy) == []
+    assert check_hub(registry_hub.path, registry_hub.url).ok and leftovers(registry_hub.path) == []
 
 
 # -- what a crash leaves is removed on the next open, and only that --------------------------------------
@@ -163,16 +176,17 @@ def _fake_crash_leftovers(hub) -> list[str]:
             "tasks/.0003-third.probe.safetensors.0123456789abcdef.tmp", "tasks/0003-third.delta.safetensors"]
 
 
-def test_the_next_open_removes_crash_leftovers_and_says_so(hub_copy, caplog):
-    expected = _fake_crash_leftovers(hub_copy)
-    report = check_hub(hub_copy)  # the doctor reports them without touching them
+def test_the_next_open_removes_crash_leftovers_and_says_so(registry_hub, caplog):
+    expected = _fake_crash_leftovers(registry_hub.path)
+    report = check_hub(registry_hub.path, registry_hub.url)  # the doctor reports them without touching them
     assert report.ok and len(report.warnings) == 4 and all("leftover" in w for w in report.warnings)
-    assert sorted(leftovers(hub_copy) + ["tasks/0003-third.delta.safetensors"]) == sorted(expected)
-    with caplog.at_level(logging.WARNING, logger="snowhub"), Hub.open(hub_copy) as hub:
+    assert sorted(leftovers(registry_hub.path) + ["tasks/0003-third.delta.safetensors"]) == sorted(expected)
+    with caplog.at_level(logging.WARNING, logger="snowhub"), registry_hub.open() as hub:
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2"]
     assert "removed 4 leftover file(s)" in caplog.text
-    assert leftovers(hub_copy) == [] and not (hub_copy / "tasks" / "0003-third.delta.safetensors").exists()
-    assert check_hub(hub_copy).warnings == []
+    assert leftovers(registry_hub.path) == []
+    assert not (registry_hub.path / "tasks" / "0003-third.delta.safetensors").exists()
+    assert check_hub(registry_hub.path, registry_hub.url).warnings == []
 
 
 def test_open_leaves_the_files_of_a_live_writer_alone(hub_copy):
@@ -187,16 +201,16 @@ def test_open_leaves_the_files_of_a_live_writer_alone(hub_copy):
     assert snapshot(hub_copy) == before
 
 
-def test_files_of_a_deleted_record_are_kept_reported_and_never_overwritten(hub_copy, fashion_dir, monkeypatch,
+def test_files_of_a_deleted_record_are_kept_reported_and_never_overwritten(registry_hub, fashion_dir, monkeypatch,
                                                                           cached):
-    sql(hub_copy, "DELETE FROM task WHERE seq = 2")  # someone removed the last task's row
-    files = sorted(p.name for p in (hub_copy / "tasks").iterdir())
-    with Hub.open(hub_copy) as hub:
+    registry_hub.execute("DELETE FROM task WHERE seq = 2")  # someone removed the last task's row
+    files = sorted(p.name for p in (registry_hub.path / "tasks").iterdir())
+    with registry_hub.open() as hub:
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion"]
         with pytest.raises(SnowhubError, match="already exists but no registry record refers to it"):
             hub.add_task("fashion2", fashion_dir, TrainConfig(**FAST))  # would reuse number 2 and its file names
-    assert sorted(p.name for p in (hub_copy / "tasks").iterdir()) == files
-    report = check_hub(hub_copy)
+    assert sorted(p.name for p in (registry_hub.path / "tasks").iterdir()) == files
+    report = check_hub(registry_hub.path, registry_hub.url)
     assert not report.ok
     assert [p.split(":")[0] for p in report.problems] == ["tasks/0002-fashion2.delta.safetensors",
                                                           "tasks/0002-fashion2.probe.safetensors"]
@@ -205,12 +219,12 @@ def test_files_of_a_deleted_record_are_kept_reported_and_never_overwritten(hub_c
 # -- a full disk: a real write error from the kernel ---------------------------------------------------
 
 
-def test_a_full_disk_is_a_one_line_error_and_changes_nothing(hub_copy, fashion_dir, monkeypatch, cached):
-    before = snapshot(hub_copy)
+def test_a_full_disk_is_a_one_line_error_and_changes_nothing(registry_hub, fashion_dir, monkeypatch, cached):
+    before = registry_hub.snapshot()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
-        with Hub.open(hub_copy) as hub:
+        with registry_hub.open() as hub:
             # Files may not grow past 64 kB from here on: the delta (600 kB) cannot be written.
             resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
             try:
@@ -222,7 +236,7 @@ def test_a_full_disk_is_a_one_line_error_and_changes_nothing(hub_copy, fashion_d
         signal.signal(signal.SIGXFSZ, previous)
     message = str(caught.value)
     assert "\n" not in message and "File too large" in message and "free some disk space" in message
-    assert snapshot(hub_copy) == before and leftovers(hub_copy) == []
+    assert registry_hub.snapshot() == before and leftovers(registry_hub.path) == []
 
 
 # -- concurrency primitives: the writer lock and SQLite's busy timeout ----------------------------------
@@ -299,14 +313,14 @@ def test_a_registry_locked_past_the_busy_timeout_is_a_one_line_error(hub_copy, m
     assert task_names(hub_copy) == ["fashion", "fashion2"]
 
 
-def test_cli_reports_a_write_failure_as_one_line(hub_copy, fashion_dir, monkeypatch, cached):
+def test_cli_reports_a_write_failure_as_one_line(registry_hub, fashion_dir, monkeypatch, cached):
     from typer.testing import CliRunner
 
     from snowhub_cli.main import app
 
     raise_at(monkeypatch, "save:mid-write", OSError(errno.ENOSPC, "No space left on device"))
-    before = snapshot(hub_copy)
-    result = CliRunner().invoke(app, ["add-task", "third", "--data", str(fashion_dir), "--hub", str(hub_copy),
+    before = registry_hub.snapshot()
+    result = CliRunner().invoke(app, ["add-task", "third", "--data", str(fashion_dir), *registry_hub.cli_args,
                                       "--epochs", "1", "--image-size", "32", "--device", "cpu"])
     assert_one_line_error(result, "no space left on device); free some disk space")
-    assert snapshot(hub_copy) == before
+    assert registry_hub.snapshot() == before

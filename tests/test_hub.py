@@ -1,4 +1,7 @@
-"""The Hub API: append-only registration, unique names, atomic failure, serving and forgetting checks."""
+"""The Hub API: append-only registration, unique names, atomic failure, serving and forgetting checks.
+
+Tests that write take `registry_hub`: they run on the hub's own SQLite registry and on a PostgreSQL copy of it.
+"""
 
 import pytest
 
@@ -24,9 +27,9 @@ def test_tasks_are_listed_in_append_order_after_the_source_task(trained_hub):
     assert tasks[1].k == sum(round(n / 8) for n in (16, 24, 40, 112)) + 320  # the classifier reads all 320
 
 
-def test_a_taken_name_is_refused_before_any_training(hub_copy, fashion_dir, monkeypatch):
+def test_a_taken_name_is_refused_before_any_training(registry_hub, fashion_dir, monkeypatch):
     monkeypatch.setattr(hub_module, "train_delta", lambda *a, **k: pytest.fail("trained anyway"))
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         with pytest.raises(TaskExistsError, match="already exists"):
             hub.add_task("fashion", fashion_dir, TrainConfig(**FAST))
         with pytest.raises(TaskExistsError):
@@ -40,8 +43,9 @@ def test_bad_task_names_are_refused(hub_copy, fashion_dir, name):
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
-def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(hub_copy, fashion_dir, monkeypatch, failure):
-    before = _hub_files(hub_copy)
+def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(registry_hub, fashion_dir, monkeypatch,
+                                                                         failure):
+    before = registry_hub.snapshot()
     real_save = registration.atomic_save_safetensors
     calls = []
 
@@ -54,27 +58,27 @@ def test_failed_or_interrupted_add_task_leaves_the_hub_exactly_as_it_was(hub_cop
 
     monkeypatch.setattr(registration, "atomic_save_safetensors", save_then_fail)
     monkeypatch.setattr(hub_module, "train_delta", cached_training)  # the writes are tested, not the training
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         with pytest.raises(type(failure)):
             hub.add_task("third", fashion_dir, TrainConfig(**FAST))
         assert [t.name for t in hub.tasks()] == ["imagenet", "fashion", "fashion2"]
     assert len(calls) == 2
-    assert _hub_files(hub_copy) == before
+    assert registry_hub.snapshot() == before
 
 
-def test_unreadable_image_is_a_data_error_naming_the_file_and_changes_nothing(hub_copy, fashion_dir, tmp_path):
+def test_unreadable_image_is_a_data_error_naming_the_file_and_changes_nothing(registry_hub, fashion_dir, tmp_path):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(fashion_dir, data)
     bad = data / "train" / "Bag" / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
-    before = _hub_files(hub_copy)
-    with Hub.open(hub_copy) as hub:
+    before = registry_hub.snapshot()
+    with registry_hub.open() as hub:
         with pytest.raises(DataError, match="broken.png"):
             hub.add_task("broken", data, TrainConfig(**FAST))
         assert len(hub.tasks()) == 3
-    assert _hub_files(hub_copy) == before
+    assert registry_hub.snapshot() == before
 
 
 def test_init_twice_and_open_missing_are_clear_errors(hub_copy, tmp_path):

@@ -1,6 +1,9 @@
 """Tampering and bit rot: any changed byte of the source weights, a delta, a probe set or the registry's
 records is caught by ``snowhub doctor`` (no model run), by ``verify-forgetting``, and by loading -- a
 damaged task is never served, and the other tasks keep working.
+
+Edits of the registry's records run on both databases (`registry_hub`); a malformed JSON value and a corrupted
+database page can only happen to SQLite's file (PostgreSQL's json columns refuse malformed values).
 """
 
 from __future__ import annotations
@@ -107,18 +110,18 @@ _RECORD_EDITS = {
 
 
 @pytest.mark.parametrize("field", list(_RECORD_EDITS))
-def test_an_edited_task_record(hub_copy, fashion_dir, fashion2_answer, field):
-    sql(hub_copy, _RECORD_EDITS[field])
-    report = check_hub(hub_copy)
+def test_an_edited_task_record(registry_hub, fashion_dir, fashion2_answer, field):
+    registry_hub.execute(_RECORD_EDITS[field])
+    report = check_hub(registry_hub.path, registry_hub.url)
     assert report.problems and all(p.startswith("task 1 'fashion'") for p in report.problems), report.problems
     assert any("record" in p for p in report.problems)
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         with pytest.raises(IntegrityError, match="registry record of task 'fashion' cannot be trusted"):
             hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
         assert hub.predict([_bag_image(fashion_dir)], tasks=["fashion2"], device="cpu") == fashion2_answer
         listed = {t.name: t.record_problem for t in hub.tasks()}
     assert "cannot be trusted" in listed["fashion"] and listed["fashion2"] is None
-    shown = CliRunner().invoke(app, ["list", "--hub", str(hub_copy)])
+    shown = CliRunner().invoke(app, ["list", *registry_hub.cli_args])
     assert shown.exit_code == 0 and "fashion (!)" in shown.stdout
     assert "warning: the registry record of task 'fashion' cannot be trusted" in shown.stderr
 
@@ -128,40 +131,40 @@ def test_an_edited_task_record(hub_copy, fashion_dir, fashion2_answer, field):
     "UPDATE source SET weights_file_sha256 = 'ab' || substr(weights_file_sha256, 3)",
     "UPDATE source SET taps = '[]'",
 ])
-def test_an_edited_source_record(hub_copy, fashion_dir, edit):
-    sql(hub_copy, edit)
-    report = check_hub(hub_copy)
+def test_an_edited_source_record(registry_hub, fashion_dir, edit):
+    registry_hub.execute(edit)
+    report = check_hub(registry_hub.path, registry_hub.url)
     assert report.problems and report.problems[0] == \
         "source: the record was changed after it was written (its record_sha256 does not match)"
     untrusted = ("the registry record of the source model cannot be trusted: the record was changed after it was "
-                 f"written (its record_sha256 does not match); it is not used until you restore {hub_copy / 'hub.db'} "
+                 f"written (its record_sha256 does not match); it is not used until you restore {registry_hub.where} "
                  "from a backup (see `snowhub doctor`)")
-    with Hub.open(hub_copy) as hub:
+    with registry_hub.open() as hub:
         with pytest.raises(IntegrityError, match=f"^{re.escape(untrusted)}$"):
             hub.predict([_bag_image(fashion_dir)], tasks=["fashion"], device="cpu")
         report = hub.verify_forgetting(device="cpu")
     assert not report.ok and not report.source_ok and report.source_problems == [untrusted]
 
 
-def test_a_registry_path_leading_out_of_the_hub_is_never_followed(hub_copy, tmp_path):
+def test_a_registry_path_leading_out_of_the_hub_is_never_followed(registry_hub, tmp_path):
     secret = tmp_path / "secret.safetensors"
-    shutil.copy(hub_copy / _FILES["delta"], secret)
-    sql(hub_copy, "UPDATE task SET weights_file = '../secret.safetensors' WHERE seq = 1")
-    problems = check_hub(hub_copy).problems
+    shutil.copy(registry_hub.path / _FILES["delta"], secret)
+    registry_hub.execute("UPDATE task SET weights_file = '../secret.safetensors' WHERE seq = 1")
+    problems = check_hub(registry_hub.path, registry_hub.url).problems
     assert "task 1 'fashion': the registry records a delta file outside the hub ('../secret.safetensors')" in problems
-    with Hub.open(hub_copy) as hub, pytest.raises(IntegrityError):
+    with registry_hub.open() as hub, pytest.raises(IntegrityError):
         hub.artifacts(torch.device("cpu")).delta(hub.registry.get_task("fashion"))
-    assert (hub_copy / _FILES["delta"]).exists() and secret.exists()  # nothing deleted either side
+    assert (registry_hub.path / _FILES["delta"]).exists() and secret.exists()  # nothing deleted either side
 
 
-def test_a_deleted_record_in_the_middle_is_a_gap(hub_copy):
-    sql(hub_copy, "DELETE FROM task WHERE seq = 1")
-    problems = check_hub(hub_copy).problems
+def test_a_deleted_record_in_the_middle_is_a_gap(registry_hub):
+    registry_hub.execute("DELETE FROM task WHERE seq = 1")
+    problems = check_hub(registry_hub.path, registry_hub.url).problems
     assert "task 2 'fashion2': numbered 2 but task 1 is missing (a registry record was deleted)" in problems
     assert any(p.startswith("tasks/0001-fashion.delta.safetensors: a file no registry record") for p in problems)
-    with Hub.open(hub_copy):
+    with registry_hub.open():
         pass
-    assert (hub_copy / _FILES["delta"]).exists()  # kept: it may be the only copy of the task
+    assert (registry_hub.path / _FILES["delta"]).exists()  # kept: it may be the only copy of the task
 
 
 def test_a_malformed_record_is_one_line_everywhere(hub_copy):

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fixtures.hubkit import FAST_ARGS, assert_one_line_error, run_cli, small_dataset, snapshot
-from registry_helpers import admin, dump, fresh_database, pg, postgres_admin_url, registry_url  # noqa: F401
+from registry_helpers import admin, dump, pg
 from snowhub.errors import HubLockedError, SnowhubError, TaskExistsError
 from snowhub.store import Registry, SourceRecord, TaskRecord
 from snowhub_cli.main import app

@@ -1,4 +1,8 @@
-"""Tests of snowhub.store: registry, migrations, files, lock."""
+"""Tests of snowhub.store: registry, migrations, files, lock.
+
+The registry's tests run on both databases (``registry_url``: the hub's own SQLite hub.db, or a fresh database
+on a real PostgreSQL server, tests/registry_helpers.py); SQLite's own settings and files are tested on SQLite.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from safetensors import safe_open
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
 
+from registry_helpers import pg
 from snowhub.errors import (
     HubExistsError,
     HubLockedError,
@@ -95,11 +100,18 @@ def make_task(name: str, seq: int | None = None, **overrides: object) -> TaskRec
 
 
 @pytest.fixture
-def hub(tmp_path: Path):
-    reg = Registry.create(tmp_path / "hub")
+def hub(tmp_path: Path, registry_url: str | None):
+    """A new registry with its source recorded, on SQLite and on PostgreSQL."""
+    reg = Registry.create(tmp_path / "hub", registry_url)
     reg.set_source(make_source())
+    _place_source_file(reg)
     yield reg
     reg.close()
+
+
+def _place_source_file(reg: Registry) -> None:
+    """The source's weight file, where opening a registry kept outside the hub looks for it."""
+    (reg.layout.root / "source" / "weights.safetensors").write_bytes(b"")
 
 
 def task_view(row: TaskRecord) -> dict[str, object]:
@@ -109,19 +121,21 @@ def task_view(row: TaskRecord) -> dict[str, object]:
 # -- registry ----------------------------------------------------------------------------------------
 
 
-def test_create_makes_layout_and_reopen_sees_same_rows(tmp_path: Path) -> None:
+def test_create_makes_layout_and_reopen_sees_same_rows(tmp_path: Path, registry_url: str | None) -> None:
     root = tmp_path / "hub"
-    with Registry.create(root) as reg:
+    with Registry.create(root, registry_url) as reg:
         layout = reg.layout
         for directory in (layout.root, layout.source_dir, layout.tasks_dir, layout.staging_dir):
             assert directory.is_dir()
-        assert layout.db_path == root.absolute() / "hub.db" and layout.db_path.is_file()
+        assert layout.db_path == root.absolute() / "hub.db"
+        assert layout.db_path.is_file() == (registry_url is None)  # a PostgreSQL registry keeps no hub.db
         reg.set_source(make_source())
+        _place_source_file(reg)
         reg.add_task(make_task("birds"))
         reg.add_task(make_task("cars", class_names=["sedan", "suv", "van"]))
         before_source, before_tasks = reg.source(), reg.tasks()
 
-    with Registry.open(root) as reg:
+    with Registry.open(root, registry_url) as reg:
         source = reg.source()
         assert dataclasses.asdict(source) == dataclasses.asdict(before_source)
         assert source.head_classes == ["tench", "goldfish"]
@@ -168,7 +182,7 @@ def test_duplicate_name_raises_and_leaves_db_unchanged(hub: Registry) -> None:
         hub.add_task(make_task("birds", class_names=["x", "y"], val_top1=0.1))
     message = str(caught.value)
     assert "'birds' already exists" in message and "\n" not in message
-    assert "INSERT" not in message and "sqlite" not in message.lower()
+    assert not any(word in message.lower() for word in ("insert", "sqlite", "psycopg", "unique", "constraint"))
     assert caught.value.__cause__ is None
     assert [task_view(t) for t in hub.tasks()] == before
     assert hub.next_seq() == 3
@@ -192,8 +206,8 @@ def test_returned_rows_are_detached_snapshots(hub: Registry) -> None:
     assert not hasattr(Registry, "delete_task") and not hasattr(Registry, "update_task")
 
 
-def test_source_rules(tmp_path: Path) -> None:
-    with Registry.create(tmp_path / "hub") as reg:
+def test_source_rules(tmp_path: Path, registry_url: str | None) -> None:
+    with Registry.create(tmp_path / "hub", registry_url) as reg:
         with pytest.raises(HubNotFoundError, match="never finished"):
             reg.source()
         with pytest.raises(HubNotFoundError, match="no source model"):
@@ -255,10 +269,13 @@ def test_open_garbage_db_is_a_clear_error(tmp_path: Path) -> None:
 # -- database & migrations ---------------------------------------------------------------------------
 
 
-def test_wal_mode_and_busy_timeout(hub: Registry) -> None:
-    with sqlite3.connect(hub.layout.db_path) as raw:  # a foreign connection sees the persistent mode
+def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
+    Registry.create(tmp_path / "hub").close()
+    db_path = tmp_path / "hub" / "hub.db"
+    with sqlite3.connect(db_path) as raw:  # a foreign connection sees the persistent mode
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    engine = open_engine(hub.layout.db_path)
+    raw.close()
+    engine = open_engine(db_path)
     try:
         with engine.connect() as conn:
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -268,24 +285,20 @@ def test_wal_mode_and_busy_timeout(hub: Registry) -> None:
 
 
 def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
-    engine = open_engine(hub.layout.db_path)
-    try:
-        assert current_revision(engine) == head_revision() == "0005"
-        with engine.connect() as conn:
-            db = inspect(conn)
-            assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
-            for name, table in Base.metadata.tables.items():
-                columns = {c["name"]: c for c in db.get_columns(name)}
-                assert list(columns) == [c.name for c in table.columns], name
-                for column in table.columns:
-                    assert columns[column.name]["nullable"] == column.nullable, (name, column.name)
-                assert db.get_pk_constraint(name)["constrained_columns"] == [c.name for c in table.primary_key]
-            assert [u["column_names"] for u in db.get_unique_constraints("task")] == [["name"]]
-            # Alembic's own diff of the migrated DB against the models must be empty.
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, Base.metadata) == []
-    finally:
-        engine.dispose()
+    assert hub.revision() == head_revision() == "0005"
+    with hub.connection() as conn:
+        db = inspect(conn)
+        assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+        for name, table in Base.metadata.tables.items():
+            columns = {c["name"]: c for c in db.get_columns(name)}
+            assert list(columns) == [c.name for c in table.columns], name
+            for column in table.columns:
+                assert columns[column.name]["nullable"] == column.nullable, (name, column.name)
+            assert db.get_pk_constraint(name)["constrained_columns"] == [c.name for c in table.primary_key]
+        assert [u["column_names"] for u in db.get_unique_constraints("task")] == [["name"]]
+        # Alembic's own diff of the migrated DB against the models must be empty.
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
 
 
 def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
@@ -301,18 +314,16 @@ def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_unknown_revision_raises_version_error(hub: Registry) -> None:
+def test_unknown_revision_raises_version_error(hub: Registry, registry_url: str | None) -> None:
     hub.add_task(make_task("birds"))
     hub.close()
-    with sqlite3.connect(hub.layout.db_path) as raw:
-        raw.execute("UPDATE alembic_version SET version_num = '0999'")
-    raw.close()
+    url = registry_url or hub.url  # hub.url hides the password
+    pg(url, "UPDATE alembic_version SET version_num = '0999'")  # the database's own driver, behind our back
     with pytest.raises(HubVersionError, match=r"newer snowhub \(schema 0999\); upgrade snowhub"):
-        Registry.open(hub.layout.root)
-    with sqlite3.connect(hub.layout.db_path) as raw:  # and the hub was left alone
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [("0999",)]
-        assert raw.execute("SELECT name FROM task").fetchall() == [("birds",)]
-    raw.close()
+        Registry.open(hub.layout.root, registry_url)
+    # and the registry was left alone
+    assert pg(url, "SELECT version_num FROM alembic_version") == [("0999",)]
+    assert pg(url, "SELECT name FROM task") == [("birds",)]
 
 
 # -- files -------------------------------------------------------------------------------------------
