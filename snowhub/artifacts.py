@@ -4,7 +4,10 @@ Everything that runs a model reads through :class:`Artifacts` — training (the 
 forgetting checker — so a file is checked against its recorded sha256 and its registry record against its
 seal before any of it is used. Loaded models are kept on one device and reused, keyed by ``(seq, sha256)``;
 a cache must never hide a file changed on disk, so every use ``stat``\\ s the file and re-reads and re-hashes
-it when its size or modification time changed. The forgetting checker and doctor use a fresh
+it when its size or modification time changed. Records are verified once too: the source's record and each
+task's record are read and their seals checked on first use, then served from memory (a record that differs
+from the verified one is checked again, so an edited row is never used unchecked); a server's requests thus
+touch the registry only for tasks it has not seen. The forgetting checker and doctor use a fresh
 :class:`Artifacts` (an empty cache), so they always re-read and re-hash everything.
 """
 
@@ -70,7 +73,10 @@ class Artifacts:
         self._lock = threading.RLock()
         self._source: tuple[tuple[int, int], FrozenSource] | None = None
         self._deltas: dict[tuple[int, str], tuple[tuple[int, int], Delta]] = {}
+        self._source_record: SourceRecord | None = None  # verified once (the source never changes)
+        self._tasks: dict[int, TaskRecord] = {}  # seq → the task's record as verified
         self.file_reads = 0  # weight files read and hashed so far (tests count them)
+        self.record_checks = 0  # registry seals checked so far (tests count them)
 
     def _read(self, relative: str, sha256: str) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
         path = self.registry.layout.resolve(relative)
@@ -86,11 +92,39 @@ class Artifacts:
         except OSError:
             return False
 
-    def source_record(self) -> SourceRecord:
-        """The source's registry record, its seal checked. Raises IntegrityError if it was edited."""
-        record = self.registry.source()
+    def _check(self, record: SourceRecord | TaskRecord) -> None:
         self.registry.check_record(record)
-        return record
+        self.record_checks += 1
+
+    def source_record(self) -> SourceRecord:
+        """The source's registry record, its seal checked on first use. Raises IntegrityError if it was edited."""
+        if self._source_record is None:
+            record = self.registry.source()
+            self._check(record)
+            self._source_record = record
+        return self._source_record
+
+    def trust(self, task: TaskRecord) -> TaskRecord:
+        """`task`, its record's seal checked unless this very record was verified before.
+
+        Raises:
+            IntegrityError: the task's registry row was edited after it was written.
+        """
+        if self._tasks.get(task.seq) != task:  # dataclass equality: every field, so an edited copy is re-checked
+            self._check(task)
+            self._tasks[task.seq] = task
+        return task
+
+    def task(self, name: str) -> TaskRecord:
+        """The record of the task called `name`, verified (one registry read the first time, none after).
+
+        Raises:
+            TaskNotFoundError: no such task (naming the known ones). IntegrityError: its record was edited.
+        """
+        for record in self._tasks.values():
+            if record.name == name:
+                return record
+        return self.trust(self.registry.get_task(name))
 
     def source(self) -> FrozenSource:
         """The frozen source on :attr:`device`, verified (record seal, file sha256) when (re-)loaded.
@@ -116,7 +150,7 @@ class Artifacts:
         Raises:
             IntegrityError: the record or the delta file changed since registration.
         """
-        self.registry.check_record(task)
+        self.trust(task)
         key = (task.seq, task.weights_file_sha256)
         with self._lock:
             cached = self._deltas.get(key)

@@ -47,6 +47,25 @@ def test_a_hundred_predict_calls_read_and_hash_each_file_once(trained_hub, fashi
     assert list(first[0].tasks) == tasks and first[0].tasks["fashion"][0][0] == "Bag"
 
 
+def test_records_are_verified_once_and_an_edited_row_is_never_used_unchecked(hub_copy, fashion_dir):
+    from fixtures.hubkit import sql
+
+    images = _images(fashion_dir, 1)
+    with Hub.open(hub_copy) as hub:
+        first = hub.predict(images, ["fashion", "fashion2"], device="cpu")
+        artifacts = hub.artifacts(torch.device("cpu"))
+        checked = artifacts.record_checks
+        assert checked == 3  # the source and both tasks
+        for _ in range(20):
+            hub.predict(images, ["fashion", "fashion2"], device="cpu")
+        assert artifacts.record_checks == checked  # no seal re-checked, no registry row re-read
+        sql(hub_copy, "UPDATE task SET class_names = '[\"Trouser\", \"Sandal\", \"Bag\"]' WHERE seq = 1")
+        again = hub.predict(images, ["fashion"], device="cpu")  # the record verified before: labels unchanged
+        assert again[0].tasks["fashion"] == first[0].tasks["fashion"]
+        with pytest.raises(IntegrityError, match="registry record of task 'fashion' cannot be trusted"):
+            hub.predict(images, device="cpu")  # every task: the edited row read afresh, checked, refused
+
+
 def test_a_file_rewritten_on_disk_is_verified_again_before_it_is_served(hub_copy, fashion_dir, reads):
     images = _images(fashion_dir, 1)
     with Hub.open(hub_copy) as hub:

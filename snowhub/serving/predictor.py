@@ -87,7 +87,7 @@ class Predictor:
 
     def _served(self, names: Sequence[str] | None) -> list[_Served]:
         registry = self.artifacts.registry
-        source = registry.source()
+        source = self.artifacts.source_record()
         head = [] if source.head_classes is None else [
             _Served(SOURCE_TASK, None, list(source.head_classes), int(source.preprocessing["image_size"]))]
         if names is None:  # every task: one registry read, not one per name
@@ -97,8 +97,8 @@ class Predictor:
             for name in dict.fromkeys(names):
                 if name == SOURCE_TASK and head:
                     served += head
-                else:
-                    record = registry.get_task(name)
+                else:  # verified records from memory: no registry read per request
+                    record = self.artifacts.task(name)
                     served.append(_Served(name, record, list(record.class_names), record.image_size))
         if not served:
             raise TaskNotFoundError(f"the hub at {registry.layout.root} has no tasks to answer yet; "

@@ -130,7 +130,7 @@ class Catalog:
     # -- checks ------------------------------------------------------------------------------------
 
     def _file(self, task: ServedTask):
-        record = task.record if task.record is not None else self.registry.source()
+        record = task.record if task.record is not None else self.artifacts.source_record()
         return self.registry.layout.resolve(record.weights_file)
 
     def _verify(self, task: ServedTask) -> None:
