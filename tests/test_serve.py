@@ -292,3 +292,21 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(trained_hub, fashi
     assert [r.status_code for r in results] == [200, 200, 200]
     assert all(r.json()[0]["tasks"]["fashion"] for r in results)
     assert os.path.exists(trained_hub / "hub.db")
+
+
+def test_the_server_socket_sends_small_responses_without_waiting_for_acks():
+    """Every accepted connection has TCP_NODELAY: without it each keep-alive response waited ~40 ms for the
+    client's delayed ACK (asyncio sets it only on sockets whose protocol is IPPROTO_TCP)."""
+    import socket
+
+    from snowhub.serving.http.server import _listen
+
+    listening = _listen("127.0.0.1", 0)
+    try:
+        assert listening.proto == socket.IPPROTO_TCP
+        with socket.create_connection(listening.getsockname()[:2]):
+            accepted, _ = listening.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        listening.close()
