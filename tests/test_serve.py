@@ -310,3 +310,15 @@ def test_the_server_socket_sends_small_responses_without_waiting_for_acks():
                 assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         listening.close()
+
+
+def test_the_servers_preprocessing_equals_the_eval_transform(fashion_dir):
+    """to_batch (PIL + NumPy, no torch op in the worker thread) gives eval_transform's tensors bit for bit."""
+    from snowhub.serving.http._inputs import to_batch
+
+    pictures = [load_rgb(p) for p in sorted((fashion_dir / "val" / "Bag").glob("*.png"))[:3]]
+    pictures.append(pictures[0].resize((90, 17)))  # not square: the centre crop decides
+    for size in (32, 224):
+        batch = to_batch(pictures, size, 256 / 224)
+        assert batch.dtype == torch.uint8 and batch.is_contiguous()
+        assert torch.equal(batch, torch.stack([eval_transform(size, 256 / 224)(p) for p in pictures]))

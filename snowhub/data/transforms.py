@@ -33,6 +33,17 @@ def eval_transform(image_size: int,
     Raises:
         ConfigError: ``image_size`` is not a positive integer, or ``resize_ratio`` is below 1.
     """
+    return v2.Compose([eval_resize_crop(image_size, resize_ratio), v2.PILToTensor()])
+
+
+def eval_resize_crop(image_size: int,
+                     resize_ratio: float = DEFAULT_RESIZE_RATIO) -> Callable[[Image.Image], Image.Image]:
+    """:func:`eval_transform` without its last step: the resized, centre-cropped RGB PIL image (PIL only,
+    no torch operation), ``image_size`` x ``image_size`` pixels.
+
+    Raises:
+        ConfigError: as :func:`eval_transform`.
+    """
     image_size = _check_size(image_size)
     if not resize_ratio >= 1:
         raise ConfigError(f"resize_ratio must be at least 1 (resize, then crop), got {resize_ratio!r}")
@@ -40,7 +51,6 @@ def eval_transform(image_size: int,
         [
             v2.Resize(round(image_size * resize_ratio), interpolation=InterpolationMode.BILINEAR, antialias=True),
             v2.CenterCrop(image_size),
-            v2.PILToTensor(),
         ]
     )
 
