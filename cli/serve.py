@@ -25,6 +25,9 @@ def serve(
     max_image_bytes: Annotated[int, typer.Option(help="Largest image upload accepted (bytes); larger: 413.")]
     = 10 * 1024 * 1024,
     max_images: Annotated[int, typer.Option(help="Most images in one request; more: 413.")] = 64,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Torch threads for the forward passes on a CPU (default: the usable CPUs minus one, left to HTTP).",
+        min=1)] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
     """Serve every task over HTTP: one source pass per batch of requests; read-only, new tasks without restart.
@@ -42,5 +45,5 @@ def serve(
                                "pip install 'snowhub[serve]'") from None
         names = None if tasks is None else tuple(n.strip() for n in tasks.split(",") if n.strip())
         config = ServeConfig(device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, tasks=names,
-                             max_image_bytes=max_image_bytes, max_images=max_images)
+                             max_image_bytes=max_image_bytes, max_images=max_images, threads=threads)
         run(hub, config, host, port, access_log=access_log, registry_url=registry)

@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from snowhub.serving.http import ServeConfig, create_app
+from snowhub.serving.http.server import _listen
 
 
 @dataclass
@@ -37,8 +38,7 @@ def free_port() -> int:
 def running(root: Path, wait_ready: bool = True, **config) -> Iterator[Running]:
     """`snowhub serve`'s app for the hub at `root` under a real uvicorn server in a thread, until the block ends."""
     app = create_app(root, ServeConfig(device="cpu", **{"poll_s": 0.2, **config}))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = _listen("127.0.0.1", 0)  # as `snowhub serve` listens (TCP_NODELAY: no 40 ms wait per response)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

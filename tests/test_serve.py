@@ -322,3 +322,13 @@ def test_the_servers_preprocessing_equals_the_eval_transform(fashion_dir):
         batch = to_batch(pictures, size, 256 / 224)
         assert batch.dtype == torch.uint8 and batch.is_contiguous()
         assert torch.equal(batch, torch.stack([eval_transform(size, 256 / 224)(p) for p in pictures]))
+
+
+def test_the_forward_passes_leave_one_cpu_to_the_event_loop():
+    from snowhub.errors import ConfigError
+    from snowhub.serving.http import ServeConfig
+
+    assert [ServeConfig().intra_op_threads(cpus) for cpus in (1, 2, 16)] == [1, 1, 15]
+    assert ServeConfig(threads=4).intra_op_threads(2) == 4
+    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+        ServeConfig(threads=0).validate()

@@ -64,8 +64,7 @@ async def predict(request: Request,
         raise ServeError(503 if unavailable else 404, "no task to answer: " + (
             "; ".join(unavailable.values()) if unavailable else "add one with `snowhub add-task NAME --data DIR`"))
     uploads = await _uploads(request, state)
-    pictures = await asyncio.to_thread(lambda: [decode(data, name, state.config) for name, data in uploads])
-    logits = await state.logits(pictures, served)
+    logits = await state.logits(lambda: [decode(data, name, state.config) for name, data in uploads], served)
     results = [ImagePrediction(name) for name, _ in uploads]
     for task in served:
         probs = logits[task.name].softmax(dim=1)

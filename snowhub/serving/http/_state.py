@@ -1,7 +1,7 @@
 """The server's state, one per app: the read-only registry, resident models, tasks, batcher, metrics.
 
 Routes get it through :func:`get_state` (a FastAPI dependency), so several apps (tests) can live in one
-process. :meth:`ServerState.answer` is the one path from decoded pictures to per-task logits that both
+process. :meth:`ServerState.logits` is the one path from decoded pictures to per-task logits that both
 ``/v1/predict`` and OIP ``BYTES`` requests take.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -124,14 +125,25 @@ class ServerState:
             self._ratio = self.artifacts.source().spec.eval_resize_ratio
         return self._ratio
 
-    async def logits(self, pictures: list[Image.Image], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
-        """Logits of every task for decoded `pictures`: one queued item per image size (preprocessed in a
-        worker thread, as ``Predictor.predict`` preprocesses), answered by the batcher."""
+    async def logits(self, pictures: Sequence[Image.Image] | Callable[[], Sequence[Image.Image]],
+                     tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
+        """Logits of every task for decoded `pictures` (or a function that decodes them, run in the worker
+        thread too): one queued item per image size, preprocessed in one worker thread hop (as
+        ``Predictor.predict`` preprocesses), answered by the batcher.
+
+        Raises:
+            ServeError: a picture that does not decode (400, 413), or no answer in time (503).
+        """
         by_size: dict[int, list[ServedTask]] = defaultdict(list)
         for task in tasks:
             by_size[task.image_size].append(task)
-        ratio = await asyncio.to_thread(self.resize_ratio)
-        batches = await asyncio.gather(*(asyncio.to_thread(to_batch, pictures, size, ratio) for size in by_size))
+
+        def prepare() -> list[torch.Tensor]:  # one hop per request: each costs a thread switch under the GIL
+            decoded = pictures() if callable(pictures) else pictures
+            ratio = self.resize_ratio()
+            return [to_batch(decoded, size, ratio) for size in by_size]
+
+        batches = await asyncio.to_thread(prepare)
         answers = await asyncio.gather(*(self.submit(batch, group) for batch, group in zip(batches, by_size.values())))
         return {name: out for answer in answers for name, out in answer.items()}
 

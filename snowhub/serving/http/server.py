@@ -7,8 +7,10 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import uvicorn
 
+from snowhub.device import available_cpus
 from snowhub.errors import ConfigError
 from snowhub.serving.http.app import create_app
 from snowhub.serving.http.config import ServeConfig
@@ -52,6 +54,8 @@ def serve(root: Path | str | None, config: ServeConfig, host: str = "127.0.0.1",
         HubNotFoundError, HubVersionError, TaskNotFoundError: see :func:`create_app`.
     """
     app = create_app(root, config, registry_url)
+    if app.state.snowhub.device.type == "cpu":  # the process is the server's own: size torch's pool for it
+        torch.set_num_threads(config.intra_op_threads(available_cpus()))
     sock = _listen(host, port)
     server = _GracefulServer(uvicorn.Config(app, log_level=log_level, access_log=access_log,
                                             timeout_graceful_shutdown=max(30, int(config.request_timeout_s))))
