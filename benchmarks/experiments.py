@@ -30,6 +30,9 @@ result JSON as a benchmark job. Names:
   the product's ``INIT_SPREAD``, so fewer channels sit within the noise σ of the top-K boundary;
 * ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
   so a channel that is (almost) constant on the calibration images cannot be amplified 10⁵×.
+* ``start_at_fo``: the classifier's weights on the delta's own features start at zero (DTL's zero-initialised
+  side branch, LoRA's B = 0), so at step 0 the task is exactly a linear probe (FO) on the source's last tap
+  and the delta can only add to it (issue 14, idea 2).
 """
 
 from __future__ import annotations
@@ -145,6 +148,14 @@ def _replacement(name: str) -> tuple[object, str, object] | None:
                 self.scores.add_(0.1 * torch.randn_like(self.scores))
 
         return ChannelPooling, "__init__", spread_init
+    if name == "start_at_fo":
+        init = delta_module.Delta._init_weights
+
+        def zero_delta_columns(self):
+            init(self)
+            torch.nn.init.zeros_(self.classifier.weight[:, :self.shape.widths[-1]])  # concat(delta, last tap)
+
+        return delta_module.Delta, "_init_weights", zero_delta_columns
     if name == "std_floor":
         calibrate = ChannelPooling.calibrate
         return ChannelPooling, "calibrate", lambda self, mean, std: calibrate(
@@ -221,7 +232,8 @@ class SelectionRecorder:
 
 
 EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
-               "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor")
+               "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor",
+               "start_at_fo")
 
 
 def main(argv: list[str] | None = None) -> int:

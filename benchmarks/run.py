@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="benchmark this dataset instead of the configuration's (repeatable)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--epochs", type=int, help="override the configuration's epochs")
+    p.add_argument("--seed", type=int, help="override the configuration's seed (data order, init, noise)")
     p.add_argument("--device", help="auto, cpu or cuda[:N] (default: the configuration's)")
     p.add_argument("--no-variants", action="store_true", help="skip the SNOW variants (subscription, K, width)")
     p.add_argument("--no-serving", action="store_true", help="skip the serving measurements")
@@ -70,6 +71,8 @@ def configure(args: argparse.Namespace) -> BenchConfig:
         changes["methods"] = methods
     if args.epochs:
         changes["epochs"] = args.epochs
+    if args.seed is not None:
+        changes["seed"] = args.seed
     if args.device:
         changes["device"] = args.device
     if args.weights:
