@@ -251,10 +251,12 @@ def test_serve_refuses_a_missing_hub_a_bad_option_and_a_taken_port_in_one_line(t
                            (["--hub", str(trained_hub), "--max-batch-size", "0"], "--max-batch-size"),
                            (["--hub", str(trained_hub), "--tasks", "cars"], "no task named 'cars'")):
         assert_one_line_error(CliRunner().invoke(cli, ["serve", *argv]), contains)
+    threads = torch.get_num_threads()
     with running(trained_hub, wait_ready=False) as s:
         port = s.url.rsplit(":", 1)[1]
         assert_one_line_error(CliRunner().invoke(cli, ["serve", "--hub", str(trained_hub), "--port", port]),
                               "port is in use")
+    assert torch.get_num_threads() == threads  # a serve that never served leaves the process's threads alone
 
 
 def test_sigterm_finishes_the_requests_in_flight_then_exits_0(trained_hub, fashion_dir):

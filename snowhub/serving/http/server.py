@@ -54,12 +54,14 @@ def serve(root: Path | str | None, config: ServeConfig, host: str = "127.0.0.1",
         HubNotFoundError, HubVersionError, TaskNotFoundError: see :func:`create_app`.
     """
     app = create_app(root, config, registry_url)
-    if app.state.snowhub.device.type == "cpu":  # the process is the server's own: size torch's pool for it
-        torch.set_num_threads(config.intra_op_threads(available_cpus()))
     sock = _listen(host, port)
     server = _GracefulServer(uvicorn.Config(app, log_level=log_level, access_log=access_log,
                                             timeout_graceful_shutdown=max(30, int(config.request_timeout_s))))
     try:
+        # Only now that nothing can fail before serving: the thread count is the process's, and changing it
+        # changes a CPU training's floating-point sums (a caller that only got an error keeps its own).
+        if app.state.snowhub.device.type == "cpu":
+            torch.set_num_threads(config.intra_op_threads(available_cpus()))
         server.run(sockets=[sock])
     finally:
         sock.close()
