@@ -76,7 +76,7 @@ def measure(name: str, root: Path, url: str | None, n: int, repeat: int) -> dict
         tasks = registry.tasks()
         # The old way costs minutes at 10,000 tasks on a loaded server: measured up to --per-task-up-to.
         row["seals_per_task_s"] = (_median(lambda: [registry.check_record(t) for t in tasks], 1)
-                                   if n <= PER_TASK_UP_TO else float("nan"))
+                                   if n <= PER_TASK_UP_TO else None)
         row["seals_one_query_s"] = _median(registry.checked_tasks, repeat)
     return row
 
@@ -118,13 +118,17 @@ def main() -> None:
     lines = ["| database | tasks | `list` s | `list --json` s | `show` s | seal checks, 1 query/task s | "
              "seal checks, 1 query s | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        per_task, one_query = r["seals_per_task_s"], r["seals_one_query_s"]  # per_task None: not measured
+        per_task_cell = "—" if per_task is None else f"{per_task:.3f}"
+        ratio_cell = "—" if per_task is None else f"{per_task / one_query:.1f}×"
         lines.append(f"| {r['database']} | {r['tasks']:,} | {r['list_s']:.3f} | {r['list_json_s']:.3f} | "
-                     f"{r['show_s']:.3f} | {r['seals_per_task_s']:.3f} | {r['seals_one_query_s']:.3f} | "
-                     f"{r['seals_per_task_s'] / r['seals_one_query_s']:.1f}× |")
+                     f"{r['show_s']:.3f} | {per_task_cell} | {one_query:.3f} | {ratio_cell} |")
     table = "\n".join(lines)
-    print(f"`{' '.join(['python -m benchmarks.registry', *sys.argv[1:]])}`\n\n{table}")
+    shown = [make_url(a).render_as_string(hide_password=True) if "://" in a else a for a in sys.argv[1:]]
+    report = f"`{' '.join(['python -m benchmarks.registry', *shown])}`\n\n{table}\n"
+    print(report)
     if args.out:
-        args.out.write_text(table + "\n")
+        args.out.write_text(report)
 
 
 if __name__ == "__main__":
