@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -157,14 +157,6 @@ class RegistryHub:
         else:
             as_text = r"CAST(replace(CAST(\1 AS text), \2) AS json)"
             pg(self.url, re.sub(r"replace\((\w+), ([^)]*)\)", as_text, statement))
-
-    def task_names(self) -> list[str]:
-        """The registered tasks in order, read with the database's own client library."""
-        if self.url is None:
-            from fixtures.hubkit import task_names
-
-            return task_names(self.path)
-        return [name for (name,) in pg(self.url, "SELECT name FROM task ORDER BY seq")]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
