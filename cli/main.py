@@ -30,6 +30,7 @@ app = typer.Typer(
 
 # The flags' defaults are the library's (TrainConfig's own fields and its DeltaConfig's).
 _DEFAULTS = {f.name: f.default for f in (*fields(TrainConfig), *fields(DeltaConfig))}
+_RUN_DEFAULTS = {f.name: f.default for f in fields(RunOptions)}
 
 
 def _version(value: bool) -> None:
@@ -72,7 +73,7 @@ def add_task(
     width_divisor: Annotated[float, typer.Option(help="The delta is the source narrowed by this factor.")] = _DEFAULTS["width_divisor"],
     image_size: Annotated[Optional[int], typer.Option(help="Resolution in pixels (default: the source's, 224).")] = None,
     noise_var: Annotated[float, typer.Option(help="σ² of the channel pooling selection noise.")] = _DEFAULTS["noise_var"],
-    hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random horizontal flips (off for digits, text).")] = True,
+    hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (off for digits, text) [default: on, off with --cache-features].", show_default=False)] = None,
     val_fraction: Annotated[float, typer.Option(help="Share held out for validation when the data has no split.")] = _DEFAULTS["val_fraction"],
     seed: Annotated[int, typer.Option(help="Seed for data order, augmentation, init and noise.")] = _DEFAULTS["seed"],
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: 0 on a 2-core CPU, more with CUDA).")] = None,
@@ -80,16 +81,22 @@ def add_task(
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
     low_memory: Annotated[bool, typer.Option("--low-memory", help="Train stage by stage, recomputing the delta in "
                                              "backward: the same delta, less memory, slower (one process).")] = False,
+    cache_features: Annotated[bool, typer.Option("--cache-features", help="Run the source once over the training "
+                                                 "images and train every epoch on its cached float16 taps: much "
+                                                 "faster epochs, no augmentation, disk in the hub's staging/ (one process).")] = False,
+    cache_limit: Annotated[float, typer.Option("--cache-limit", help="Most disk the feature cache may take, GiB.")] = _RUN_DEFAULTS["cache_limit_gib"],
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a new task's delta against the frozen source and append it to the hub."""
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, hflip=hflip,
-                         val_fraction=val_fraction, seed=seed,
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                         hflip=not cache_features if hflip is None else hflip, val_fraction=val_fraction, seed=seed,
+                         feature_cache=cache_features,
                          delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
                                            noise_var=noise_var),
-                         run=RunOptions(device=device, num_workers=workers, low_memory=low_memory))
+                         run=RunOptions(device=device, num_workers=workers, low_memory=low_memory,
+                                        cache_limit_gib=cache_limit))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
         if registry is not None:  # the launcher's Hub.open and every worker it starts read it from there
             os.environ["SNOWHUB_REGISTRY_URL"] = registry

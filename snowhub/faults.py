@@ -44,7 +44,7 @@ POINTS = {
     "add-task:data-found": "dataset discovered, before taking the writer lock",
     "add-task:locked": "writer lock taken and leftovers removed, before loading the source",
     "load-image": "after decoding a training/validation image (:N for the N-th image)",
-    "train-step": "after a training or validation step (:N for the N-th step)",
+    "train-step": "after a training, validation or feature-caching step (:N for the N-th step)",
     "add-task:trained": "training and probe set done, nothing written",
     "save:mid-write": "a weight file's temporary copy is half written (:2 for the probe file)",
     "save:before-rename": "a weight file's temporary copy is complete and fsynced, not renamed (:2 probe)",

@@ -29,6 +29,7 @@ from snowhub.registration import create_hub, register_task, remove_orphans
 from snowhub.serving import ImagePrediction, Predictor
 from snowhub.store import HubReadOnlyError, Registry, SourceRecord, TaskRecord, clean_if_idle, writer_lock
 from snowhub.store.copy import CopyReport, copy_registry
+from snowhub.store.files import write_error
 from snowhub.training import (
     TrainConfig,
     check_processes,
@@ -168,6 +169,7 @@ class Hub:
             ConfigError: an option out of range.
             HubLockedError: another process is writing and `wait_for_lock` is False (or `distributed`).
             DistributedError: the hub directory is not shared by every rank, or the ranks diverged.
+            HubWriteError: the feature cache (``config.feature_cache``) could not be written in ``staging/``.
         """
         config = config or TrainConfig()
         check_task_name(name)
@@ -192,7 +194,10 @@ class Hub:
             crash_point("add-task:locked")
             source = self.artifacts(device).source()
             if not distributed:
-                result = train_delta(source, split, config, device, progress)
+                try:
+                    result = train_delta(source, split, config, device, progress, cache_dir=self.layout.staging_dir)
+                except OSError as exc:  # only the feature cache writes while training
+                    raise write_error(Path(exc.filename or self.layout.staging_dir), exc) from None
             else:
                 with join_process_group(device) as group:
                     group.check_shared_directory(self.layout.staging_dir)
@@ -229,6 +234,8 @@ class Hub:
         """
         check_task_name(name)
         config.validate()
+        if config.feature_cache:
+            raise ConfigError("--cache-features trains in one process: drop --nproc-per-node")
         check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
         if config.batch_size % processes:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "

@@ -114,7 +114,8 @@ def register_task(registry: Registry, name: str, trained: TrainResult, probe: Pr
         cp_indices=trained.cp_indices, delta_params=delta_params, cp_params=cp_params,
         val_top1=trained.val.top1, val_top5=trained.val.top5, val_loss=trained.val.loss,
         train_seconds=trained.train_seconds, train_images_per_s=trained.images_per_s,
-        metrics={"history": trained.history, "serving_params": trained.delta.serving_parameter_count()},
+        metrics={"history": trained.history, "serving_params": trained.delta.serving_parameter_count()}
+        | ({"cache_seconds": trained.cache_seconds} if trained.cache_seconds else {}),
         dataset_fingerprint=dataset_fingerprint,
         dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
                          "train_images": len(split.train), "val_images": len(split.val)},

@@ -17,7 +17,7 @@ def test_data_edited_while_training_is_not_registered(hub_copy, fashion_dir, tmp
     data = shutil.copytree(fashion_dir, tmp_path / "data")
     before = snapshot(hub_copy)
 
-    def train_while_the_data_changes(source, split, config, device, progress=None):
+    def train_while_the_data_changes(source, split, config, device, progress=None, cache_dir=None):
         result = cached_training(source, split, config, device, progress)
         victim = next((data / "train" / "Bag").glob("*.png"))
         victim.write_bytes(victim.read_bytes() + b"appended")  # same name, new size

@@ -62,15 +62,19 @@ class RunOptions:
             training memory (ResNet-50, 224 px, batch 64: 1,941 MiB against 2,564 MiB above the imports), at the
             cost of one more delta forward per step (on this 2-core CPU, efficientnet_lite0 at 64 px: 158
             against 233 images/s), so it is off by default. One process only: a DDP run ignores it.
+        cache_limit_gib: the most disk a feature cache (``TrainConfig.feature_cache``) may take, GiB.
     """
 
     device: str = "auto"
     num_workers: int | None = None
     low_memory: bool = False
+    cache_limit_gib: float = 16.0
 
     def validate(self) -> None:
         """Raises ConfigError naming the first option that is out of range."""
-        _check([(self.num_workers is None or self.num_workers >= 0, "--workers must be >= 0")])
+        _check([(self.num_workers is None or self.num_workers >= 0, "--workers must be >= 0"),
+                (self.cache_limit_gib > 0 and math.isfinite(self.cache_limit_gib),
+                 "--cache-limit must be a positive number of GiB")])
 
 
 @dataclass
@@ -91,6 +95,9 @@ class TrainConfig:
         val_fraction: share of each class held out for validation when the data has no split.
         seed: seeds data order, augmentation, init and noise; same seed + data on CPU → same weights.
         probe_per_class, probe_max: size of the probe set kept for the forgetting checker.
+        feature_cache: compute the source's taps of each training image once and train every epoch on them
+            (:mod:`snowhub.training.feature_cache`): no source forward per step, but no augmentation (so
+            `hflip` must be off) and float16 taps; one process only.
         delta: the delta's architecture (:class:`DeltaConfig`).
         run: device and workers (:class:`RunOptions`).
     """
@@ -107,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     probe_per_class: int = 20
     probe_max: int = 500
+    feature_cache: bool = False
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -120,6 +128,10 @@ class TrainConfig:
             (self.image_size is None or 32 <= self.image_size <= 1024, "--image-size must be in [32, 1024]"),
             (0 < self.val_fraction < 1, "--val-fraction must be in (0, 1)"),
             (self.probe_per_class >= 1 and self.probe_max >= 1, "probe set size must be at least 1"),
+            (not (self.feature_cache and self.hflip),
+             "--cache-features trains on unaugmented images: drop --hflip (random flips would need the source again)"),
+            (not (self.feature_cache and self.run.low_memory),
+             "--cache-features runs no source while training, so --low-memory has nothing to save: drop one"),
         ])
         self.delta.validate()
         self.run.validate()

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 
 from snowhub.data import DatasetSplit, eval_transform, iterate, make_loader, train_transform
 from snowhub.device import default_num_workers
+from snowhub.errors import ConfigError
 from snowhub.faults import crash_point
 from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.delta import Delta, DeltaShape
@@ -23,6 +25,7 @@ from snowhub.models.staged import StagedForward
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.calibration import calibrate_channel_pooling
 from snowhub.training.config import TrainConfig
+from snowhub.training.feature_cache import FeatureCache, build_feature_cache
 from snowhub.training.optim import SGDSteps, delta_param_groups
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ class TrainResult:
         device: the device trained on.
         step_losses: each step's mean cross-entropy over the (global) batch, nats.
         processes: how many processes trained it (1, or the world size of a DDP training).
+        cache_seconds: time spent filling the feature cache, s (included in `train_seconds`; 0 without it).
     """
 
     delta: Delta
@@ -56,6 +60,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     processes: int = 1
+    cache_seconds: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -68,7 +73,7 @@ def seed_everything(seed: int) -> None:
 
 def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
                 progress: Progress | None = None, group: ProcessGroup | None = None,
-                on_step: Callable[[int, Delta], None] | None = None) -> TrainResult:
+                on_step: Callable[[int, Delta], None] | None = None, cache_dir: Path | None = None) -> TrainResult:
     """Train a new delta for the classes of `split` on `device`.
 
     With `group` (:func:`snowhub.training.join_process_group`) this process is one rank of a
@@ -84,6 +89,8 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         progress: receives one phase per epoch (steps = batches) and one per evaluation.
         group: this rank's process group, or None to train in this process alone.
         on_step: called after every optimiser step with the step number (from 1) and the delta.
+        cache_dir: where ``config.feature_cache`` writes its files (the hub's ``staging/``); they are deleted
+            before this returns or raises. Required with ``feature_cache``.
 
     Returns:
         TrainResult with the delta on the CPU, channel pooling frozen.
@@ -92,8 +99,12 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         ConfigError: an option is out of range.
         DataError: an image cannot be read.
         DistributedError: the ranks' deltas differ (checked after every epoch).
+        OSError: the feature cache could not be written (its partial files are deleted).
     """
     config.validate()
+    if config.feature_cache and (group is not None or cache_dir is None):
+        raise ConfigError("--cache-features trains in one process, with a directory for the cache: drop "
+                          "--nproc-per-node" if group is not None else "feature_cache needs a cache_dir")
     progress = progress or SilentProgress()
     seed_everything(config.seed)
     size = config.image_size or source.spec.image_size
@@ -105,8 +116,9 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
     augmentation = train_transform(size, config.hflip)
     if group is None:
-        train_loader = make_loader(split.train, augmentation, config.batch_size, shuffle=True, seed=config.seed,
-                                   num_workers=workers, device=device, drop_last=True)
+        train_loader = None if config.feature_cache else make_loader(  # a cache makes its own batches, below
+            split.train, augmentation, config.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
+            device=device, drop_last=True)
         val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
                                  seed=config.seed, num_workers=workers, device=device)
         # Read once: its workers would otherwise sit idle through the whole training.
@@ -132,14 +144,48 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     # so it keeps task_logits.
     staged = config.run.low_memory and model is delta
     forward = StagedForward(source, delta) if staged else (lambda x: task_logits(source, model, x))
+    if not config.feature_cache:
+        return _train(source, config, device, progress, group, on_step, delta, model, forward, train_loader,
+                      val_loader, noise, 0.0)
+    start = time.perf_counter()
+    with build_feature_cache(source, split.train, evaluation, config.batch_size, cache_dir,
+                             round(config.run.cache_limit_gib * (1 << 30)), device, workers, progress) as cache:
+        cache_seconds = time.perf_counter() - start
+        forward = lambda idx: delta(*_cached_inputs(source, cache, idx, device))  # noqa: E731
+        return _train(source, config, device, progress, group, on_step, delta, model, forward,
+                      _CachedBatches(cache, config.batch_size, config.seed), val_loader, noise, cache_seconds)
 
+
+class _CachedBatches:
+    """A feature cache's epochs as a loader: ``len`` batches of ``(indices, labels)``, reshuffled each pass."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int, seed: int):
+        self.cache, self.batch_size = cache, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.cache.steps(self.batch_size)
+
+    def __iter__(self):
+        return self.cache.batches(self.batch_size, self.generator)
+
+
+def _cached_inputs(source: FrozenSource, cache: FeatureCache, idx: torch.Tensor, device: torch.device):
+    images, taps = cache.read(idx.cpu(), device)
+    return source.normalizer(images), taps
+
+
+def _train(source, config, device, progress, group, on_step, delta, model, forward, train_loader, val_loader,
+           noise, cache_seconds: float) -> TrainResult:
+    """The epochs of :func:`train_delta`, once its delta, loaders and forward are built."""
+    size = config.image_size or source.spec.image_size
     steps_per_epoch = len(train_loader)
     sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
                    steps_per_epoch * config.epochs, max(1, round(config.warmup_epochs * steps_per_epoch)), device)
 
     history: list[dict] = []
     step_losses: list[float] = []
-    train_seconds, seen, step = 0.0, 0, 0
+    train_seconds, seen, step = cache_seconds, 0, 0  # the source pass that filled a cache is training time
     val = None
     for epoch in range(1, config.epochs + 1):
         delta.train()
@@ -190,4 +236,4 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     return TrainResult(delta=delta.cpu(), cp_indices=cp_indices, val=val, train_seconds=train_seconds,
                        images_per_s=seen / train_seconds if train_seconds else 0.0, image_size=size,
                        device=str(device), history=history, step_losses=step_losses,
-                       processes=1 if group is None else group.world_size)
+                       processes=1 if group is None else group.world_size, cache_seconds=cache_seconds)
