@@ -1,0 +1,141 @@
+"""The source feature cache against FT and uncached SNOW, side by side in one run (issue 15).
+
+    python -m benchmarks.feature_cache --data examples/data --out benchmarks/results/feature-cache-DATE
+
+On each dataset of the configuration (default ``cpu-long``: EfficientNet-Lite0, 64 px, batch 64, 10 epochs,
+one compute thread) it trains, in this order and in this one process:
+
+* ``FT``, ``FE``, ``FO``: the benchmarks' baselines (``benchmarks.training_job``), with augmentation;
+* ``SNOW``: the product's ``train_delta`` as ``add-task`` runs it, with augmentation (random resized crops,
+  and flips where the dataset has them);
+* ``SNOW no augmentation``: the same on the serving view of every image (``eval_transform``), uncached;
+* ``SNOW cached``: ``add-task --cache-features``: the same views, the source run once, float16 taps.
+
+The two SNOW rows without augmentation differ only by the cache (float16 taps, the order of the batches);
+``SNOW`` against them is the accuracy cost of training without augmentation. Training seconds exclude
+evaluation and include filling the cache. Writes one JSON per job and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import snowhub.training.loop as product_loop
+from benchmarks.backbones import load_pretrained
+from benchmarks.configs import BenchConfig, Job, get_config
+from benchmarks.environment import describe_environment
+from benchmarks.report import table
+from benchmarks.training_job import load_split, run_training
+from benchmarks.worker import setup_torch
+from snowhub.data import eval_transform
+from snowhub.progress import SilentProgress
+from snowhub.training import RunOptions, TrainConfig, train_delta
+
+SNOW_ROWS = ("SNOW", "SNOW no augmentation", "SNOW cached")
+
+
+@contextlib.contextmanager
+def _without_augmentation(resize_ratio: float):
+    """The product's trainer with its training transform replaced by the serving view (bench-only switch)."""
+    original = product_loop.train_transform
+    product_loop.train_transform = lambda size, hflip=True: eval_transform(size, resize_ratio)
+    try:
+        yield
+    finally:
+        product_loop.train_transform = original
+
+
+def _snow(config: BenchConfig, row: str, dataset, data: Path, pretrained, device) -> dict:
+    split = load_split(dataset, data, config)
+    cached = row == "SNOW cached"
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.snow_lr,
+                        score_lr_scale=config.score_lr_scale, weight_decay=config.weight_decay,
+                        warmup_epochs=config.warmup_epochs, image_size=config.image_size,
+                        hflip=dataset.hflip and row == "SNOW", seed=config.seed, feature_cache=cached,
+                        run=RunOptions(device=str(device), num_workers=config.num_workers))
+    source = pretrained.frozen_source().to(device)
+    with tempfile.TemporaryDirectory(prefix="snowhub-cache-") as cache_dir, (
+            _without_augmentation(pretrained.spec.eval_resize_ratio) if row == "SNOW no augmentation" else contextlib.nullcontext()):
+        result = train_delta(source, split, train, device, SilentProgress(), cache_dir=Path(cache_dir))
+    elapsed, curve = result.cache_seconds, []
+    for h in result.history:
+        elapsed += h["seconds"]
+        curve.append({"epoch": h["epoch"], "train_seconds": elapsed, "top1": h["val_top1"]})
+    return {"top1": result.val.top1, "top5": result.val.top5, "train_seconds": result.train_seconds,
+            "cache_seconds": result.cache_seconds, "images_per_s": result.images_per_s, "curve": curve}
+
+
+def _baseline(config: BenchConfig, method: str, dataset, data: Path, pretrained, device) -> dict:
+    r = run_training(config, Job("train", method, dataset.name), dataset, data, pretrained, device, SilentProgress())
+    loop = r["loop"]
+    return {"top1": r["top1"], "top5": r["top5"], "train_seconds": loop["train_seconds"], "cache_seconds": 0.0,
+            "images_per_s": loop["images_per_s_all"],
+            "curve": [{"epoch": p["epoch"], "train_seconds": p["train_seconds"], "top1": p["top1"]}
+                      for p in loop["curve"]]}
+
+
+def _time_to(curve: list[dict], target: float) -> float | None:
+    return next((p["train_seconds"] for p in curve if p["top1"] >= target), None)
+
+
+def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: str) -> str:
+    """Markdown: per dataset, top-1, training seconds, images/s, speed ÷ FT, time to 95 % of the best top-1."""
+    lines = [f"# Feature cache: {config.name}, {config.epochs} epochs, seed {config.seed}", "",
+             f"`{command}`", ""]
+    for name, rows in results.items():
+        best = max(r["top1"] for r in rows.values())
+        ft = rows.get("FT")
+        body = []
+        for label, r in rows.items():
+            speed = f"{ft['train_seconds'] / r['train_seconds']:.2f}×" if ft else "—"
+            reach = _time_to(r["curve"], 0.95 * best)
+            body.append([label, f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['train_seconds']:.1f}",
+                         f"{r['cache_seconds']:.1f}" if r["cache_seconds"] else "—", f"{r['images_per_s']:.1f}",
+                         speed, f"{reach:.1f}" if reach is not None else "not reached"])
+        lines += [f"## {name}", ""] + table(
+            ["method", "top-1 %", "top-5 %", "training s", "of which caching s", "images/s", "FT s ÷ method s",
+             f"s to {0.95 * best:.2f} % (95 % of best)"], body) + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.feature_cache", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="cpu-long")
+    parser.add_argument("--data", type=Path, default=Path("examples/data"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--datasets", default=None, help="comma-separated names (default: the config's)")
+    parser.add_argument("--methods", default="FT,FE,FO," + ",".join(SNOW_ROWS))
+    args = parser.parse_args(argv)
+    config = get_config(args.config).replace(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+    datasets = [d for d in config.datasets if args.datasets is None or d.name in args.datasets.split(",")]
+    methods = args.methods.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = setup_torch(config)
+    pretrained = load_pretrained(config.source)
+    results: dict[str, dict[str, dict]] = {}
+    for dataset in datasets:
+        for method in methods:
+            started = time.perf_counter()
+            run = _snow if method in SNOW_ROWS else _baseline
+            r = run(config, method, dataset, args.data, pretrained, device)
+            r["wall_seconds"] = time.perf_counter() - started
+            results.setdefault(dataset.name, {})[method] = r
+            (args.out / f"{dataset.name}-{method.replace(' ', '_')}.json").write_text(json.dumps(r, indent=1))
+            print(f"{dataset.name} {method}: top-1 {r['top1']:.2f} %, {r['train_seconds']:.1f} s", flush=True)
+    command = "python -m benchmarks.feature_cache " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    (args.out / "environment.json").write_text(json.dumps(describe_environment() | {"config": config.to_dict()},
+                                                          indent=1, default=str))
+    (args.out / "report.md").write_text(report(config, results, command))
+    print(report(config, results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
