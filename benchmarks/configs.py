@@ -44,6 +44,8 @@ class SnowVariant:
         head_k_ratio: K/N of the last tap, read by the classifier (product: 1; paper: 1/8).
         source_precision: ``float32`` (the product's training) or ``bfloat16``: the source's forward under
             bfloat16 autocast in training (``snowhub.models.staged.StagedForward``), the delta in float32.
+        source_chunk: run the training source forward on at most this many images at a time
+            (``StagedForward(source_chunk=...)``); 0 = the whole batch.
     """
 
     subscription: str = "channel_pooling"
@@ -51,6 +53,7 @@ class SnowVariant:
     width_divisor: float = 8.0
     head_k_ratio: float = 1.0
     source_precision: str = "float32"
+    source_chunk: int = 0
 
     @property
     def label(self) -> str:
@@ -67,6 +70,8 @@ class SnowVariant:
             parts.append(f"classifier K=N/{round(1 / self.head_k_ratio)} (paper)")
         if self.source_precision != "float32":
             parts.append(f"{self.source_precision} source")
+        if self.source_chunk:
+            parts.append(f"source in chunks of {self.source_chunk}")
         return "SNOW" + (" " + ", ".join(parts) if parts else "")
 
 
@@ -231,7 +236,8 @@ CONFIGS: dict[str, BenchConfig] = {
         weights="random", speed_batches=(32, 64), speed_steps=2, skip_steps=1,
         serve_tasks=(1, 5, 20), serve_table_tasks=5, serve_batch=32, serve_min_seconds=3.0, serve_min_batches=2,
         serve_methods=("SNOW",), serve_table_methods=("FO", "FE", "FT", "SNOW"),
-        variants=(SnowVariant(source_precision="bfloat16"),),
+        variants=(SnowVariant(source_precision="bfloat16"), SnowVariant(source_chunk=16),
+                  SnowVariant(source_precision="bfloat16", source_chunk=16)),
     ),
 }
 
@@ -278,11 +284,13 @@ class Job:
         if self.kind == "speed":
             v = self.variant
             return f"speed-b{self.batch}-{self.method}" + (
-                "" if self.method != "SNOW" or v.source_precision == "float32" else f"-{v.source_precision}")
+                "" if self.method != "SNOW" or v.source_precision == "float32" else f"-{v.source_precision}") + (
+                f"-c{v.source_chunk}" if self.method == "SNOW" and v.source_chunk else "")
         v = self.variant
         extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
                                                   + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}")
-                                                  + ("" if v.source_precision == "float32" else f"-{v.source_precision}"))
+                                                  + ("" if v.source_precision == "float32" else f"-{v.source_precision}")
+                                                  + (f"-c{v.source_chunk}" if v.source_chunk else ""))
         return f"{self.dataset}-{self.method}{extra}"
 
     def to_dict(self) -> dict:

@@ -33,6 +33,8 @@ result JSON as a benchmark job. Names:
 * ``start_at_fo``: the classifier's weights on the delta's own features start at zero (DTL's zero-initialised
   side branch, LoRA's B = 0), so at step 0 the task is exactly a linear probe (FO) on the source's last tap
   and the delta can only add to it (issue 14, idea 2).
+* ``bf16_source``: the training source runs under bfloat16 autocast (``StagedForward(source_dtype=bfloat16)``),
+  the delta in float32 (issue 15: is the reduced-precision source exact enough to train on?).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.backbones import Pretrained, load_pretrained
-from benchmarks.configs import Job, get_config
+from benchmarks.configs import Job, SnowVariant, get_config
 from benchmarks.memory import peak_rss_mib
 from benchmarks.run import DEFAULT_DATA
 from benchmarks.snapshot import run_in_snapshot, snapshot_info
@@ -233,7 +235,7 @@ class SelectionRecorder:
 
 EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
                "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor",
-               "start_at_fo")
+               "start_at_fo", "bf16_source")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = load_pretrained(config.source)
     dataset = next(d for d in config.datasets if d.name == args.dataset)
     with patched(args.name, pretrained), SelectionRecorder() as recorder:
-        result = run_training(config, Job("train", "SNOW", dataset.name), dataset, args.data.resolve(), pretrained,
-                              device, JsonLinesProgress())
+        # bf16_source: the training source under bfloat16 autocast (StagedForward), the delta in float32.
+        variant = SnowVariant(source_precision="bfloat16") if args.name == "bf16_source" else SnowVariant()
+        result = run_training(config, Job("train", "SNOW", dataset.name, variant), dataset, args.data.resolve(),
+                              pretrained, device, JsonLinesProgress())
     result |= {"experiment": args.name, "overrides": args.overrides, "seed": config.seed, **recorder.summary(),
                "config": config.to_dict(), "rss_peak_mib": peak_rss_mib(),
                "code": snapshot_info()}

@@ -1,6 +1,6 @@
 """The source feature cache against FT and uncached SNOW, side by side in one run (issue 15).
 
-    python -m benchmarks.feature_cache --data examples/data --out benchmarks/results/feature-cache-DATE
+    python -m benchmarks.feature_cache --out benchmarks/results/feature-cache-DATE [--config cpu-long] [--seed S]
 
 On each dataset of the configuration (default ``cpu-long``: EfficientNet-Lite0, 64 px, batch 64, 10 epochs,
 one compute thread) it trains, in this order and in this one process:
@@ -25,11 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from rich.console import Console
+
 import snowhub.training.loop as product_loop
 from benchmarks.backbones import load_pretrained
 from benchmarks.configs import BenchConfig, Job, get_config
 from benchmarks.environment import describe_environment
 from benchmarks.report import table
+from benchmarks.run import DEFAULT_DATA, prepare_offline_data
 from benchmarks.training_job import load_split, run_training
 from benchmarks.worker import setup_torch
 from snowhub.data import eval_transform
@@ -106,7 +109,8 @@ def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.feature_cache", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="cpu-long")
-    parser.add_argument("--data", type=Path, default=Path("examples/data"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of the datasets; the offline ones are prepared there if missing")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None)
@@ -117,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     datasets = [d for d in config.datasets if args.datasets is None or d.name in args.datasets.split(",")]
     methods = args.methods.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
+    prepare_offline_data(config, args.data, Console(stderr=True))
     device = setup_torch(config)
     pretrained = load_pretrained(config.source)
     results: dict[str, dict[str, dict]] = {}

@@ -111,7 +111,7 @@ class SnowModel(nn.Module):
     (``snowhub.models.staged.StagedForward`` where the measured product has it, with the source in
     `source_precision`), else ``task_logits``."""
 
-    def __init__(self, source: FrozenSource, delta: Delta, source_precision: str = "float32"):
+    def __init__(self, source: FrozenSource, delta: Delta, source_precision: str = "float32", source_chunk: int = 0):
         super().__init__()
         self.source, self.delta = source, delta
         try:
@@ -121,8 +121,9 @@ class SnowModel(nn.Module):
                 raise
             self._staged = None
         else:
-            self._staged = StagedForward(source, delta, getattr(torch, source_precision)
-                                         if source_precision != "float32" else None)
+            dtype = getattr(torch, source_precision) if source_precision != "float32" else None
+            # source_chunk only when asked for: products before it lack the argument.
+            self._staged = StagedForward(source, delta, dtype, **({"source_chunk": source_chunk} if source_chunk else {}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training and self._staged is not None and torch.is_grad_enabled():

@@ -44,7 +44,7 @@ def run_speed(config: BenchConfig, job: Job, pretrained: Pretrained, device: tor
     source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN") else None
     if job.method == "SNOW":
         delta = build_delta(pretrained.spec, NUM_CLASSES, job.variant, config.noise_var).to(device)
-        model = SnowModel(source, delta, job.variant.source_precision)
+        model = SnowModel(source, delta, job.variant.source_precision, job.variant.source_chunk)
         groups = delta_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)
     else:
         model = build_baseline(job.method, pretrained, NUM_CLASSES, config.fe_tap, source).to(device)

@@ -62,7 +62,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
     if job.method == "SNOW":
         delta = build_delta(pretrained.spec, num_classes, job.variant, config.noise_var,
                             config.attention_reduction).to(device)
-        model = SnowModel(source, delta)
+        model = SnowModel(source, delta, job.variant.source_precision, job.variant.source_chunk)
     else:
         model = build_baseline(job.method, pretrained, num_classes, config.fe_tap, source).to(device)
     set_bn_momentum(model, config.bn_momentum)

@@ -80,3 +80,29 @@ def test_bfloat16_source_trains_in_float32_delta():
         low = StagedForward(source, delta, torch.bfloat16)(images)
     assert low.dtype == torch.float32 and low.requires_grad
     assert (low - exact).abs().max() < 0.05 * exact.abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_a_chunked_source_trains_the_same_delta_up_to_float_rounding(name):
+    """`source_chunk`: the source runs on 3 images then 1, keeping only the selected channels; the delta then
+    trains on the whole batch as before (same noisy top-K per step, same BatchNorm batch)."""
+    source, delta, images, labels = _setup(name)
+    other, start = copy.deepcopy(delta), copy.deepcopy(delta).state_dict()
+    seen: list[int] = []
+    first = next(m for m in source.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    try:
+        whole = _train(source, delta, StagedForward(source, delta), images, labels, steps=1)
+        assert seen == [4]
+        seen.clear()
+        chunked = _train(source, other, StagedForward(source, other, source_chunk=3), images, labels, steps=1)
+        assert seen == [3, 1]
+    finally:
+        hook.remove()
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    a, b = delta.state_dict(), other.state_dict()
+    for key in a:
+        if a[key].is_floating_point():  # the step taken, to within 0.5 % of its largest change (4-image BatchNorm)
+            assert (a[key] - b[key]).abs().max() <= 5e-3 * (a[key] - start[key]).abs().max() + 1e-6, key
+        else:
+            assert torch.equal(a[key], b[key]), key  # the same channels selected, in the same slots

@@ -18,8 +18,8 @@ def test_paper_cpu_plans_every_method_at_both_batch_sizes():
     jobs = plan(config)
     assert [(j.kind, j.method, j.batch) for j in jobs[:10]] == [
         ("speed", m, b) for b in (32, 64) for m in ("FO", "FE", "FT", "MP", "SNOW")]
-    assert [(j.label, j.batch) for j in jobs[10:-1]] == [("SNOW bfloat16 source · batch 32", 32),
-                                                         ("SNOW bfloat16 source · batch 64", 64)]
+    variants = ("bfloat16 source", "source in chunks of 16", "bfloat16 source, source in chunks of 16")
+    assert [(j.label, j.batch) for j in jobs[10:-1]] == [(f"SNOW {v} · batch {b}", b) for b in (32, 64) for v in variants]
     assert jobs[-1].kind == "serve" and len({j.key for j in jobs}) == len(jobs)
     assert Job.from_dict(jobs[3].to_dict()) == jobs[3]
 

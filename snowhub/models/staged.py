@@ -9,7 +9,7 @@ same random numbers and arithmetic, interleaved:
   channels and the delta stage that reads them runs; the full tap is then freed by the source's own
   graph (a traced source) or never stored (a hooked one);
 * the channel pooling saves one tensor for backward, the K gathered channels in the tap's dtype
-  (:class:`_PoolTap`, a small autograd function), not a float32 copy per operation;
+  (:class:`_PoolSelected`, a small autograd function), not a float32 copy per operation;
 * every delta block is checkpointed (its input saved, its activations recomputed in backward); the
   recomputation runs BatchNorm with momentum 0 and restores its batch counter, so the running statistics
   are updated once per step, as before;
@@ -49,16 +49,15 @@ def source_autocast_dtype(device: torch.device) -> torch.dtype | None:
         return None
 
 
-class _PoolTap(torch.autograd.Function):
-    """``(tap[:, idx] - shift) · scale`` per selected channel, in float32; saves only ``tap[:, idx]``.
+class _PoolSelected(torch.autograd.Function):
+    """``(selected - shift) · scale`` per channel, in float32; saves only `selected` (in its own dtype).
 
-    Inputs: tap ``(B, N, h, w)`` (no gradient), idx ``(K,)``, shift ``(K,)`` float32 (no gradient), scale
-    ``(K,)`` float32 (gradient: it is ``inv_std · score``). Returns ``(B, K, h, w)`` float32.
+    Inputs: selected ``(B, K, h, w)``, the K chosen channels of a tap (no gradient), shift ``(K,)`` float32
+    (no gradient), scale ``(K,)`` float32 (gradient: it is ``inv_std · score``). Returns ``(B, K, h, w)`` float32.
     """
 
     @staticmethod
-    def forward(ctx, tap, idx, shift, scale):
-        selected = tap.index_select(1, idx)
+    def forward(ctx, selected, shift, scale):
         ctx.save_for_backward(selected, shift, scale)
         return (selected.float() - shift.view(1, -1, 1, 1)) * scale.view(1, -1, 1, 1)
 
@@ -66,17 +65,20 @@ class _PoolTap(torch.autograd.Function):
     def backward(ctx, grad):
         selected, shift, scale = ctx.saved_tensors
         grad_scale = None
-        if ctx.needs_input_grad[3]:
+        if ctx.needs_input_grad[2]:
             centred = selected.float() - shift.view(1, -1, 1, 1)
             grad_scale = (grad * centred).sum(dim=(0, 2, 3))
-        return None, None, None, grad_scale
+        return None, None, grad_scale
 
 
-def _pool(pool: nn.Module, tap: torch.Tensor) -> torch.Tensor:
+def _pool(pool: nn.Module, tap: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel-pool `tap` ``(B, N, h, w)``; with `idx` (the chunked source), `tap` is already ``tap[:, idx]``."""
     if not isinstance(pool, ChannelPooling):  # the benchmarks' subscription alternatives
         return pool(tap).float()
-    idx = pool.select()
-    return _PoolTap.apply(tap, idx, pool.mean[idx], pool.inv_std[idx] * pool.scores[idx])
+    if idx is None:
+        idx = pool.select()
+        tap = tap.index_select(1, idx)
+    return _PoolSelected.apply(tap, pool.mean[idx], pool.inv_std[idx] * pool.scores[idx])
 
 
 class _RecomputeOnce:
@@ -126,13 +128,13 @@ class _Consumer:
             stack.enter_context(torch.autocast(self.autocast_off, enabled=False))
         return stack
 
-    def __call__(self, index: int, tap: torch.Tensor) -> None:
+    def __call__(self, index: int, tap: torch.Tensor, idx: torch.Tensor | None = None) -> None:
         if index != self.next:
             raise RuntimeError(f"tap {index} arrived before tap {self.next}")
         self.next += 1
         delta = self.delta
         with self._delta_mode():
-            pooled = _pool(delta.pools[index], tap)
+            pooled = _pool(delta.pools[index], tap, idx)
             del tap
             if index < len(delta.stages):
                 x = torch.cat([self.x.to(pooled.dtype), pooled], dim=1)
@@ -168,6 +170,17 @@ def _staged_graph(extractor: fx.GraphModule, names: list[str]) -> fx.GraphModule
     return module
 
 
+class _Collector:
+    """The chunked source's consumer: keeps only each tap's selected channels, chunk after chunk."""
+
+    def __init__(self, indices: list[torch.Tensor]):
+        self.indices = indices
+        self.parts: list[list[torch.Tensor]] = [[] for _ in indices]
+
+    def __call__(self, index: int, tap: torch.Tensor) -> None:
+        self.parts[index].append(tap.index_select(1, self.indices[index]))
+
+
 class StagedForward:
     """The training forward of source + delta, stage by stage: uint8 images ``(B, 3, H, W)`` → logits
     ``(B, classes)``, as :func:`snowhub.models.network.task_logits` computes them (see the module docstring).
@@ -177,33 +190,36 @@ class StagedForward:
             DistributedDataParallel wrapper).
         source_dtype: autocast dtype of the source's forward (``torch.bfloat16``), or None for float32.
         recompute: checkpoint the delta's blocks (saves their activations; costs one more delta forward).
+        source_chunk: run the source on at most this many images at a time, keeping only each tap's K
+            selected channels, then the delta on the whole batch (None: the whole batch at once). The
+            source has no gradient and its BatchNorm uses running statistics, so each image's taps are the
+            same in any chunk up to float rounding (the convolution kernels a library picks may depend on
+            the batch size); its largest activations then live for one chunk only. Needs channel pooling on
+            every tap (else the whole batch runs at once).
     """
 
     def __init__(self, source: FrozenSource, delta: Delta, source_dtype: torch.dtype | None = None,
-                 recompute: bool = True):
+                 recompute: bool = True, source_chunk: int | None = None):
         self.source, self.delta, self.source_dtype, self.recompute = source, delta, source_dtype, recompute
+        self.source_chunk = source_chunk
         names = [t.name for t in source.spec.taps]
         extractor = source.extractor
         self._hooked = isinstance(extractor, _HookExtractor)
         self._graph = None if self._hooked else _staged_graph(extractor, names)
         self._index = {name: i for i, name in enumerate(names)}
 
-    def _sink(self, consumer: _Consumer):
+    def _sink(self, consumer):
         def sink(key: str, tap: torch.Tensor) -> None:
             if key in self._index:  # not the source's logits
                 consumer(self._index[key], tap)
         return sink
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.source.normalizer(images)
-        device_type = x.device.type
-        autocast_off = device_type if self.source_dtype is not None and not torch.is_autocast_enabled(device_type) \
-            else None
-        consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+    def _run_source(self, x: torch.Tensor, consumer) -> None:
+        """The source's forward on `x`, each tap handed to `consumer` as soon as it is computed."""
         previous = getattr(_CURRENT, "consumer", None)
         _CURRENT.consumer = consumer
         try:
-            precision = (torch.autocast(device_type, dtype=self.source_dtype) if self.source_dtype is not None
+            precision = (torch.autocast(x.device.type, dtype=self.source_dtype) if self.source_dtype is not None
                          else contextlib.nullcontext())
             with torch.no_grad(), precision:
                 if self._hooked:
@@ -212,6 +228,27 @@ class StagedForward:
                     self._graph(x)
         finally:
             _CURRENT.consumer = previous
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.source.normalizer(images)
+        device_type = x.device.type
+        autocast_off = device_type if self.source_dtype is not None and not torch.is_autocast_enabled(device_type) \
+            else None
+        chunk = self.source_chunk
+        if chunk and len(x) > chunk and all(isinstance(p, ChannelPooling) for p in self.delta.pools):
+            # One noisy top-K per tap for the whole step, drawn in tap order as the unchunked path draws them.
+            collector = _Collector([pool.select() for pool in self.delta.pools])
+            for part in x.split(chunk):
+                self._run_source(part, collector)
+            consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+            for index, parts in enumerate(collector.parts):
+                selected = torch.cat(parts)
+                collector.parts[index] = []
+                consumer(index, selected, collector.indices[index])
+                del selected
+        else:
+            consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+            self._run_source(x, consumer)
         if consumer.logits is None:
             raise RuntimeError("the source did not produce every tap")
         return consumer.logits
