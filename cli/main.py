@@ -79,8 +79,9 @@ def add_task(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: 0 on a 2-core CPU, more with CUDA).")] = None,
     device: DeviceOption = "auto",
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
-    low_memory: Annotated[bool, typer.Option("--low-memory", help="Train stage by stage, recomputing the delta in "
-                                             "backward: the same delta, less memory, slower (one process).")] = False,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="Train stage by stage, the source 16 images at a "
+                                             "time, recomputing the delta in backward: the same delta (up to float "
+                                             "rounding), less memory, slower at small images (one process).")] = False,
     cache_features: Annotated[bool, typer.Option("--cache-features", help="Run the source once over the training "
                                                  "images and train every epoch on its cached float16 taps: much "
                                                  "faster epochs, no augmentation, disk in the hub's staging/ (one process).")] = False,

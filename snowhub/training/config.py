@@ -57,11 +57,13 @@ class RunOptions:
     Attributes:
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda[:N]"``.
         num_workers: DataLoader worker processes; None picks a default for the device.
-        low_memory: train stage by stage (:class:`snowhub.models.staged.StagedForward`): each tap freed once
-            channel-pooled, delta blocks recomputed in backward. The same delta bit for bit in float32 with less
-            training memory (ResNet-50, 224 px, batch 64: 1,941 MiB against 2,564 MiB above the imports), at the
-            cost of one more delta forward per step (on this 2-core CPU, efficientnet_lite0 at 64 px: 158
-            against 233 images/s), so it is off by default. One process only: a DDP run ignores it.
+        low_memory: train stage by stage (:class:`snowhub.models.staged.StagedForward`): the source on 16
+            images at a time, each tap freed once channel-pooled, delta blocks recomputed in backward. The same
+            delta up to float rounding (bit for bit where the source's kernels compute an image alike in any
+            batch, as on this CPU) with less training memory (ResNet-50, 224 px, batch 64: 1,567 MiB against
+            2,564 MiB above the imports); one more delta forward per step makes it slower at small images
+            (efficientnet_lite0 at 64 px on this 2-core CPU: 158 against 233 images/s), so it is off by
+            default. One process only: a DDP run ignores it.
         cache_limit_gib: the most disk a feature cache (``TrainConfig.feature_cache``) may take, GiB.
     """
 
