@@ -86,6 +86,8 @@ def add_task(
                                                  "images and train every epoch on its cached float16 taps: much "
                                                  "faster epochs, no augmentation, disk in the hub's staging/ (one process).")] = False,
     cache_limit: Annotated[float, typer.Option("--cache-limit", help="Most disk the feature cache may take, GiB.")] = _RUN_DEFAULTS["cache_limit_gib"],
+    source_precision: Annotated[str, typer.Option("--source-precision", help="float32, or bfloat16: the source's training "
+                                                  "forward in bfloat16 where the device has it (faster; serving stays float32).")] = _DEFAULTS["source_precision"],
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
@@ -93,7 +95,7 @@ def add_task(
     """Train a new task's delta against the frozen source and append it to the hub."""
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                          hflip=not cache_features if hflip is None else hflip, val_fraction=val_fraction, seed=seed,
-                         feature_cache=cache_features,
+                         feature_cache=cache_features, source_precision=source_precision,
                          delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
                                            noise_var=noise_var),
                          run=RunOptions(device=device, num_workers=workers, low_memory=low_memory,

@@ -234,8 +234,9 @@ class Hub:
         """
         check_task_name(name)
         config.validate()
-        if config.feature_cache:
-            raise ConfigError("--cache-features trains in one process: drop --nproc-per-node")
+        if config.feature_cache or config.source_precision != "float32":
+            option = "--cache-features" if config.feature_cache else "--source-precision bfloat16"
+            raise ConfigError(f"{option} trains in one process: drop --nproc-per-node")
         check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
         if config.batch_size % processes:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "

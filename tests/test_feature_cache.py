@@ -167,6 +167,9 @@ def test_a_full_disk_while_caching_is_a_one_line_error_and_changes_nothing(hub_c
     (["--cache-features", "--low-memory"], "--low-memory"),
     (["--cache-features", "--cache-limit", "0"], "--cache-limit"),
     (["--cache-features", "--nproc-per-node", "2", "--device", "cpu"], "one process"),
+    (["--source-precision", "bfloat16", "--nproc-per-node", "2", "--device", "cpu"], "one process"),
+    (["--source-precision", "float16"], "--source-precision must be"),
+    (["--cache-features", "--source-precision", "bfloat16"], "drop --source-precision"),
 ])
 def test_cache_options_that_cannot_work_are_one_line_errors(hub_copy, fashion_dir, args, message):
     before = snapshot(hub_copy)

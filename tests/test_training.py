@@ -12,6 +12,7 @@ from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import get_spec
 from snowhub.models.weights import load_source_state, resolve_weights
 from snowhub.device import pick_device
+from snowhub.models.staged import source_autocast_dtype
 from snowhub.store import tensor_digest
 from snowhub.training import TrainConfig, train_delta
 
@@ -68,3 +69,24 @@ def test_out_of_range_options_are_refused(field, value):
     config = TrainConfig(delta=DeltaConfig(**{field: value})) if architecture else TrainConfig(**{field: value})
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must"):
         config.validate()
+
+
+def test_a_bfloat16_source_trains_where_the_device_has_it_and_is_refused_where_not(source, fashion_dir, trained):
+    """--source-precision bfloat16: the source's training forward in bfloat16, everything else float32."""
+    cpu = pick_device("cpu")
+    config = TrainConfig(**(FAST | {"source_precision": "bfloat16"}))
+    if source_autocast_dtype(cpu) is None:  # a CPU without AVX-512 BF16 / AMX
+        with pytest.raises(ConfigError, match="needs bfloat16 arithmetic"):
+            train_delta(source, discover(fashion_dir), config, cpu)
+        return
+    dtypes: list[torch.dtype] = []
+    first = next(m for m in source.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    try:
+        low = train_delta(source, discover(fashion_dir), config, cpu)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in dtypes and torch.float32 in dtypes  # training in bfloat16, validation in float32
+    assert all(p.dtype == torch.float32 for p in low.delta.state_dict().values() if p.is_floating_point())
+    assert low.val.top1 >= 80.0  # chance is 33 %
+    assert tensor_digest(low.delta.state_dict()) != tensor_digest(trained.delta.state_dict())

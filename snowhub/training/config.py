@@ -100,6 +100,10 @@ class TrainConfig:
         feature_cache: compute the source's taps of each training image once and train every epoch on them
             (:mod:`snowhub.training.feature_cache`): no source forward per step, but no augmentation (so
             `hflip` must be off) and float16 taps; one process only.
+        source_precision: ``"float32"``, or ``"bfloat16"``: the source's training forward under bfloat16 autocast
+            (the delta, calibration, validation, serving and the probe logits stay float32), where the device
+            has bfloat16 arithmetic; one process only. ResNet-50 at 224 px, batch 64, with `low_memory` on this
+            CPU: 2× the training images/s; accuracy on the cpu benchmark within the seed spread (docs/benchmarks.md).
         delta: the delta's architecture (:class:`DeltaConfig`).
         run: device and workers (:class:`RunOptions`).
     """
@@ -117,6 +121,7 @@ class TrainConfig:
     probe_per_class: int = 20
     probe_max: int = 500
     feature_cache: bool = False
+    source_precision: str = "float32"
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     run: RunOptions = field(default_factory=RunOptions)
 
@@ -134,6 +139,9 @@ class TrainConfig:
              "--cache-features trains on unaugmented images: drop --hflip (random flips would need the source again)"),
             (not (self.feature_cache and self.run.low_memory),
              "--cache-features runs no source while training, so --low-memory has nothing to save: drop one"),
+            (self.source_precision in ("float32", "bfloat16"), "--source-precision must be float32 or bfloat16"),
+            (not (self.feature_cache and self.source_precision != "float32"),
+             "--cache-features runs the source once, in float32: drop --source-precision"),
         ])
         self.delta.validate()
         self.run.validate()

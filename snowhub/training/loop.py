@@ -21,7 +21,7 @@ from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
-from snowhub.models.staged import StagedForward
+from snowhub.models.staged import StagedForward, source_autocast_dtype
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.calibration import calibrate_channel_pooling
 from snowhub.training.config import TrainConfig
@@ -146,9 +146,13 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     # --low-memory, one process: stage by stage, each tap freed once pooled, the source in chunks (the same logits
     # and gradients up to float rounding, less memory, one more delta forward per step; snowhub.models.staged).
     # DDP must see its wrapper called, so it keeps task_logits.
-    staged = config.run.low_memory and model is delta
-    forward = (StagedForward(source, delta, source_chunk=LOW_MEMORY_SOURCE_CHUNK) if staged
-               else (lambda x: task_logits(source, model, x)))
+    # --source-precision bfloat16, one process: the same staged forward with the source under bfloat16 autocast.
+    dtype = _source_dtype(config.source_precision, device, group)
+    if (config.run.low_memory or dtype is not None) and model is delta:
+        forward = StagedForward(source, delta, dtype, recompute=config.run.low_memory,
+                                source_chunk=LOW_MEMORY_SOURCE_CHUNK if config.run.low_memory else None)
+    else:
+        forward = lambda x: task_logits(source, model, x)  # noqa: E731
     if not config.feature_cache:
         return _train(source, config, device, progress, group, on_step, delta, model, forward, train_loader,
                       val_loader, noise, 0.0)
@@ -159,6 +163,19 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         forward = lambda idx: delta(*_cached_inputs(source, cache, idx, device))  # noqa: E731
         return _train(source, config, device, progress, group, on_step, delta, model, forward,
                       _CachedBatches(cache, config.batch_size, config.seed), val_loader, noise, cache_seconds)
+
+
+def _source_dtype(precision: str, device: torch.device, group) -> torch.dtype | None:
+    """The source's training autocast dtype for ``--source-precision`` (None: float32)."""
+    if precision == "float32":
+        return None
+    if group is not None:
+        raise ConfigError("--source-precision bfloat16 trains in one process: drop --nproc-per-node")
+    dtype = source_autocast_dtype(device)
+    if dtype is None:
+        raise ConfigError(f"--source-precision bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
+                          "of compute capability 8.0+, or a CPU with AVX-512 BF16 or AMX): use float32")
+    return dtype
 
 
 class _CachedBatches:
