@@ -4,7 +4,10 @@ Reads the result JSON of ``benchmarks.experiments`` runs (SNOW with one change: 
 and the ``results.json`` of ``benchmarks.run`` runs (one per seed, the baselines), then prints one Markdown
 table per dataset:
 
-    python -m benchmarks.seeds --experiments DIR --runs RUN_DIR [RUN_DIR ...]
+    python -m benchmarks.seeds --experiments DIR --runs RUN_DIR [RUN_DIR ...] [--feature-cache-runs DIR ...]
+
+``--feature-cache-runs`` reads ``benchmarks.feature_cache`` folders (``DATASET-METHOD.json`` files and the
+run's seed in ``environment.json``), e.g. the ``cpu-long`` seeds.
 
 Spread is the smallest to the largest of the seeds. Time to accuracy is the training seconds until a run's
 validation top-1 first reaches 95 % of the best final top-1 of every run of that dataset (the issue's
@@ -19,6 +22,19 @@ import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+
+def _feature_cache_runs(folders: list[Path]) -> list[dict]:
+    """Rows of ``benchmarks.feature_cache`` folders: ``fashion-SNOW_cached.json`` → method ``SNOW cached``."""
+    rows = []
+    for folder in folders:
+        seed = json.loads((folder / "environment.json").read_text())["config"]["seed"]
+        for path in sorted(folder.glob("*-*.json")):
+            dataset, _, method = path.stem.partition("-")
+            r = json.loads(path.read_text())
+            rows.append({"method": method.replace("_", " "), "dataset": dataset, "seed": seed, "top1": r["top1"],
+                         "curve": r["curve"]})
+    return rows
 
 
 def _runs(experiments: Path | None, runs: list[Path]) -> list[dict]:
@@ -65,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.seeds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", type=Path, help="folder of benchmarks.experiments result JSONs")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="benchmarks.run result folders")
+    parser.add_argument("--feature-cache-runs", type=Path, nargs="*", default=[],
+                        help="benchmarks.feature_cache result folders (one seed each)")
     args = parser.parse_args(argv)
-    rows = _runs(args.experiments, args.runs)
+    rows = _runs(args.experiments, args.runs) + _feature_cache_runs(args.feature_cache_runs)
     for dataset in sorted({r["dataset"] for r in rows}):
         print(f"\n### {dataset}\n\n{table(rows, dataset)}")
     return 0
