@@ -33,6 +33,9 @@ result JSON as a benchmark job. Names:
 * ``start_at_fo``: the classifier's weights on the delta's own features start at zero (DTL's zero-initialised
   side branch, LoRA's B = 0), so at step 0 the task is exactly a linear probe (FO) on the source's last tap
   and the delta can only add to it (issue 14, idea 2).
+* ``pruned_copy``: each delta stage starts from the weights of the source blocks it mirrors on the
+  channels ranked highest by BatchNorm |γ|, and each channel pooling layer on the next-ranked source
+  channels (Ladder Side-Tuning's start; ``benchmarks/pruned_copy.py``; issue 14, idea 1).
 * ``bf16_source``: the training source runs under bfloat16 autocast (``StagedForward(source_dtype=bfloat16)``),
   the delta in float32 (issue 15: is the reduced-precision source exact enough to train on?).
 """
@@ -174,6 +177,17 @@ def patched(name: str, pretrained: Pretrained):
         taps = pretrained.spec.taps[:-1] + (Tap("_bn1", 1280, 32, pretrained.spec.taps[-1].blocks),)
         pretrained.spec = dataclasses.replace(pretrained.spec, taps=taps)
     replacement = _replacement(name)
+    if name == "pruned_copy":
+        import snowhub.models.delta as delta_module
+        from benchmarks.pruned_copy import apply_pruned_copy
+
+        init = delta_module.Delta._init_weights
+
+        def pruned_copy_init(self):
+            init(self)
+            apply_pruned_copy(self, pretrained.model)
+
+        replacement = (delta_module.Delta, "_init_weights", pruned_copy_init)
     with _replaced(*replacement) if replacement else contextlib.nullcontext():
         yield
 
@@ -235,7 +249,7 @@ class SelectionRecorder:
 
 EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
                "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor",
-               "start_at_fo", "bf16_source")
+               "start_at_fo", "bf16_source", "pruned_copy")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,8 @@ def _runs(experiments: Path | None, runs: list[Path]) -> list[dict]:
     rows = []
     for path in sorted(experiments.glob("*-seed*.json")) if experiments else []:
         r = json.loads(path.read_text())
-        label = "SNOW" if r["experiment"] == "baseline" else f"SNOW {r['experiment']}"
+        parts = ([] if r["experiment"] == "baseline" else [r["experiment"]]) + r.get("overrides", [])
+        label = " ".join(["SNOW", *parts])  # e.g. "SNOW pruned_copy snow_lr=0.03"
         rows.append({"method": label, "dataset": r["dataset"]["name"], "seed": r["seed"], "top1": r["top1"],
                      "curve": r["loop"]["curve"]})
     for run in runs:
