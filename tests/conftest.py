@@ -79,6 +79,18 @@ def pytest_configure(config):
         config.pluginmanager.register(_SkipsFail(why), "snowhub-skips-fail")
 
 
+def pretrained_source(name: str = "efficientnet_lite0"):
+    """A new frozen source `name` with its offline ImageNet weights (a fresh copy on every call)."""
+    from snowhub.models.frozen import FrozenSource
+    from snowhub.models.sources import get_spec
+    from snowhub.models.weights import load_source_state, resolve_weights
+
+    spec = get_spec(name)
+    backbone = spec.build()
+    state, _ = resolve_weights(spec)
+    return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
+
+
 def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
     if not FASHION.is_dir():
         need = "needs the Debian package dataset-fashion-mnist (scripts/bootstrap.sh installs it)"

@@ -3,30 +3,20 @@ BatchNorm in eval mode even when the wrapper is put in train mode."""
 
 import torch
 
-from conftest import FAST
+from conftest import FAST, pretrained_source
 from snowhub import Hub, TrainConfig
-from snowhub.models.frozen import FrozenSource
-from snowhub.models.sources import get_spec
-from snowhub.models.weights import load_source_state, resolve_weights
 from snowhub.store import tensor_digest
 
 
-def _source(name="efficientnet_lite0"):
-    spec = get_spec(name)
-    backbone = spec.build()
-    state, _ = resolve_weights(spec)
-    return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
-
-
 def test_train_mode_keeps_every_source_module_in_eval_and_without_gradients():
-    source = _source()
+    source = pretrained_source()
     source.train()
     assert all(not m.training for m in source.modules())
     assert all(not p.requires_grad for p in source.parameters())
 
 
 def test_source_forward_does_not_move_batchnorm_statistics():
-    source = _source("mobilenet_v2")
+    source = pretrained_source("mobilenet_v2")
     before = tensor_digest(source.state_dict())
     source.train()
     source(torch.randn(8, 3, 64, 64))
@@ -51,7 +41,7 @@ def test_add_task_leaves_source_parameters_and_buffers_bit_identical(tmp_path, f
 def test_source_logits_are_real_imagenet_predictions():
     """Task 0 is served from real weights: a flat grey image is not confidently any class, a shifted
     normalisation would change the answer, and the head has 1000 outputs."""
-    source = _source()
+    source = pretrained_source()
     x = source.normalizer(torch.full((1, 3, 224, 224), 128, dtype=torch.uint8))
     taps, logits = source(x)
     assert logits.shape == (1, 1000)

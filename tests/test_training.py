@@ -4,13 +4,10 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import FAST
+from conftest import FAST, pretrained_source
 from snowhub import DeltaConfig, Hub
 from snowhub.data import discover
 from snowhub.errors import ConfigError
-from snowhub.models.frozen import FrozenSource
-from snowhub.models.sources import get_spec
-from snowhub.models.weights import load_source_state, resolve_weights
 from snowhub.device import pick_device
 from snowhub.models.staged import source_autocast_dtype
 from snowhub.store import tensor_digest
@@ -19,10 +16,7 @@ from snowhub.training import TrainConfig, train_delta
 
 @pytest.fixture(scope="module")
 def source():
-    spec = get_spec("efficientnet_lite0")
-    backbone = spec.build()
-    state, _ = resolve_weights(spec)
-    return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
+    return pretrained_source()
 
 
 @pytest.fixture(scope="module")
