@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import resource
 import signal
 import sqlite3
 import threading
@@ -31,7 +30,8 @@ import snowhub.evaluation
 import snowhub.store.files
 import snowhub.store.registry
 from conftest import FAST
-from fixtures.hubkit import assert_one_line_error, cached_training, small_dataset, snapshot, sql, task_names
+from fixtures.hubkit import (assert_one_line_error, cached_training, file_size_limit, small_dataset, snapshot, sql,
+                             task_names)
 from snowhub import Hub, SnowhubError, TrainConfig
 from snowhub.checks import check_hub
 from snowhub.errors import HubLockedError
@@ -222,19 +222,10 @@ def test_files_of_a_deleted_record_are_kept_reported_and_never_overwritten(regis
 
 def test_a_full_disk_is_a_one_line_error_and_changes_nothing(registry_hub, fashion_dir, monkeypatch, cached):
     before = registry_hub.snapshot()
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        with registry_hub.open() as hub:
-            # Files may not grow past 64 kB from here on: the delta (600 kB) cannot be written.
-            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
-            try:
-                with pytest.raises(HubWriteError) as caught:
-                    hub.add_task("third", fashion_dir, TrainConfig(**FAST))
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    finally:
-        signal.signal(signal.SIGXFSZ, previous)
+    with registry_hub.open() as hub:
+        # Files may not grow past 64 kB from here on: the delta (600 kB) cannot be written.
+        with file_size_limit(64 * 1024), pytest.raises(HubWriteError) as caught:
+            hub.add_task("third", fashion_dir, TrainConfig(**FAST))
     message = str(caught.value)
     assert "\n" not in message and "File too large" in message and "free some disk space" in message
     assert registry_hub.snapshot() == before and leftovers(registry_hub.path) == []

@@ -3,22 +3,16 @@ and that it never outlives the add-task that made it (success, refusal, interrup
 
 from __future__ import annotations
 
-import resource
-import signal
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import FAST
-from fixtures.hubkit import snapshot
+from conftest import FAST, pretrained_source
+from fixtures.hubkit import file_size_limit, snapshot
 from snowhub import Hub, TrainConfig
 from snowhub.data import discover, eval_transform, make_loader
 from snowhub.device import pick_device
 from snowhub.errors import ConfigError
-from snowhub.models.frozen import FrozenSource
-from snowhub.models.sources import get_spec
-from snowhub.models.weights import load_source_state, resolve_weights
 from snowhub.progress import SilentProgress
 from snowhub.store import HubWriteError, tensor_digest
 from snowhub.training import train_delta
@@ -31,10 +25,7 @@ CACHED = FAST | {"feature_cache": True, "hflip": False, "epochs": 3}
 
 @pytest.fixture(scope="module")
 def source():
-    spec = get_spec("efficientnet_lite0")
-    backbone = spec.build()
-    state, _ = resolve_weights(spec)
-    return FrozenSource(spec, backbone, load_source_state(spec, backbone, state))
+    return pretrained_source()
 
 
 def _build(source, samples, directory, limit=1 << 30, progress=None):
@@ -145,18 +136,9 @@ def test_add_task_with_the_cache_records_it_and_leaves_staging_empty(hub_copy, f
 
 def test_a_full_disk_while_caching_is_a_one_line_error_and_changes_nothing(hub_copy, fashion_dir):
     before = snapshot(hub_copy)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        with Hub.open(hub_copy) as hub:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # the cache's taps need ~1.8 MB
-            try:
-                with pytest.raises(HubWriteError) as caught:
-                    hub.add_task("cached", fashion_dir, TrainConfig(**CACHED))
-            finally:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    finally:
-        signal.signal(signal.SIGXFSZ, previous)
+    with Hub.open(hub_copy) as hub:
+        with file_size_limit(64 * 1024), pytest.raises(HubWriteError) as caught:  # the taps need ~1.8 MB
+            hub.add_task("cached", fashion_dir, TrainConfig(**CACHED))
     message = str(caught.value)
     assert "\n" not in message and "File too large" in message and "staging" in message
     assert snapshot(hub_copy) == before and list((hub_copy / "staging").iterdir()) == []
