@@ -234,9 +234,7 @@ class Hub:
         """
         check_task_name(name)
         config.validate()
-        if config.feature_cache or config.source_precision != "float32":
-            option = "--cache-features" if config.feature_cache else "--source-precision bfloat16"
-            raise ConfigError(f"{option} trains in one process: drop --nproc-per-node")
+        config.check_single_process()
         check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
         if config.batch_size % processes:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "

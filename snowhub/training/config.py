@@ -146,6 +146,13 @@ class TrainConfig:
         self.delta.validate()
         self.run.validate()
 
+    def check_single_process(self) -> None:
+        """Raises ConfigError when an option that trains in one process only is on (call it for a DDP run)."""
+        option = ("--cache-features" if self.feature_cache else
+                  "--source-precision bfloat16" if self.source_precision != "float32" else None)
+        if option is not None:
+            raise ConfigError(f"{option} trains in one process: drop --nproc-per-node")
+
     def to_dict(self) -> dict:
         """Every option, flat (as each task records them): this config's, `delta`'s and `run`'s fields."""
         own = {k: v for k, v in asdict(self).items() if k not in ("delta", "run")}

@@ -106,9 +106,10 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         OSError: the feature cache could not be written (its partial files are deleted).
     """
     config.validate()
-    if config.feature_cache and (group is not None or cache_dir is None):
-        raise ConfigError("--cache-features trains in one process, with a directory for the cache: drop "
-                          "--nproc-per-node" if group is not None else "feature_cache needs a cache_dir")
+    if group is not None:
+        config.check_single_process()
+    elif config.feature_cache and cache_dir is None:
+        raise ConfigError("feature_cache needs a cache_dir")
     progress = progress or SilentProgress()
     seed_everything(config.seed)
     size = config.image_size or source.spec.image_size
@@ -147,7 +148,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     # and gradients up to float rounding, less memory, one more delta forward per step; snowhub.models.staged).
     # DDP must see its wrapper called, so it keeps task_logits.
     # --source-precision bfloat16, one process: the same staged forward with the source under bfloat16 autocast.
-    dtype = _source_dtype(config.source_precision, device, group)
+    dtype = _source_dtype(config.source_precision, device)
     if (config.run.low_memory or dtype is not None) and model is delta:
         forward = StagedForward(source, delta, dtype, recompute=config.run.low_memory,
                                 source_chunk=LOW_MEMORY_SOURCE_CHUNK if config.run.low_memory else None)
@@ -165,12 +166,10 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
                       _CachedBatches(cache, config.batch_size, config.seed), val_loader, noise, cache_seconds)
 
 
-def _source_dtype(precision: str, device: torch.device, group) -> torch.dtype | None:
+def _source_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The source's training autocast dtype for ``--source-precision`` (None: float32)."""
     if precision == "float32":
         return None
-    if group is not None:
-        raise ConfigError("--source-precision bfloat16 trains in one process: drop --nproc-per-node")
     dtype = source_autocast_dtype(device)
     if dtype is None:
         raise ConfigError(f"--source-precision bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
