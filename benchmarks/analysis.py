@@ -21,10 +21,11 @@ def is_default_snow(result: dict) -> bool:
 
 
 def time_to_accuracy(curve: list[dict], target: float) -> dict | None:
-    """First validation point with top-1 ≥ `target` %: its training seconds, images and epoch; None if never."""
+    """First validation point with top-1 ≥ `target` %: its training seconds, images (None where the curve does
+    not count them, as ``benchmarks.feature_cache``'s) and epoch; None if never."""
     for point in curve:
         if point["top1"] >= target:
-            return {"train_seconds": point["train_seconds"], "images": point["images"], "epoch": point["epoch"]}
+            return {"train_seconds": point["train_seconds"], "images": point.get("images"), "epoch": point["epoch"]}
     return None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 from rich.console import Console
 
 import snowhub.training.loop as product_loop
+from benchmarks.analysis import time_to_accuracy
 from benchmarks.backbones import load_pretrained
 from benchmarks.configs import BenchConfig, Job, get_config
 from benchmarks.environment import describe_environment
@@ -82,10 +84,6 @@ def _baseline(config: BenchConfig, method: str, dataset, data: Path, pretrained,
                       for p in loop["curve"]]}
 
 
-def _time_to(curve: list[dict], target: float) -> float | None:
-    return next((p["train_seconds"] for p in curve if p["top1"] >= target), None)
-
-
 def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: str) -> str:
     """Markdown: per dataset, top-1, training seconds, images/s, speed ÷ FT, time to 95 % of the best top-1."""
     lines = [f"# Feature cache: {config.name}, {config.epochs} epochs, seed {config.seed}", "",
@@ -96,10 +94,10 @@ def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: st
         body = []
         for label, r in rows.items():
             speed = f"{ft['train_seconds'] / r['train_seconds']:.2f}×" if ft else "—"
-            reach = _time_to(r["curve"], 0.95 * best)
+            reach = time_to_accuracy(r["curve"], 0.95 * best)
             body.append([label, f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['train_seconds']:.1f}",
                          f"{r['cache_seconds']:.1f}" if r["cache_seconds"] else "—", f"{r['images_per_s']:.1f}",
-                         speed, f"{reach:.1f}" if reach is not None else "not reached"])
+                         speed, f"{reach['train_seconds']:.1f}" if reach is not None else "not reached"])
         lines += [f"## {name}", ""] + table(
             ["method", "top-1 %", "top-5 %", "training s", "of which caching s", "images/s", "FT s ÷ method s",
              f"s to {0.95 * best:.2f} % (95 % of best)"], body) + [""]
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(dataset.name, {})[method] = r
             (args.out / f"{dataset.name}-{method.replace(' ', '_')}.json").write_text(json.dumps(r, indent=1))
             print(f"{dataset.name} {method}: top-1 {r['top1']:.2f} %, {r['train_seconds']:.1f} s", flush=True)
-    command = "python -m benchmarks.feature_cache " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m benchmarks.feature_cache " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "environment.json").write_text(json.dumps(describe_environment() | {"config": config.to_dict()},
                                                           indent=1, default=str))
     (args.out / "report.md").write_text(report(config, results, command))

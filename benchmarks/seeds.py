@@ -23,6 +23,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.analysis import time_to_accuracy
+
 
 def _feature_cache_runs(folders: list[Path]) -> list[dict]:
     """Rows of ``benchmarks.feature_cache`` folders: ``fashion-SNOW_cached.json`` → method ``SNOW cached``."""
@@ -55,10 +57,6 @@ def _runs(experiments: Path | None, runs: list[Path]) -> list[dict]:
     return rows
 
 
-def _first_at(curve: list[dict], target: float) -> float | None:
-    return next((point["train_seconds"] for point in curve if point["top1"] >= target), None)
-
-
 def table(rows: list[dict], dataset: str) -> str:
     """The Markdown table of `dataset`: method, seeds, mean ± spread top-1, each seed, time to 95 % of best."""
     mine = [r for r in rows if r["dataset"] == dataset]
@@ -71,7 +69,7 @@ def table(rows: list[dict], dataset: str) -> str:
     for method, runs in sorted(by_method.items(), key=lambda kv: (kv[0].startswith("SNOW "), kv[0])):
         runs.sort(key=lambda r: r["seed"])
         top1 = [r["top1"] for r in runs]
-        times = [t for r in runs if (t := _first_at(r["curve"], target)) is not None]
+        times = [t["train_seconds"] for r in runs if (t := time_to_accuracy(r["curve"], target)) is not None]
         when = f"{statistics.mean(times):.0f} s ({len(times)}/{len(runs)})" if times else f"not reached (0/{len(runs)})"
         lines.append(f"| {method} | {len(runs)} | {statistics.mean(top1):.2f} ({min(top1):.2f} – {max(top1):.2f}) | "
                      f"{' / '.join(f'{t:.2f}' for t in top1)} | {when} |")
