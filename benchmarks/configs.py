@@ -1,5 +1,6 @@
 """Benchmark configurations: ``smoke`` (harness check, < 2 min), ``cpu`` (the committed CPU run, < 30 min on
-2 cores), ``cpu-long`` (the same for 10 epochs), ``paper-cpu`` (ResNet-50's geometry, speed and memory) and ``gpu`` (the paper's setting: ResNet-50, 224 px, batch 256, for a CUDA machine with internet).
+2 cores), ``cpu-long`` (the same for 10 epochs), ``paper-cpu`` (ResNet-50's geometry, speed and memory) and
+``gpu`` (the paper's setting: ResNet-50, 224 px, batch 256, for a CUDA machine with internet).
 
 Every method in one configuration shares the data pipeline, batch size, epochs, seed, image size and
 optimizer (SGD, momentum 0.9, weight decay 1e-4, linear warm-up then cosine decay); only the peak learning
@@ -73,6 +74,12 @@ class SnowVariant:
         if self.source_chunk:
             parts.append(f"source in chunks of {self.source_chunk}")
         return "SNOW" + (" " + ", ".join(parts) if parts else "")
+
+    @property
+    def source_key(self) -> str:
+        """How the training source runs, for job keys: ``""``, ``"-bfloat16"``, ``"-c16"``, ``"-bfloat16-c16"``."""
+        return (("" if self.source_precision == "float32" else f"-{self.source_precision}")
+                + (f"-c{self.source_chunk}" if self.source_chunk else ""))
 
 
 @dataclass(frozen=True)
@@ -210,7 +217,7 @@ CONFIGS: dict[str, BenchConfig] = {
         serve_batch=64, serve_min_seconds=0.5, serve_min_batches=2,
     ),
     # The cpu run at a budget where the methods have converged (issue 14): 10 epochs, one evaluation per epoch,
-    # the main methods only. About 25 minutes per seed on 2 cores (FT's 10 epochs are most of it).
+    # the main methods only. 21 minutes of training per seed on the idle 2 cores (FT's 10 epochs: 10.3 of them).
     "cpu-long": BenchConfig(
         name="cpu-long", source="efficientnet_lite0", image_size=64, batch_size=64, epochs=10,
         lr=0.1 * 64 / 256, snow_lr=0.1, datasets=OFFLINE_DATASETS, threads=1, num_workers=1,
@@ -283,14 +290,11 @@ class Job:
             return "serve"
         if self.kind == "speed":
             v = self.variant
-            return f"speed-b{self.batch}-{self.method}" + (
-                "" if self.method != "SNOW" or v.source_precision == "float32" else f"-{v.source_precision}") + (
-                f"-c{v.source_chunk}" if self.method == "SNOW" and v.source_chunk else "")
+            return f"speed-b{self.batch}-{self.method}" + (v.source_key if self.method == "SNOW" else "")
         v = self.variant
         extra = "" if self.method != "SNOW" else (f"-{v.subscription}-k{round(1 / v.k_ratio)}-w{v.width_divisor:g}"
                                                   + ("" if v.head_k_ratio == 1.0 else f"-h{round(1 / v.head_k_ratio)}")
-                                                  + ("" if v.source_precision == "float32" else f"-{v.source_precision}")
-                                                  + (f"-c{v.source_chunk}" if v.source_chunk else ""))
+                                                  + v.source_key)
         return f"{self.dataset}-{self.method}{extra}"
 
     def to_dict(self) -> dict:
