@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from snowhub._version import __version__
 from snowhub.export.errors import BundleError
+from snowhub.store.files import atomic_write, sha256_file
 
 FORMAT = "snowtask/1"
 MANIFEST = "snowtask.json"
@@ -51,7 +50,7 @@ class Bundle:
 
 
 def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: bytes, card: str) -> dict:
-    """Write a bundle to `path` atomically (temporary file beside it, fsync, rename); returns the manifest.
+    """Write a bundle to `path` with :func:`~snowhub.store.files.atomic_write`; returns the manifest.
 
     Raises:
         BundleError: `path` exists, or cannot be written.
@@ -63,22 +62,16 @@ def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: byte
             "probe.safetensors": probe, "README.md": card.encode("utf-8")}
     manifest = {"format": FORMAT, "snowhub": __version__,
                 "members": {n: {"size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for n, b in data.items()}}
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     try:
-        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as zf:
+        with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, _json(manifest))
             for name, blob in data.items():
                 # safetensors and probe images compress little; storing them keeps export and import fast
                 method = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
                 zf.writestr(name, blob, compress_type=method)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         raise BundleError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another "
                           "--output") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return manifest
 
 
@@ -156,11 +149,8 @@ def read_bundle(path: Path | str, limit: int = MAX_BUNDLE_BYTES) -> Bundle:
     where = Path(path)
     if not where.is_file():
         raise BundleError(f"{where} does not exist or is not a file; give a .snowtask file from `snowhub export task`")
-    digest = hashlib.sha256()
-    with open(where, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
     try:
+        sha256 = sha256_file(where)
         with zipfile.ZipFile(where) as zf:
             infos = zf.infolist()
             _check_entries(where, infos, limit)
@@ -188,4 +178,4 @@ def read_bundle(path: Path | str, limit: int = MAX_BUNDLE_BYTES) -> Bundle:
         raise BundleError(f"{where}: README.md is not UTF-8 text; export the task again") from None
     return Bundle(manifest, _load_json(blobs["task.json"], "task.json", where),
                   _load_json(blobs["source.json"], "source.json", where), blobs["delta.safetensors"],
-                  blobs["probe.safetensors"], card, digest.hexdigest())
+                  blobs["probe.safetensors"], card, sha256)

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import secrets
-import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ import torch
 
 from snowhub.export.errors import ExportError
 from snowhub.export.graph import ExportNetwork
+from snowhub.store.files import atomic_write
 
 MODEL_FILE = "model.onnx"
 INPUT_NAME = "images"
@@ -120,19 +118,11 @@ def verify_graph(path: Path, network: ExportNetwork, images: torch.Tensor,
     return Verification((1, large_batch), len(images), worst, True)
 
 
-def _fsync_tree(directory: Path) -> None:
-    for child in directory.iterdir():
-        fd = os.open(child, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor, opset: int,
                      extras: Callable[[Verification], Mapping[str, str]]) -> Verification:
     """Write ``model.onnx`` (verified, see :func:`verify_graph`) and the text files ``extras(verification)``
-    returns (file name → content) into the new directory `output`, atomically.
+    returns (file name → content) into the new directory `output`, with
+    :func:`~snowhub.store.files.atomic_write`.
 
     `output` must not exist, or be an empty directory. Raises ExportError (nothing is left behind).
     """
@@ -141,23 +131,13 @@ def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor,
         raise ExportError(f"{output} already exists and is not an empty directory; choose a new --output directory")
     if not output.parent.is_dir():
         raise ExportError(f"{output.parent} does not exist; create it first or choose another --output")
-    tmp = output.parent / f".{output.name}.{secrets.token_hex(6)}.tmp"
     try:
-        tmp.mkdir()
-    except OSError as exc:
-        raise ExportError(f"cannot write in {output.parent} ({exc.strerror}); choose another --output") from None
-    try:
-        export_graph(network, images[:1].contiguous(), opset, tmp / MODEL_FILE)
-        verification = verify_graph(tmp / MODEL_FILE, network, images)
-        for name, text in extras(verification).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        _fsync_tree(tmp)
-        if output.exists():
-            output.rmdir()  # empty, checked above
-        os.replace(tmp, output)
+        with atomic_write(output, directory=True) as tmp:
+            export_graph(network, images[:1].contiguous(), opset, tmp / MODEL_FILE)
+            verification = verify_graph(tmp / MODEL_FILE, network, images)
+            for name, text in extras(verification).items():
+                (tmp / name).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ExportError(f"cannot write {output} ({exc.strerror or exc}); free some space or choose another "
                           "--output") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return verification

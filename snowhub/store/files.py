@@ -9,7 +9,7 @@ A hub directory looks like::
     <root>/staging/    scratch space; anything in it is a leftover of an interrupted writer
 
 A writer saves each file under a temporary name (``.<name>.<random>.tmp``), fsyncs it, renames it into
-place and fsyncs the directory; the registry row that refers to it is committed last. Files that no
+place and fsyncs the directory (:func:`atomic_write`, also used for bundles and ONNX exports); the registry row that refers to it is committed last. Files that no
 committed row refers to are leftovers of a crashed writer (see :mod:`snowhub.store.recovery`).
 """
 
@@ -20,7 +20,9 @@ import hashlib
 import os
 import re
 import secrets
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -116,47 +118,85 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    # A file, or a directory's files (any depth) and then the directories themselves.
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync_tree(child)
+    _fsync_dir(path)  # os.open(O_RDONLY) + fsync works for a file as for a directory
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: Path | str, *, directory: bool = False, point: str | None = None) -> Iterator[Path]:
+    """Create ``path`` (a file, or with ``directory=True`` a directory) atomically: the one way snowhub
+    writes a file that must be either whole or absent.
+
+    The ``with`` body writes to the yielded temporary path ``.<name>.<16 hex>.tmp`` beside ``path``
+    (created empty and exclusively: a file, or a directory). When the body returns, the temporary is
+    fsynced (a directory: every file in it, then itself), renamed over ``path`` with ``os.replace`` and
+    ``path.parent`` is fsynced: after a crash ``path`` is the old file or the new one, never a partial
+    one. If the body raises (anything, ``KeyboardInterrupt`` included), the temporary is removed and the
+    exception propagates. ``path.parent`` must exist; a directory ``path`` may exist only as an empty
+    directory (the rename replaces it).
+
+    Args:
+        point: the prefix of the crash points (:mod:`snowhub.faults`) ``<point>:before-rename`` and
+            ``<point>:after-rename``; None for none.
+
+    Raises:
+        OSError: the temporary could not be created, written, fsynced or renamed; callers turn it into
+            their own one-line error (:func:`write_error` for the hub's files).
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    if directory:
+        tmp.mkdir()
+    else:  # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide, as for open().
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if point:
+            crash_point(f"{point}:before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    if point:
+        crash_point(f"{point}:after-rename")
+    _fsync_dir(path.parent)
+
+
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
 ) -> str:
-    """Write ``tensors`` to ``path`` as safetensors, atomically, and return the file's hex sha256.
+    """Write ``tensors`` to ``path`` as safetensors with :func:`atomic_write` and return the file's hex
+    sha256.
 
-    The data goes to a temporary file in the same directory, is fsynced, renamed over ``path`` with
-    ``os.replace`` and the directory is fsynced: after a crash ``path`` holds either the old or the new
-    file, never a partial one. On any exception the temporary file is removed and the exception is
-    re-raised (safetensors raises e.g. for non-contiguous or memory-sharing tensors); a failed write
-    (disk full, read-only, I/O error) becomes :class:`HubWriteError`. ``path.parent`` must exist.
+    On any exception the temporary file is removed and the exception is re-raised (safetensors raises
+    e.g. for non-contiguous or memory-sharing tensors); a failed write (disk full, read-only, I/O error)
+    becomes :class:`HubWriteError`. ``path.parent`` must exist. Crash points: ``save:mid-write``,
+    ``save:before-rename``, ``save:after-rename``.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        # O_EXCL: never clobber someone else's file; mode 0o666 lets the umask decide, as for open().
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        crash_point("save:mid-write", before=lambda: os.truncate(tmp, os.path.getsize(tmp) // 2))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        sha = sha256_file(tmp)
-        crash_point("save:before-rename")
-        os.replace(tmp, path)
+        with atomic_write(path, point="save") as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+            crash_point("save:mid-write", before=lambda: os.truncate(tmp, os.path.getsize(tmp) // 2))
+            sha = sha256_file(tmp)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         if _is_io_error(exc):
             raise write_error(path, exc) from None
         raise
-    crash_point("save:after-rename")
-    try:
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        raise write_error(path, exc) from None
     return sha
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from snowhub.errors import HubLockedError, SnowhubError
-from snowhub.store.files import HubLayout, _fsync_dir, write_error
+from snowhub.store.files import HubLayout, atomic_write, write_error
 from snowhub.store.lock import writer_lock
 from snowhub.store.records import SourceRecord, TaskRecord
 
@@ -63,18 +62,12 @@ def write_intent(layout: HubLayout, seq: int, name: str, files: Iterable[Path]) 
         if file.exists():  # not a leftover (those were removed): perhaps the files of a deleted record
             raise SnowhubError(f"{file} already exists but no registry record refers to it; nothing was "
                                "changed: run `snowhub doctor` and restore hub.db from a backup if it is a task's")
-    tmp = layout.staging_dir / f".{path.name}.{os.urandom(8).hex()}.tmp"
     payload = {"seq": seq, "name": name, "files": [layout.relative(f) for f in files]}
     try:
         layout.staging_dir.mkdir(exist_ok=True)
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(layout.staging_dir)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(payload), encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise write_error(path, exc) from None
 
 
