@@ -1,4 +1,6 @@
-"""Benchmarks: SNOW against its transfer/lifelong baselines (FO, FE, FT, MP, PN) and against the paper.
+"""Benchmarks: SNOW against its transfer/lifelong baselines (FO, FE, FT, MP, PN), its serving, export, registry
+and distributed costs, and against the paper.
 
-Run ``python -m benchmarks.run --config cpu`` (or ``smoke``, ``gpu``); see ``docs/benchmarks.md``.
+Run ``python -m benchmarks SUITE`` (``python -m benchmarks --help`` lists the suites, e.g. ``methods --config
+cpu``); see ``docs/benchmarks.md``.
 """

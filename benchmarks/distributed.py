@@ -1,5 +1,5 @@
 """Training throughput of one add-task on 1, 2, … processes (DistributedDataParallel), side by side in one run:
-``python -m benchmarks.distributed`` (``--processes 1,2``; on a CUDA machine ``--device cuda --processes 1,2,4``).
+``python -m benchmarks distributed`` (``--processes 1,2``; on a CUDA machine ``--device cuda --processes 1,2,4``).
 
 Each point is the product's own command, ``snowhub add-task NAME --data DIR --nproc-per-node N --json``, on
 the same Fashion-MNIST images (``examples/prepare_data.py``), the same global batch, epochs and seed, into
@@ -10,8 +10,9 @@ each process count once with the product's own thread split (``auto``: a worker 
 threads) and once with ``OMP_NUM_THREADS=1`` in every process (the same work per thread, so the ratio is the
 processes' alone). The machine's load average before and after each run is recorded: on a shared machine it
 says what the numbers are worth (on 2 busy cores, 2 OpenMP threads in one process can be many times slower
-than 1: the team waits for a descheduled thread). Prints Markdown and writes
-``results.json`` and ``results.md`` into ``--out`` (default ``benchmarks/results/distributed-<date>-<time>``).
+than 1: the team waits for a descheduled thread). Prints Markdown and writes ``results.json`` (one row per
+process count and thread setting) and ``results.md`` into ``--out`` (default
+``benchmarks/results/distributed-<date>-<time>``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out, header, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,9 +52,13 @@ def _snowhub(*args: str, threads: str = "auto") -> subprocess.CompletedProcess:
                           env=env)
 
 
-def run(processes: list[int], device: str, image_size: int, batch_size: int, epochs: int, per_class: int,
-        out: Path, thread_settings: list[str] = ("auto",)) -> dict:
-    """Train one task per entry of `processes` and return the measurements (see the module docstring)."""
+def measure(processes: list[int], device: str, image_size: int, batch_size: int, epochs: int, per_class: int,
+            thread_settings: list[str] = ("auto",)) -> dict:
+    """Train one task per entry of `processes`; ``{"settings", "rows"}`` (see the module docstring).
+
+    Raises:
+        SystemExit: ``snowhub init`` or an add-task failed (its last error line).
+    """
     data = REPO / "benchmarks" / "results" / "tmp" / "data" / f"fashion-distributed-{per_class}"
     prepared = _prepare_data(data, per_class, max(10, per_class // 5))
     rows = []
@@ -79,31 +86,22 @@ def run(processes: list[int], device: str, image_size: int, batch_size: int, epo
     for row in rows:
         base = next(r for r in rows if r["threads"] == row["threads"])["train_images_per_s"]
         row["speedup"] = row["train_images_per_s"] / base if base else float("nan")
-    result = {"settings": {"processes": processes, "threads": list(thread_settings), "device": device, "image_size": image_size,
-                           "batch_size_global": batch_size, "epochs": epochs, "per_class_train": per_class,
-                           "data": prepared, "source": "efficientnet_lite0"},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                          "gpus": torch.cuda.device_count(),
-                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-              "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=REPO).stdout.strip(),
-              "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    (out / "results.md").write_text(render(result))
-    return result
+    settings = {"processes": processes, "threads": list(thread_settings), "device": device, "image_size": image_size,
+                "batch_size_global": batch_size, "epochs": epochs, "per_class_train": per_class, "data": prepared,
+                "source": "efficientnet_lite0", "gpus": torch.cuda.device_count()}
+    return {"settings": settings, "rows": rows}
 
 
-def render(result: dict) -> str:
-    """The Markdown table of a :func:`run` result."""
-    s = result["settings"]
+def render(settings: dict, rows: list[dict]) -> str:
+    """The Markdown table of a :func:`measure` result."""
+    s = settings
     lines = [f"add-task on {', '.join(map(str, s['processes']))} processes, {s['device']}, {s['source']} at "
              f"{s['image_size']} px, global batch {s['batch_size_global']}, {s['epochs']} epochs, Fashion-MNIST "
-             f"{s['per_class_train']} per class (product {result['git']}, {result['machine']['cpus']} CPUs)", "",
+             f"{s['per_class_train']} per class", "",
              "| processes | threads per process | training images/s | speed-up | training s | whole command s | "
              "val top-1 | load before → after |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
+    for r in rows:
         threads = "cores / N" if r["threads"] == "auto" else r["threads"]
         lines.append(f"| {r['processes']} | {threads} | {r['train_images_per_s']:.1f} | {r['speedup']:.2f}× | "
                      f"{r['train_seconds']:.1f} | {r['command_seconds']:.1f} | {r['val_top1']:.2f} % | "
@@ -111,8 +109,8 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser, suite: str = "distributed") -> None:
+    """The ``distributed`` suite's options."""
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default 1,2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (one process per GPU)")
     parser.add_argument("--image-size", type=int, default=64)
@@ -121,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST training images per class")
     parser.add_argument("--threads", default="auto,1",
                         help="comma-separated: auto (the product's split, cores / N per process) and/or a count")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    out = args.out or REPO / "benchmarks" / "results" / time.strftime("distributed-%Y%m%d-%H%M%S")
-    result = run([int(p) for p in args.processes.split(",")], args.device, args.image_size, args.batch_size,
-                 args.epochs, args.per_class, out, args.threads.split(","))
-    print(render(result), end="")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the results folder."""
+    out = args.out or default_out("distributed")
+    environment = describe_environment()
+    started = time.perf_counter()
+    result = measure([int(p) for p in args.processes.split(",")], args.device, args.image_size, args.batch_size,
+                     args.epochs, args.per_class, args.threads.split(","))
+    wall = time.perf_counter() - started
+    command = command_line("distributed", args.argv)
+    body = render(result["settings"], result["rows"])
+    markdown = "\n".join(header("distributed", command, environment, wall)) + body
+    write_results(out, "distributed", command, result["rows"], markdown, settings=result["settings"],
+                  environment=environment, wall_seconds=wall)
+    print(body, end="")
     print(f"written to {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,21 +6,19 @@ product's default shape (random task weights and frozen channel pooling: they do
 runtimes use the same CPU threads (torch's, or ``--threads``) and run the same uint8 batches back to back, warmed up;
 each figure is the median of ``--repeats`` timed runs of ``--iterations`` forward passes.
 
-    .venv/bin/python -m benchmarks.export                       # efficientnet_lite0, 64 px, ~3 min on 2 cores
-    .venv/bin/python -m benchmarks.export --source mobilenet_v2 --image-size 224
+    .venv/bin/python -m benchmarks export                       # efficientnet_lite0, 64 px, ~3 min on 2 cores
+    .venv/bin/python -m benchmarks export --source mobilenet_v2 --image-size 224
 
-Prints a Markdown table (the one in docs/export.md) and writes it with every setting to
-``benchmarks/results/export-<date>-<time>/results.{md,json}``.
+Prints a Markdown table (the one in docs/export.md) and writes it with every setting to ``--out`` (default
+``benchmarks/results/export-<date>-<time>/``): ``results.json`` (one row per graph and batch) and ``results.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import onnx
@@ -28,13 +26,12 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.backbones import load_pretrained
+from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out, header, write_results
 from snowhub.export.graph import ExportNetwork
 from snowhub.export.onnx_file import export_graph, verify_graph
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.training import DeltaConfig
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def _deltas(spec, count: int, classes: int = 10) -> dict[str, Delta]:
     torch.manual_seed(0)
@@ -108,8 +105,8 @@ def table(rows: list[dict], source: str, image_size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser, suite: str = "export") -> None:
+    """The ``export`` suite's options."""
     parser.add_argument("--source", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 5])
@@ -119,18 +116,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both runtimes (default: torch's; 1 on a busy machine, where two "
                              "spinning OpenMP threads per process slow PyTorch down by orders of magnitude)")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the results folder."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    environment = describe_environment()
+    started = time.perf_counter()
     rows = measure(args.source, args.image_size, args.tasks, args.batches, args.iterations, args.repeats)
+    wall = time.perf_counter() - started
     text = table(rows, args.source, args.image_size)
     print(text)
-    out = RESULTS / f"export-{datetime.now():%Y%m%d-%H%M%S}"
-    out.mkdir(parents=True)
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=1))
+    out = args.out or default_out("export")
+    command = command_line("export", args.argv)
+    settings = {k: v for k, v in vars(args).items() if k not in ("argv", "out", "suite")} | {"threads": torch.get_num_threads()}
+    write_results(out, "export", command, rows, "\n".join(header("export", command, environment, wall)) + text,
+                  settings=settings, environment=environment, wall_seconds=wall)
     print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,6 +1,6 @@
 """The source feature cache against FT and uncached SNOW, side by side in one run (issue 15).
 
-    python -m benchmarks.feature_cache --out benchmarks/results/feature-cache-DATE [--config cpu-long] [--seed S]
+    python -m benchmarks feature-cache [--out DIR] [--config cpu-long] [--seed S]
 
 On each dataset of the configuration (default ``cpu-long``: EfficientNet-Lite0, 64 px, batch 64, 10 epochs,
 one compute thread) it trains, in this order and in this one process:
@@ -13,15 +13,14 @@ one compute thread) it trains, in this order and in this one process:
 
 The two SNOW rows without augmentation differ only by the cache (float16 taps, the order of the batches);
 ``SNOW`` against them is the accuracy cost of training without augmentation. Training seconds exclude
-evaluation and include filling the cache. Writes one JSON per job and ``report.md``.
+evaluation and include filling the cache. Writes ``results.json`` (one row per dataset and method, with its
+accuracy curve) and ``results.md`` into ``--out`` (default ``benchmarks/results/feature-cache-<date>-<time>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from benchmarks.analysis import time_to_accuracy
 from benchmarks.backbones import load_pretrained
 from benchmarks.configs import BenchConfig, Job, get_config
 from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out, header, write_results
 from benchmarks.report import table
 from benchmarks.run import DEFAULT_DATA, prepare_offline_data
 from benchmarks.training_job import load_split, run_training
@@ -84,10 +84,9 @@ def _baseline(config: BenchConfig, method: str, dataset, data: Path, pretrained,
                       for p in loop["curve"]]}
 
 
-def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: str) -> str:
+def report(config: BenchConfig, results: dict[str, dict[str, dict]]) -> str:
     """Markdown: per dataset, top-1, training seconds, images/s, speed ÷ FT, time to 95 % of the best top-1."""
-    lines = [f"# Feature cache: {config.name}, {config.epochs} epochs, seed {config.seed}", "",
-             f"`{command}`", ""]
+    lines = [f"Feature cache: {config.name}, {config.epochs} epochs, seed {config.seed}.", ""]
     for name, rows in results.items():
         best = max(r["top1"] for r in rows.values())
         ft = rows.get("FT")
@@ -104,41 +103,41 @@ def report(config: BenchConfig, results: dict[str, dict[str, dict]], command: st
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.feature_cache", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, suite: str = "feature-cache") -> None:
+    """The ``feature-cache`` suite's options."""
     parser.add_argument("--config", default="cpu-long")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of the datasets; the offline ones are prepared there if missing")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--datasets", default=None, help="comma-separated names (default: the config's)")
     parser.add_argument("--methods", default="FT,FE,FO," + ",".join(SNOW_ROWS))
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train every method on every dataset in this process; write the results folder."""
     config = get_config(args.config).replace(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     datasets = [d for d in config.datasets if args.datasets is None or d.name in args.datasets.split(",")]
     methods = args.methods.split(",")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or default_out("feature-cache")
     prepare_offline_data(config, args.data, Console(stderr=True))
+    environment, started = describe_environment(), time.perf_counter()
     device = setup_torch(config)
     pretrained = load_pretrained(config.source)
     results: dict[str, dict[str, dict]] = {}
     for dataset in datasets:
         for method in methods:
-            started = time.perf_counter()
-            run = _snow if method in SNOW_ROWS else _baseline
-            r = run(config, method, dataset, args.data, pretrained, device)
-            r["wall_seconds"] = time.perf_counter() - started
+            begun = time.perf_counter()
+            train = _snow if method in SNOW_ROWS else _baseline
+            r = train(config, method, dataset, args.data, pretrained, device)
+            r["wall_seconds"] = time.perf_counter() - begun
             results.setdefault(dataset.name, {})[method] = r
-            (args.out / f"{dataset.name}-{method.replace(' ', '_')}.json").write_text(json.dumps(r, indent=1))
             print(f"{dataset.name} {method}: top-1 {r['top1']:.2f} %, {r['train_seconds']:.1f} s", flush=True)
-    command = "python -m benchmarks.feature_cache " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "environment.json").write_text(json.dumps(describe_environment() | {"config": config.to_dict()},
-                                                          indent=1, default=str))
-    (args.out / "report.md").write_text(report(config, results, command))
-    print(report(config, results, command))
+    wall, command = time.perf_counter() - started, command_line("feature-cache", args.argv)
+    rows = [{"dataset": name, "method": method} | r for name, by in results.items() for method, r in by.items()]
+    text = report(config, results)
+    write_results(out, "feature-cache", command, rows, "\n".join(header("feature-cache", command, environment, wall)) + text,
+                  settings=config.to_dict(), environment=environment, wall_seconds=wall)
+    print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

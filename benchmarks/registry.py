@@ -5,10 +5,12 @@ then times, in this process (no interpreter start-up), the whole command through
 read every record, check every seal, render. Side by side, the seal checks as ``list`` made them before
 (one query per task, ``Registry.check_record``) against the one-query ``Registry.checked_tasks``.
 
-    .venv/bin/python -m benchmarks.registry --tasks 1000 10000 [--postgres URL] [--out FILE]
+    .venv/bin/python -m benchmarks registry --tasks 1000 10000 [--postgres URL] [--out DIR]
 
 Without ``--postgres`` a throwaway server is started with ``scripts/postgres.sh`` (``$SNOWHUB_TEST_POSTGRES_URL``
-is used when set). Prints a Markdown table (median of ``--repeat`` runs, seconds).
+is used when set). Prints a Markdown table (median of ``--repeat`` runs, seconds) and writes it to ``--out``
+(default ``benchmarks/results/registry-<date>-<time>/``): ``results.json`` (one row per database and task
+count; the PostgreSQL URL's password hidden) and ``results.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
+
+from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out, header, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 PER_TASK_UP_TO = 1000
@@ -90,15 +95,17 @@ def _database(admin_url: str, name: str) -> str:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser, suite: str = "registry") -> None:
+    """The ``registry`` suite's options."""
     parser.add_argument("--tasks", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--postgres", default=os.environ.get("SNOWHUB_TEST_POSTGRES_URL"))
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
     parser.add_argument("--per-task-up-to", type=int, default=PER_TASK_UP_TO)
-    args = parser.parse_args()
-    globals()["PER_TASK_UP_TO"] = args.per_task_up_to
+
+
+def _measure_all(args: argparse.Namespace) -> list[dict]:
+    """Every task count on SQLite and PostgreSQL (a throwaway server unless ``--postgres``)."""
     started_server = None
     if not args.postgres:
         started_server = Path(tempfile.mkdtemp())
@@ -115,6 +122,10 @@ def main() -> None:
     finally:
         if started_server is not None:
             subprocess.run(["bash", str(REPO / "scripts/postgres.sh"), "stop", str(started_server)])
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
     lines = ["| database | tasks | `list` s | `list --json` s | `show` s | seal checks, 1 query/task s | "
              "seal checks, 1 query s | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -123,13 +134,24 @@ def main() -> None:
         ratio_cell = "—" if per_task is None else f"{per_task / one_query:.1f}×"
         lines.append(f"| {r['database']} | {r['tasks']:,} | {r['list_s']:.3f} | {r['list_json_s']:.3f} | "
                      f"{r['show_s']:.3f} | {per_task_cell} | {one_query:.3f} | {ratio_cell} |")
-    table = "\n".join(lines)
-    shown = [make_url(a).render_as_string(hide_password=True) if "://" in a else a for a in sys.argv[1:]]
-    report = f"`{' '.join(['python -m benchmarks.registry', *shown])}`\n\n{table}\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    main()
+def run(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the results folder."""
+    globals()["PER_TASK_UP_TO"] = args.per_task_up_to
+    environment = describe_environment()
+    started = time.perf_counter()
+    rows = _measure_all(args)
+    wall = time.perf_counter() - started
+    shown = [make_url(a).render_as_string(hide_password=True) if "://" in a else a for a in args.argv]
+    command = command_line("registry", shown)
+    table = _table(rows)
+    print(f"`{command}`\n\n{table}")
+    out = args.out or default_out("registry")
+    settings = {"tasks": args.tasks, "repeat": args.repeat, "per_task_up_to": args.per_task_up_to,
+                "postgres": make_url(args.postgres).render_as_string(hide_password=True)}
+    write_results(out, "registry", command, rows, "\n".join(header("registry", command, environment, wall)) + table,
+                  settings=settings, environment=environment, wall_seconds=wall)
+    print(f"wrote {out}")
+    return 0

@@ -1,13 +1,15 @@
-"""Write a run's ``results.md`` (tables), ``results.json`` (every setting and measurement) and figures."""
+"""Write a ``methods`` run's ``results.md`` (tables), ``results.json`` (every setting and measurement, in the
+envelope of :mod:`benchmarks.output`) and figures; the ``report`` suite re-renders them from ``results.json``."""
 
 from __future__ import annotations
 
-import json
+import argparse
 from pathlib import Path
 
 from benchmarks import paper
 from benchmarks.analysis import analyse
 from benchmarks.configs import BenchConfig
+from benchmarks.output import read_results, write_results
 
 
 def fmt_params(n: int | None) -> str:
@@ -177,18 +179,18 @@ def markdown(config: BenchConfig, a: dict, env: dict, wall: float, command: str)
 
 
 def write_report(out: Path, config: BenchConfig, results: list[dict], env: dict, wall: float,
-                 command: str) -> list[Path]:
-    """Write results.md, results.json and the figures into `out`; return the paths written."""
+                 command: str, suite: str = "methods") -> list[Path]:
+    """Write results.json, results.md and the figures into `out`; return the paths written.
+
+    The envelope's ``rows`` are the jobs' results, ``settings`` the configuration, ``summary`` the analysis
+    (:func:`benchmarks.analysis.analyse`) with the paper's tables under ``paper``.
+    """
     a = analyse(config, results)
-    md = out / "results.md"
-    md.write_text(markdown(config, a, env, wall, command))
-    js = out / "results.json"
-    js.write_text(json.dumps({"command": command, "wall_seconds": wall, "config": config.to_dict(),
-                              "environment": env, "analysis": a, "results": results,
-                              "paper": {"table4": paper.TABLE4_SERVING, "table5": paper.TABLE5_SUBSCRIPTION,
-                                        "table6": paper.TABLE6_ACCURACY, "table7": paper.TABLE7_TRAINING,
-                                        "ratios": paper.paper_ratios()}}, indent=1))
-    paths = [md, js]
+    summary = a | {"paper": {"table4": paper.TABLE4_SERVING, "table5": paper.TABLE5_SUBSCRIPTION,
+                             "table6": paper.TABLE6_ACCURACY, "table7": paper.TABLE7_TRAINING,
+                             "ratios": paper.paper_ratios()}}
+    paths = write_results(out, suite, command, results, markdown(config, a, env, wall, command),
+                          settings=config.to_dict(), environment=env, summary=summary, wall_seconds=wall)
     try:
         from benchmarks.plots import plot_all
     except ImportError:  # matplotlib is optional (the "benchmarks" extra)
@@ -196,21 +198,19 @@ def write_report(out: Path, config: BenchConfig, results: list[dict], env: dict,
     return paths + plot_all(out, a, results)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Re-render a run's results.md and figures from its results.json: ``python -m benchmarks.report RUN_DIR``."""
-    import argparse
+def add_arguments(p: argparse.ArgumentParser, suite: str = "report") -> None:
+    """``python -m benchmarks report RUN_DIR``."""
+    p.add_argument("run", type=Path, help="a methods run folder holding results.json")
 
+
+def run(args: argparse.Namespace) -> int:
+    """Re-render a run's results.md and figures from its results.json (same envelope, same command)."""
     from benchmarks.worker import config_from_dict
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
-    p.add_argument("run", type=Path, help="a run folder holding results.json")
-    run = p.parse_args(argv).run
-    saved = json.loads((run / "results.json").read_text())
-    paths = write_report(run, config_from_dict(saved["config"]), saved["results"], saved["environment"],
-                         saved["wall_seconds"], saved["command"])
+    saved = read_results(args.run)
+    if saved["suite"] not in ("methods", "paper-cpu", "serving"):
+        raise SystemExit(f"{args.run}: a {saved['suite']} run; report re-renders methods runs only")
+    paths = write_report(args.run, config_from_dict(saved["settings"]), saved["rows"], saved["environment"],
+                         saved["wall_seconds"], saved["command"], saved["suite"])
     print("\n".join(str(p) for p in paths))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

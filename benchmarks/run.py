@@ -1,10 +1,11 @@
-"""Run a benchmark configuration: ``python -m benchmarks.run --config {smoke,cpu,gpu}``.
+"""The ``methods``, ``paper-cpu`` and ``serving`` suites: ``python -m benchmarks methods --config {smoke,cpu,...}``.
 
 Each job (one method on one dataset, or the serving measurements) runs in a fresh worker process, one at
 a time, so its timings and peak memory are its own; every worker runs a copy of the code taken when the
-run starts (``benchmarks.snapshot``), so later edits to the working tree cannot mix in. Results land in
-``benchmarks/results/<config>-<time>/``: ``results.md``, ``results.json`` and the figures; worker logs in
-``benchmarks/results/tmp/``.
+run starts (``benchmarks.snapshot``), so later edits to the working tree cannot mix in. ``paper-cpu`` is
+this suite with ``--config paper-cpu``; ``serving`` plans only the serving job. Results land in ``--out``
+(default ``benchmarks/results/<config>-<date>-<time>/``): ``results.md``, ``results.json`` and the
+figures; worker logs in ``benchmarks/results/tmp/``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from benchmarks.configs import METHODS, BenchConfig, DatasetSpec, Job, get_config, plan
 from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out
 from benchmarks.snapshot import make_snapshot
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,12 +33,16 @@ RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_DATA = RESULTS / "tmp" / "data"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="cpu", help="smoke, cpu or gpu (default: cpu)")
+DEFAULT_CONFIG = {"methods": "cpu", "paper-cpu": "paper-cpu", "serving": "cpu"}
+
+
+def add_arguments(p: argparse.ArgumentParser, suite: str = "methods") -> None:
+    """The options of the ``methods`` suite (and of ``paper-cpu`` and ``serving``, which change defaults)."""
+    default = DEFAULT_CONFIG.get(suite, "cpu")
+    p.add_argument("--config", default=default, help=f"smoke, cpu, cpu-long, gpu or paper-cpu (default: {default})")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="folder of the datasets; the offline ones are prepared there if missing")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where the run's folder is written")
+    p.add_argument("--out", type=Path, help="the run's folder (default benchmarks/results/<config>-<date>-<time>)")
     p.add_argument("--dataset", action="append", default=[], metavar="NAME=PATH[:noflip]",
                    help="benchmark this dataset instead of the configuration's (repeatable)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
@@ -49,7 +55,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="source weights: pretrained, or random (speed and memory only; paper-cpu's default)")
     p.add_argument("--product", default="worktree",
                    help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
-    return p.parse_args(argv)
 
 
 def configure(args: argparse.Namespace) -> BenchConfig:
@@ -169,18 +174,26 @@ def summary_line(result: dict) -> str:
             f"{result['params']['trainable'] / 1e6:.3f} M trainable, {result['wall_seconds']:.0f} s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _jobs(config: BenchConfig, args: argparse.Namespace) -> list[Job]:
+    """The configuration's plan, less the serving job (``--no-serving``) or only it (the ``serving`` suite)."""
+    if getattr(args, "suite", "methods") == "serving":
+        return [j for j in plan(config) if j.kind == "serve"]
+    return [j for j in plan(config) if not (args.no_serving and j.kind == "serve")]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the planned jobs one by one and write the report; 1 if a job failed."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so a killed run stops its worker too
     config = configure(args)
     console = Console(stderr=True)
     data = args.data.resolve()
-    prepare_offline_data(config, data, console)
-    run_id = f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out, work = args.out.resolve() / run_id, RESULTS / "tmp" / run_id
-    out.mkdir(parents=True)
+    jobs = _jobs(config, args)
+    if any(j.kind == "train" for j in jobs):
+        prepare_offline_data(config, data, console)
+    out = (args.out or default_out(config.name)).resolve()
+    work = RESULTS / "tmp" / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True)
-    jobs = [j for j in plan(config) if not (args.no_serving and j.kind == "serve")]
     environment = describe_environment() | {"code": make_snapshot(work / "code", args.product)}
     console.print(f"[bold]snowhub benchmark[/bold] '{config.name}': {len(jobs)} jobs, source {config.source}, "
                   f"{config.image_size} px, batch {config.batch_size}, {config.epochs} epochs → {out}")
@@ -199,12 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.report import write_report
 
-    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    paths = write_report(out, config, results, environment, wall, command.strip())
+    command = command_line(getattr(args, "suite", "methods"), getattr(args, "argv", []))
+    paths = write_report(out, config, results, environment, wall, command, suite=getattr(args, "suite", "methods"))
     console.print(f"done in {wall / 60:.1f} min: " + ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO)
                                                           else str(p) for p in paths))
     return 1 if any("error" in r for r in results) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

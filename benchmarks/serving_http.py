@@ -7,27 +7,29 @@ The server is the real command (``snowhub serve``, a subprocess); the clients ar
 each sending its requests one after another, a bounded number, to 127.0.0.1 only. The hub is built here with
 short trainings (one epoch on a few Fashion-MNIST images): accuracy does not change the cost of a forward pass.
 
-    python -m benchmarks.serving_http                       # builds a hub, ~5 min on 2 cores
-    python -m benchmarks.serving_http --hub PATH --tasks 5   # reuse a hub
+    python -m benchmarks serving-http                       # builds a hub, ~5 min on 2 cores
+    python -m benchmarks serving-http --hub PATH --tasks 5   # reuse a hub
+
+Writes ``results.json`` (one row per batching setting and client count; the in-process loop and the ratios
+in its summary), ``results.md`` and ``serving_http.png`` into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
 from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, default_out, header, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 SNOWHUB = Path(sys.executable).parent / "snowhub"
@@ -177,18 +179,32 @@ def plot(path: Path, rows: list[dict], in_process: dict, title: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def markdown(rows: list[dict], in_process: dict, summary: dict) -> list[str]:
+    """The Markdown table of the server rows, the in-process loop and the ratios."""
+    lines = ["| batching | clients | requests/s | p50 ms | p99 ms | source passes | requests | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {r['source_passes']:.0f} | {r['requests']} | {r['errors']} |" for r in rows]
+    return lines + ["", f"In-process `Hub.predict`: {in_process['images_per_s_one_per_call']:.1f} images/s one image "
+                        f"per call, {in_process['images_per_s_16_per_call']:.1f} in calls of 16.", "",
+                    ", ".join(f"{k} {v:.2f}" for k, v in summary.items()) + "."]
+
+
+def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") -> None:
+    """The ``serving-http`` suite's options."""
     parser.add_argument("--hub", type=Path, help="an existing hub (default: build one under --out)")
     parser.add_argument("--tasks", type=int, default=5, help="tasks of the hub built (default 5)")
     parser.add_argument("--requests", type=int, default=96, help="requests per measurement (default 96)")
     parser.add_argument("--scope", choices=("all", "deltas"), default="all",
                         help="all: the source's task (224 px) + every task; deltas: the added tasks only")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
-    args = parser.parse_args(argv)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = args.out or REPO / "benchmarks" / "results" / f"serving-http-{stamp}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or open the hub, measure in process and through the server, write the results folder."""
+    out = args.out or default_out("serving-http")
     out.mkdir(parents=True, exist_ok=True)
+    environment, started = describe_environment(), time.perf_counter()
     hub = args.hub or build_hub(out / "work", args.tasks)
     queries = sorted((hub.parent / "queries").rglob("*.png")) if (hub.parent / "queries").is_dir() else []
     from snowhub import Hub
@@ -207,15 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                "server_vs_in_process_one_per_call": on16["requests_per_s"] / in_process["images_per_s_one_per_call"],
                "server_vs_in_process_16_per_call": on16["requests_per_s"] / in_process["images_per_s_16_per_call"]}
     print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
-    result = {"command": "python -m benchmarks.serving_http " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "tasks": names, "asked": tasks or names, "rows": rows, "in_process": in_process, "summary": summary,
-              "environment": describe_environment()}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    wall, command = time.perf_counter() - started, command_line("serving-http", args.argv)
+    settings = {k: v for k, v in vars(args).items() if k not in ("argv", "out", "suite")} | {
+        "tasks_served": names, "asked": tasks or names, "clients": list(CLIENTS)}
+    text = header("serving-http", command, environment, wall) + markdown(rows, in_process, summary)
+    write_results(out, "serving-http", command, rows, "\n".join(text), settings=settings, environment=environment,
+                  summary=summary | {"in_process": in_process}, wall_seconds=wall)
     plot(out / "serving_http.png", rows, in_process,
          f"snowhub serve, {len(tasks or names)} tasks, {os.cpu_count()} CPU cores")
     print(f"results in {out}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

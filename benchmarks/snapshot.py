@@ -65,10 +65,10 @@ def make_snapshot(dest: Path, product: str = "worktree") -> dict:
             "uncommitted_product_files": uncommitted}
 
 
-def run_in_snapshot(module: str, argv: list[str], product: str, dest: Path) -> int | None:
-    """Run ``python -m module *argv`` inside a fresh snapshot at `dest`; None if already inside one.
+def run_in_snapshot(argv: list[str], product: str, dest: Path) -> int | None:
+    """Run ``python -m benchmarks *argv`` inside a fresh snapshot at `dest`; None if already inside one.
 
-    For the stand-alone tools (experiments, profiling): the caller returns the exit status, or carries on
+    For the research suites (experiment, profile): the caller returns the exit status, or carries on
     when None. `argv` must hold absolute paths (the snapshot is the child's current directory). The
     snapshot's description is passed on in ``$SNOWHUB_BENCH_CODE`` (JSON).
     """
@@ -77,7 +77,7 @@ def run_in_snapshot(module: str, argv: list[str], product: str, dest: Path) -> i
     shutil.rmtree(dest, ignore_errors=True)
     info = make_snapshot(dest, product)
     env = dict(os.environ, SNOWHUB_BENCH_CODE=json.dumps(info), PYTHONPATH=str(dest))
-    return subprocess.run([sys.executable, "-m", module, *argv], cwd=dest, env=env).returncode
+    return subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=dest, env=env).returncode
 
 
 def snapshot_info() -> dict | None:

@@ -137,13 +137,28 @@ def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_smoke_configuration_runs_end_to_end(tmp_path):
-    """``python -m benchmarks.run --config smoke`` finishes every job and writes the report (< 2 minutes)."""
-    done = _run([sys.executable, "-m", "benchmarks.run", "--config", "smoke", "--out", str(tmp_path)], timeout=240)
+    """``python -m benchmarks methods --config smoke`` finishes every job and writes the report (< 2 minutes);
+    its ratios are those of the jobs' own measurements."""
+    run = tmp_path / "run"
+    done = _run([sys.executable, "-m", "benchmarks", "methods", "--config", "smoke", "--out", str(run)], timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
     report = json.loads((run / "results.json").read_text())
-    assert report["analysis"]["failed"] == []
-    assert len(report["results"]) == len(report["config"]["methods"]) + len(report["config"]["variants"]) + 1
-    ratios = report["analysis"]["datasets"]["fashion"]["ratios"]
-    assert ratios["snow_over_ft_train_images_per_s"] > 0 and ratios["ft_over_snow_memory"] > 0
+    assert (report["schema"], report["suite"]) == (1, "methods")
+    assert report["command"] == f"python -m benchmarks methods --config smoke --out {run}"
+    summary, rows = report["summary"], report["rows"]
+    assert summary["failed"] == []
+    assert len(rows) == len(report["settings"]["methods"]) + len(report["settings"]["variants"]) + 1
+    snow, ft = (next(r for r in rows if r["job"]["label"] == f"{m} · fashion") for m in ("SNOW", "FT"))
+    ratios = summary["datasets"]["fashion"]["ratios"]
+    assert snow["loop"]["images_per_s"] > 0 and ft["loop"]["images_per_s"] > 0
+    assert ratios["snow_over_ft_train_images_per_s"] == pytest.approx(snow["loop"]["images_per_s"]
+                                                                      / ft["loop"]["images_per_s"])
+    assert ratios["ft_over_snow_memory"] == pytest.approx(ft["memory"]["training_mib"] / snow["memory"]["training_mib"])
+    assert ratios["snow_minus_ft_top1"] == pytest.approx(snow["top1"] - ft["top1"])
+    assert snow["params"]["trainable"] < ft["params"]["trainable"] / 5  # the delta, not a copy of the source
+    serve = next(r for r in rows if r["job"]["kind"] == "serve")["table"]
+    assert summary["serving_ratios"]["snow_over_ft_serving_images_per_s"] == pytest.approx(
+        serve["SNOW"]["images_per_s"] / serve["FT"]["images_per_s"])
+    assert f"SNOW ÷ FT training images/s: **{ratios['snow_over_ft_train_images_per_s']:.2f}×**" in (
+        run / "results.md").read_text()
     assert {p.name for p in run.iterdir()} >= {"results.md", "results.json", "serving.png", "training_fashion.png"}

@@ -1,9 +1,9 @@
-"""benchmarks.pruned_copy: a delta's stages start as the source's blocks on a ranked channel subset."""
+"""benchmarks.research.pruned_copy: a delta's stages start as the source's blocks on a ranked channel subset."""
 
 import pytest
 import torch
 
-from benchmarks.pruned_copy import _rank, _tap_rank, apply_pruned_copy
+from benchmarks.research.pruned_copy import _rank, _tap_rank, apply_pruned_copy
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import get_spec

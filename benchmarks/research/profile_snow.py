@@ -1,9 +1,10 @@
-"""Where SNOW's training and serving time goes, next to FT: ``python -m benchmarks.profile_snow --config cpu``.
+"""Where SNOW's training and serving time goes, next to FT: ``python -m benchmarks profile --config cpu``.
 
 Times (ms per batch, median of repeats) the parts of one SGD step of FT and of SNOW on random images
 at the configuration's source, image size, batch and threads; counts their FLOPs; lists the delta's most
 expensive operators; and times the source forward without its classifier (the change proposed in
-docs/benchmarks.md). Prints Markdown and writes ``profile.json`` into ``--out``.
+docs/benchmarks.md). Runs in a frozen copy of the code (``--product``), prints Markdown and writes
+``results.json`` (one row: every measurement) and ``results.md`` into ``--out``.
 
 On the CPU: CPU time of this process, not wall time: with one thread it is the work done, whatever else
 the machine is running. On CUDA, where the host only queues kernels: wall time (``perf_counter``) between
@@ -13,7 +14,6 @@ two ``torch.cuda.synchronize``, and the forward parts under the product's autoca
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -25,7 +25,9 @@ from torch.nn import functional as F
 from benchmarks.backbones import load_pretrained
 from benchmarks.baselines import build_baseline
 from benchmarks.configs import SnowVariant, get_config
-from benchmarks.experiments import HeadlessSource
+from benchmarks.environment import describe_environment
+from benchmarks.output import command_line, header, write_results
+from benchmarks.research.experiments import HeadlessSource
 from benchmarks.serving import forward_flops
 from benchmarks.snapshot import run_in_snapshot, snapshot_info
 from benchmarks.snow import build_delta
@@ -163,28 +165,29 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_snow", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser, suite: str = "profile") -> None:
+    """The ``profile`` suite's options."""
     p.add_argument("--config", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch", type=int)
-    p.add_argument("--out", type=Path)
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/tmp/profile)")
     p.add_argument("--product", default="worktree", help="snowhub/ to profile: worktree or a git revision")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Profile in a frozen copy of the code; print and write the results folder."""
     out = (args.out or Path("benchmarks/results/tmp/profile")).resolve()
-    forwarded = ["--config", args.config, "--repeats", str(args.repeats), "--out", str(out)]
-    code = run_in_snapshot("benchmarks.profile_snow", forwarded + (["--batch", str(args.batch)] if args.batch else []),
-                           args.product, out / "code")
+    forwarded = ["profile", "--config", args.config, "--repeats", str(args.repeats), "--out", str(out)]
+    code = run_in_snapshot(forwarded + (["--batch", str(args.batch)] if args.batch else []), args.product,
+                           out.parent / f"code-{out.name}")
     if code is not None:
         return code
+    environment = describe_environment() | {"code": snapshot_info()}
     result = profile(args.config, args.repeats, args.batch)
-    print(markdown(result))
-    result["code"] = snapshot_info()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(result, indent=1))
-    (out / "profile.md").write_text(markdown(result))
+    text = markdown(result)
+    print(text)
+    command = command_line("profile", args.argv)
+    write_results(out, "profile", command, [result], "\n".join(header("profile", command, environment)) + text,
+                  settings={"config": args.config, "repeats": args.repeats, "batch": result["batch"]},
+                  environment=environment)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,11 +1,12 @@
 """Experiments behind docs/benchmarks.md's "why is SNOW behind" section: candidate product changes, tried
 here by patching the product from the outside (the product itself is unchanged).
 
-    python -m benchmarks.experiments NAME [--config cpu] [--dataset fashion] [--product REV] [--out DIR]
-                                          [--seed N] [--set FIELD=VALUE ...]
+    python -m benchmarks experiment NAME [--config cpu] [--dataset fashion] [--product REV] [--out DIR]
+                                         [--seed N] [--set FIELD=VALUE ...]
 
-Each experiment trains SNOW (the ``SNOW`` job of the configuration) with one change and writes the same
-result JSON as a benchmark job. Names:
+Each experiment trains SNOW (the ``SNOW`` job of the configuration) with one change, in a frozen copy of
+the code (:mod:`benchmarks.snapshot`), and writes a results folder (:mod:`benchmarks.output`) whose one row
+is the same result as a benchmark job's; ``python -m benchmarks seeds`` reads such folders. Names:
 
 * ``baseline``: no change (re-measured beside the others);
 * ``epochs6``: 6 epochs instead of the configuration's;
@@ -17,15 +18,6 @@ result JSON as a benchmark job. Names:
   first stages of a lean source are closer to its width ÷ 8;
 * ``headless_source``: the source stops after its last tap while training a delta (its classifier's
   logits are never used there);
-* ``last_tap_all``: the classifier subscribes to every channel of the last tap (K = N there only; the
-  other taps keep K = N/8): at stride 32 the maps are tiny, so this costs little (the product's default
-  from 16b2c6a on, where this is a no-op);
-* ``stable_slots``: each of the K positions of the delta's input keeps its channel while that channel
-  stays selected; a newly selected channel takes the slot its predecessor left (neither channel index
-  order nor score order keeps positions when the subset or the scores change; the product's behaviour
-  from 91daac1 on, where this is a no-op);
-* ``score_spread``: channel pooling scores start at 1 + 0.1·N(0, 1) instead of all 1, so the first top-K
-  subsets are random but stable instead of reshuffled every step;
 * ``spread_0.5``, ``spread_1``: channel pooling scores start at 1 + s·N(0, 1) with s = 0.5 or 1 instead of
   the product's ``INIT_SPREAD``, so fewer channels sit within the noise σ of the top-K boundary;
 * ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
@@ -35,9 +27,12 @@ result JSON as a benchmark job. Names:
   and the delta can only add to it (issue 14, idea 2).
 * ``pruned_copy``: each delta stage starts from the weights of the source blocks it mirrors on the
   channels ranked highest by BatchNorm |γ|, and each channel pooling layer on the next-ranked source
-  channels (Ladder Side-Tuning's start; ``benchmarks/pruned_copy.py``; issue 14, idea 1).
+  channels (Ladder Side-Tuning's start; ``benchmarks/research/pruned_copy.py``; issue 14, idea 1).
 * ``bf16_source``: the training source runs under bfloat16 autocast (``StagedForward(source_dtype=bfloat16)``),
   the delta in float32 (issue 15: is the reduced-precision source exact enough to train on?).
+
+The experiments that became product defaults (the classifier reading the whole last tap, channel pooling
+slots, spread initial scores) were removed with issue 23: on today's product they changed nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +41,6 @@ import argparse
 import contextlib
 import dataclasses
 import inspect
-import json
 import sys
 from pathlib import Path
 
@@ -54,14 +48,15 @@ import torch
 
 from benchmarks.backbones import Pretrained, load_pretrained
 from benchmarks.configs import Job, SnowVariant, get_config
+from benchmarks.environment import describe_environment
 from benchmarks.memory import peak_rss_mib
+from benchmarks.output import command_line, header, write_results
 from benchmarks.run import DEFAULT_DATA
 from benchmarks.snapshot import run_in_snapshot, snapshot_info
 from benchmarks.training_job import run_training
 from benchmarks.worker import JsonLinesProgress, setup_torch
 from snowhub.models.channel_pooling import ChannelPooling
-from snowhub.models.delta import DeltaShape
-from snowhub.models.frozen import FrozenSource, _HookExtractor
+from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import Tap
 
 
@@ -70,11 +65,18 @@ class _StopForward(Exception):
 
 
 class HeadlessSource(FrozenSource):
-    """A FrozenSource that runs the network only up to its last tap (proposed for delta training)."""
+    """A FrozenSource that runs the network only up to its last tap (proposed for delta training).
+
+    Its taps come through the hook extractor's public ``run_with_sink``; a hook on the last tap, registered
+    after the extractor's own, stops the forward pass there.
+
+    Raises:
+        TypeError: the source is FX-traced (it already skips its head when ``has_head=False``).
+    """
 
     def __init__(self, pretrained: Pretrained):
         super().__init__(pretrained.spec, pretrained.copy(), has_head=False)
-        if not isinstance(self.extractor, _HookExtractor):
+        if not hasattr(self.extractor, "run_with_sink"):
             raise TypeError("FX-traced sources already skip their head when has_head=False")
         self.extractor.model.get_submodule(self.spec.taps[-1].name).register_forward_hook(self._stop)
 
@@ -83,19 +85,12 @@ class HeadlessSource(FrozenSource):
         raise _StopForward
 
     def forward(self, x):
-        extractor = self.extractor
-        threaded = hasattr(extractor, "_local")  # products since the per-thread hook dict; older: `_out`
-        if threaded:
-            extractor._local.out = {}
+        out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             try:
-                extractor.model(x)
+                self.extractor.run_with_sink(x, out.__setitem__)
             except _StopForward:
                 pass
-            if threaded:
-                out, extractor._local.out = extractor._local.out, None
-            else:
-                out, extractor._out = extractor._out, {}
         return [out[t.name] for t in self.spec.taps], None
 
 
@@ -122,37 +117,6 @@ def _replacement(name: str) -> tuple[object, str, object] | None:
         return delta_module, "MIN_WIDTH", 4
     if name.startswith("spread_"):
         return channel_pooling_module, "INIT_SPREAD", float(name.removeprefix("spread_"))
-    if name == "last_tap_all":
-        from_ratios = DeltaShape.from_ratios
-
-        def whole_last_tap(*args, **kwargs):
-            shape = from_ratios(*args, **kwargs)
-            return dataclasses.replace(shape, ks=shape.ks[:-1] + (shape.taps[-1].channels,))
-
-        return DeltaShape, "from_ratios", staticmethod(whole_last_tap)
-    if name == "stable_slots":
-        select = ChannelPooling.select
-
-        def select_into_slots(pool):
-            idx = select(pool).tolist()
-            slots = getattr(pool, "_slots", None) or idx
-            chosen = set(idx)
-            incoming = iter(c for c in idx if c not in set(slots))
-            placed = [c if c in chosen else next(incoming) for c in slots]
-            if pool.training:
-                pool._slots = placed
-            return torch.tensor(placed, device=pool.scores.device)
-
-        return ChannelPooling, "select", select_into_slots
-    if name == "score_spread":
-        init = ChannelPooling.__init__
-
-        def spread_init(self, *args, **kwargs):
-            init(self, *args, **kwargs)
-            with torch.no_grad():
-                self.scores.add_(0.1 * torch.randn_like(self.scores))
-
-        return ChannelPooling, "__init__", spread_init
     if name == "start_at_fo":
         init = delta_module.Delta._init_weights
 
@@ -179,7 +143,7 @@ def patched(name: str, pretrained: Pretrained):
     replacement = _replacement(name)
     if name == "pruned_copy":
         import snowhub.models.delta as delta_module
-        from benchmarks.pruned_copy import apply_pruned_copy
+        from benchmarks.research.pruned_copy import apply_pruned_copy
 
         init = delta_module.Delta._init_weights
 
@@ -248,30 +212,24 @@ class SelectionRecorder:
 
 
 EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
-               "last_tap_all", "stable_slots", "score_spread", "spread_0.5", "spread_1", "std_floor",
-               "start_at_fo", "bf16_source", "pruned_copy")
+               "spread_0.5", "spread_1", "std_floor", "start_at_fo", "bf16_source", "pruned_copy")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.experiments", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser, suite: str = "experiment") -> None:
+    """The ``experiment`` suite's options."""
     p.add_argument("name", choices=EXPERIMENTS)
     p.add_argument("--config", default="cpu")
     p.add_argument("--dataset", default="fashion")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--out", type=Path, default=DEFAULT_DATA.parent / "experiments")
+    p.add_argument("--out", type=Path, help="results folder (default benchmarks/results/tmp/experiments/"
+                                           "NAME[-SETTINGS]-DATASET[-seedS])")
     p.add_argument("--product", default="worktree", help="snowhub/ to patch: worktree or a git revision")
     p.add_argument("--seed", type=int, default=None, help="override the configuration's seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a numeric configuration field, e.g. --set snow_lr=0.05 (repeatable)")
-    args = p.parse_args(argv)
-    code = run_in_snapshot(  # in a frozen copy of the code, as benchmark jobs are
-        "benchmarks.experiments", [args.name, "--config", args.config, "--dataset", args.dataset, "--data",
-                                   str(args.data.resolve()), "--out", str(args.out.resolve())]
-        + ([] if args.seed is None else ["--seed", str(args.seed)])
-        + [a for o in args.overrides for a in ("--set", o)],
-        args.product, args.out.resolve() / f"code-{args.name}-{args.dataset}")
-    if code is not None:
-        return code
+
+
+def _configure(args: argparse.Namespace):
     config = get_config(args.config)
     if args.seed is not None:
         config = config.replace(seed=args.seed)
@@ -282,6 +240,24 @@ def main(argv: list[str] | None = None) -> int:
         config = config.replace(epochs=6)
     if args.name == "lr_paper":
         config = config.replace(snow_lr=1.0 * config.batch_size / 256, score_lr_scale=1.0)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train SNOW with experiment ``args.name`` in a frozen copy of the code; write the results folder."""
+    stem = "-".join([args.name, *(o.replace("=", "") for o in args.overrides), args.dataset]
+                    + ([] if args.seed is None else [f"seed{args.seed}"]))
+    out = (args.out or DEFAULT_DATA.parent / "experiments" / stem).resolve()
+    code = run_in_snapshot(  # in a frozen copy of the code, as benchmark jobs are
+        ["experiment", args.name, "--config", args.config, "--dataset", args.dataset, "--data",
+         str(args.data.resolve()), "--out", str(out)]
+        + ([] if args.seed is None else ["--seed", str(args.seed)])
+        + [a for o in args.overrides for a in ("--set", o)],
+        args.product, DEFAULT_DATA.parent / "experiments" / f"code-{stem}")
+    if code is not None:
+        return code
+    config = _configure(args)
+    environment = describe_environment() | {"code": snapshot_info()}
     device = setup_torch(config)
     pretrained = load_pretrained(config.source)
     dataset = next(d for d in config.datasets if d.name == args.dataset)
@@ -290,19 +266,13 @@ def main(argv: list[str] | None = None) -> int:
         variant = SnowVariant(source_precision="bfloat16") if args.name == "bf16_source" else SnowVariant()
         result = run_training(config, Job("train", "SNOW", dataset.name, variant), dataset, args.data.resolve(),
                               pretrained, device, JsonLinesProgress())
-    result |= {"experiment": args.name, "overrides": args.overrides, "seed": config.seed, **recorder.summary(),
-               "config": config.to_dict(), "rss_peak_mib": peak_rss_mib(),
-               "code": snapshot_info()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "-".join([args.name, *(o.replace("=", "") for o in args.overrides), args.dataset]
-                    + ([] if args.seed is None else [f"seed{args.seed}"]))
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    result |= {"experiment": args.name, "overrides": args.overrides, "seed": config.seed, "rss_peak_mib": peak_rss_mib()}
     loop = result["loop"]
-    print(f"{args.name}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, {loop['images_per_s']:.1f} "
-          f"images/s, {loop['images_per_cpu_s']:.1f} images/CPU-s, delta {result['params']['task']} params",
-          file=sys.stderr)
+    line = (f"{args.name}: top-1 {result['top1']:.2f} %, top-5 {result['top5']:.2f} %, {loop['images_per_s']:.1f} "
+            f"images/s, {loop['images_per_cpu_s']:.1f} images/CPU-s, delta {result['params']['task']} params")
+    command = command_line("experiment", args.argv)
+    write_results(out, "experiment", command, [result], "\n".join(header("experiment", command, environment)) + line,
+                  settings=config.to_dict() | {"experiment": args.name, "overrides": args.overrides},
+                  environment=environment, summary=recorder.summary())
+    print(line, file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
