@@ -1,6 +1,6 @@
 """Device choices on a GPU machine, checked without one: the logic takes what the machine would report
 (compute capability, device count, LOCAL_RANK, CPU affinity and quota) as arguments or monkeypatched calls.
-scripts/gpu_check.py checks the same on a real GPU."""
+tests/gpu (the `cuda` tests) checks the same on a real GPU."""
 
 from __future__ import annotations
 
