@@ -4,7 +4,7 @@ Runtime (CPU provider) on real images at two batch sizes and compared with PyTor
 The exporter is torch.export's (dynamo, non-strict): it traces the forward pass with a symbolic batch and
 concrete height and width, so EfficientNet-Lite's data-dependent TF "same" padding (computed from the input
 size in Python) becomes constants of the traced size while the batch axis stays dynamic. The image size is
-therefore fixed per file (the tasks' own, or ``--image-size``); see ``docs/export.md``.
+therefore fixed per file (the tasks' own, or the ``image_size`` asked for); see ``docs/export.md``.
 
 Everything is written into a temporary directory beside the output and renamed into place at the end: a
 failed export or verification leaves no file behind.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from snowhub.export.errors import ExportError
 from snowhub.export.graph import ExportNetwork
@@ -53,28 +54,37 @@ class Verification:
                 "top1_agree": self.top1_agree, "rtol": RTOL, "atol": ATOL}
 
 
-def export_graph(network: ExportNetwork, example: torch.Tensor, opset: int, path: Path) -> None:
-    """Export `network` to ONNX at `path`: input ``images`` uint8 ``(batch, 3, H, W)`` with a dynamic batch
-    axis (H, W those of `example`), outputs :attr:`ExportNetwork.output_names`, weights inside the file.
+def export_graph(network: nn.Module, example: torch.Tensor | tuple, opset: int, path: Path) -> None:
+    """Export `network` to ONNX at `path`, weights inside the file, every input with a dynamic batch axis
+    (the other axes those of the example).
+
+    Args:
+        network: an :class:`ExportNetwork` (input ``images`` uint8 ``(batch, 3, H, W)``), or any module with
+            ``input_names`` and ``output_names`` (the per-artifact graphs of
+            :mod:`snowhub.export.artifact_graphs`).
+        example: the one input tensor, or the tuple of `network`'s forward arguments (lists of tensors allowed).
 
     Raises:
         ExportError: the exporter failed (its first line is in the message).
     """
     batch = torch.export.Dim("batch", min=1, max=4096)
+    args = example if isinstance(example, tuple) else (example,)
+    dynamic = tuple([{0: batch}] * len(a) if isinstance(a, list) else {0: batch} for a in args)
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(network, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
-                                        output_names=network.output_names, dynamic_shapes={"images": {0: batch}},
+            program = torch.onnx.export(network, args, dynamo=True, verbose=False,
+                                        input_names=getattr(network, "input_names", [INPUT_NAME]),
+                                        output_names=network.output_names, dynamic_shapes=dynamic,
                                         opset_version=opset, external_data=False)
             program.save(str(path), external_data=False)
     except ExportError:
         raise
     except Exception as exc:  # the exporter's own errors are many kinds; say which and stop
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first}; try another --opset "
-                          "or --image-size") from None
+        raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first}; try another `opset` "
+                          "or `image_size`") from None
 
 
 def _session(path: Path):
@@ -128,9 +138,9 @@ def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor,
     """
     output = Path(output).expanduser().absolute()
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ExportError(f"{output} already exists and is not an empty directory; choose a new --output directory")
+        raise ExportError(f"{output} already exists and is not an empty directory; choose a new `output` directory")
     if not output.parent.is_dir():
-        raise ExportError(f"{output.parent} does not exist; create it first or choose another --output")
+        raise ExportError(f"{output.parent} does not exist; create it first or choose another `output`")
     try:
         with atomic_write(output, directory=True) as tmp:
             export_graph(network, images[:1].contiguous(), opset, tmp / MODEL_FILE)
@@ -139,5 +149,5 @@ def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor,
                 (tmp / name).write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ExportError(f"cannot write {output} ({exc.strerror or exc}); free some space or choose another "
-                          "--output") from None
+                          "`output`") from None
     return verification
