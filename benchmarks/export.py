@@ -28,6 +28,7 @@ import torch
 from benchmarks.backbones import load_pretrained
 from benchmarks.environment import describe_environment
 from benchmarks.output import command_line, default_out, header, write_results
+from benchmarks.snapshot import rerun_in_snapshot, snapshot_info
 from snowhub.export.graph import ExportNetwork
 from snowhub.export.onnx_file import export_graph, verify_graph
 from snowhub.models.delta import Delta, DeltaShape
@@ -117,21 +118,26 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "export") -> Non
                         help="CPU threads for both runtimes (default: torch's; 1 on a busy machine, where two "
                              "spinning OpenMP threads per process slow PyTorch down by orders of magnitude)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
+    parser.add_argument("--product", default="worktree",
+                        help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Measure, print the table, write the results folder."""
+    """Measure in a frozen copy of the code (``--product``), print the table, write the results folder."""
+    out = args.out or default_out("export")
+    code = rerun_in_snapshot("export", args.argv, args.product, {"--out": out})
+    if code is not None:
+        return code
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    environment = describe_environment()
+    environment = describe_environment() | {"code": snapshot_info()}
     started = time.perf_counter()
     rows = measure(args.source, args.image_size, args.tasks, args.batches, args.iterations, args.repeats)
     wall = time.perf_counter() - started
     text = table(rows, args.source, args.image_size)
     print(text)
-    out = args.out or default_out("export")
     command = command_line("export", args.argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("argv", "out", "suite")} | {"threads": torch.get_num_threads()}
+    settings = {k: v for k, v in vars(args).items() if k not in ("argv", "out", "suite", "product")} | {"threads": torch.get_num_threads()}
     write_results(out, "export", command, rows, "\n".join(header("export", command, environment, wall)) + text,
                   settings=settings, environment=environment, wall_seconds=wall)
     print(f"wrote {out}")

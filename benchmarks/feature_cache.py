@@ -13,7 +13,8 @@ one compute thread) it trains, in this order and in this one process:
 
 The two SNOW rows without augmentation differ only by the cache (float16 taps, the order of the batches);
 ``SNOW`` against them is the accuracy cost of training without augmentation. Training seconds exclude
-evaluation and include filling the cache. Writes ``results.json`` (one row per dataset and method, with its
+evaluation and include filling the cache. It runs in a frozen copy of the code (``--product``,
+:mod:`benchmarks.snapshot`), so edits to the working tree during a long run cannot mix in. Writes ``results.json`` (one row per dataset and method, with its
 accuracy curve) and ``results.md`` into ``--out`` (default ``benchmarks/results/feature-cache-<date>-<time>``).
 """
 
@@ -35,6 +36,7 @@ from benchmarks.environment import describe_environment
 from benchmarks.output import command_line, default_out, header, write_results
 from benchmarks.report import table
 from benchmarks.run import DEFAULT_DATA, prepare_offline_data
+from benchmarks.snapshot import rerun_in_snapshot, snapshot_info
 from benchmarks.training_job import load_split, run_training
 from benchmarks.worker import setup_torch
 from snowhub.data import eval_transform
@@ -113,16 +115,21 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "feature-cache")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--datasets", default=None, help="comma-separated names (default: the config's)")
     parser.add_argument("--methods", default="FT,FE,FO," + ",".join(SNOW_ROWS))
+    parser.add_argument("--product", default="worktree",
+                        help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train every method on every dataset in this process; write the results folder."""
+    """Train every method on every dataset in one process, in a frozen copy of the code; write the results folder."""
     config = get_config(args.config).replace(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
     datasets = [d for d in config.datasets if args.datasets is None or d.name in args.datasets.split(",")]
     methods = args.methods.split(",")
     out = args.out or default_out("feature-cache")
-    prepare_offline_data(config, args.data, Console(stderr=True))
-    environment, started = describe_environment(), time.perf_counter()
+    prepare_offline_data(config, args.data, Console(stderr=True))  # here: the snapshot has no examples/
+    code = rerun_in_snapshot("feature-cache", args.argv, args.product, {"--out": out, "--data": args.data})
+    if code is not None:
+        return code
+    environment, started = describe_environment() | {"code": snapshot_info()}, time.perf_counter()
     device = setup_torch(config)
     pretrained = load_pretrained(config.source)
     results: dict[str, dict[str, dict]] = {}

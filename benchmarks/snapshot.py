@@ -80,6 +80,31 @@ def run_in_snapshot(argv: list[str], product: str, dest: Path) -> int | None:
     return subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=dest, env=env).returncode
 
 
+def rerun_in_snapshot(suite: str, argv: list[str], product: str, paths: dict[str, Path]) -> int | None:
+    """Run ``python -m benchmarks SUITE *argv`` again inside a fresh snapshot; None if already inside one.
+
+    For the suites that measure ``snowhub/`` in their own process (feature-cache, export): `paths` maps each
+    path option to its value (``{"--out": ..., "--data": ...}``); they are passed on absolute, since the
+    snapshot is the child's current directory. The snapshot is removed when the child ends.
+    """
+    if "SNOWHUB_BENCH_CODE" in os.environ:
+        return None
+    kept, words = [], iter(argv)
+    for word in words:
+        name = word.partition("=")[0]
+        if name in paths:
+            if "=" not in word:
+                next(words, None)
+            continue
+        kept.append(word)
+    absolute = [x for option, path in paths.items() for x in (option, str(Path(path).resolve()))]
+    dest = REPO / "benchmarks" / "results" / "tmp" / f"code-{suite}-{os.getpid()}"
+    try:
+        return run_in_snapshot([suite, *kept, *absolute], product, dest)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
 def snapshot_info() -> dict | None:
     """The description of the snapshot this process runs in (see :func:`run_in_snapshot`), or None."""
     raw = os.environ.get("SNOWHUB_BENCH_CODE")
