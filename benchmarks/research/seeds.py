@@ -5,7 +5,7 @@ Reads run folders of the ``methods``, ``experiment`` and ``feature-cache`` suite
 
     python -m benchmarks seeds RUN_DIR [RUN_DIR ...] [--out DIR]
 
-A ``methods`` run gives one row per training job (its method), an ``experiment`` run one SNOW row labelled
+A ``methods`` run gives one row per training job (its method, or its SNOW variant), an ``experiment`` run one SNOW row labelled
 with the experiment and its overrides (``SNOW pruned_copy snow_lr=0.03``), a ``feature-cache`` run one row per
 dataset and method.
 
@@ -55,7 +55,8 @@ def runs(folders: list[Path]) -> list[dict]:
                 rows.append({"method": _experiment_label(r), "dataset": r["dataset"]["name"], "seed": r["seed"],
                              "top1": r["top1"], "curve": r["loop"]["curve"]})
             elif r["job"]["kind"] == "train" and "error" not in r:
-                rows.append({"method": r["job"]["method"], "dataset": r["job"]["dataset"], "seed": seed,
+                label = r["job"]["label"].split(" · ")[0]  # a SNOW variant keeps its own row ("SNOW K=N/16")
+                rows.append({"method": label, "dataset": r["job"]["dataset"], "seed": seed,
                              "top1": r["top1"], "curve": r["loop"]["curve"]})
     return rows
 

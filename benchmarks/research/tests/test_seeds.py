@@ -29,16 +29,20 @@ def test_feature_cache_runs_give_one_row_per_seed_and_time_to_accuracy(tmp_path)
     assert line == "| SNOW cached | 2 | 85.00 (80.00 – 90.00) | 90.00 / 80.00 | 20 s (1/2) |"
 
 
-def test_experiment_label_names_its_overrides_and_methods_runs_keep_only_finished_training(tmp_path):
+def test_experiments_and_variants_keep_their_labels_and_failed_jobs_are_left_out(tmp_path):
     folders = []
     for name, overrides in (("baseline", []), ("pruned_copy", []), ("pruned_copy", ["snow_lr=0.03"])):
         row = {"experiment": name, "overrides": overrides, "dataset": {"name": "mnist"}, "seed": 0, "top1": 90.0,
                "loop": {"curve": []}}
         folders.append(_run(tmp_path / f"{name}-{len(overrides)}", "experiment", 0, [row]))
-    train = {"job": {"kind": "train", "method": "FT", "dataset": "mnist"}, "top1": 95.0, "loop": {"curve": []}}
-    failed = {"job": {"kind": "train", "method": "FE", "dataset": "mnist"}, "error": "worker exited"}
-    folders.append(_run(tmp_path / "run", "methods", 0, [train, failed, {"job": {"kind": "serve"}}]))
-    assert sorted(r["method"] for r in runs(folders)) == ["FT", "SNOW", "SNOW pruned_copy",
+    def job(method, label, **extra):
+        return {"job": {"kind": "train", "method": method, "label": f"{label} · mnist", "dataset": "mnist"},
+                "top1": 95.0, "loop": {"curve": []}} | extra
+
+    jobs = [job("FT", "FT"), job("SNOW", "SNOW 1×1 conv"), job("FE", "FE", error="worker exited"),
+            {"job": {"kind": "serve", "label": "serving"}}]
+    folders.append(_run(tmp_path / "run", "methods", 0, jobs))
+    assert sorted(r["method"] for r in runs(folders)) == ["FT", "SNOW", "SNOW 1×1 conv", "SNOW pruned_copy",
                                                           "SNOW pruned_copy snow_lr=0.03"]
 
 
