@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
+from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
 from snowhub_cli import registry as registry_commands
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, handled
@@ -47,16 +48,35 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 @app.command()
 def init(
-    source: Annotated[str, typer.Option("--source", help=f"Pretrained source: {', '.join(available_sources())}.")],
-    weights: Annotated[Optional[Path], typer.Option(
-        "--weights", help="Local state dict for the source (safetensors, or a weights-only torch file).")] = None,
+    source: Annotated[str, typer.Option("--source", help=f"Pretrained source: {', '.join(available_sources())}, "
+                                                         "or any model as timm:<arch> or torchvision:<arch> "
+                                                         "(snowhub sources).")],
+    weights: Annotated[Optional[str], typer.Option(
+        "--weights", help="Local state dict for the source (safetensors, or a weights-only torch file; the whole "
+                          "model's or its backbone's), or 'random' (speed and memory tests).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", help="The hub's default image size in pixels (timm:/torchvision: sources; default: the "
+                             "model's own).", min=1)] = None,
+    taps: Annotated[Optional[str], typer.Option(
+        "--taps", help="Comma-separated module (timm) or graph-node (torchvision) names to tap instead of the "
+                       "discovered ones, in forward order.")] = None,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a hub around a frozen, pretrained source model (its registry in the hub, or at --registry)."""
-    with handled(), Hub.init(hub, source, weights, registry) as h:
+    tap_names = [t.strip() for t in taps.split(",") if t.strip()] if taps else None
+    with one_line_errors(), Hub.init(hub, source, weights, registry, image_size=image_size, taps=tap_names) as h:
         render.source_created(str(h.layout.root), h.source_record(), as_json)
+
+
+@app.command()
+def sources() -> None:
+    """List the built-in source names and how to name any timm or torchvision model."""
+    for name in available_sources():
+        render.line(name)
+    for provider in PROVIDERS.values():
+        render.line(f"{provider.scheme}:<arch>  any {provider.scheme} model; {provider.how}")
 
 
 @app.command("add-task")

@@ -21,7 +21,7 @@ import torch
 
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
-from snowhub.models.sources import get_spec
+from snowhub.models.sources import recorded_spec, with_family
 from snowhub.models.weights import load_source_state
 from snowhub.probe import ProbeSet
 from snowhub.store import Registry, SourceRecord, TaskRecord, load_safetensors_verified
@@ -39,8 +39,9 @@ def build_source(record: SourceRecord, state: dict[str, torch.Tensor]) -> Frozen
     The hub's recorded taps are its contract with its deltas: a later snowhub may tap new hubs elsewhere,
     but this hub is always served as it was recorded.
     """
-    spec = get_spec(record.name).as_recorded(record.taps, record.preprocessing)
+    spec = recorded_spec(record.name, record.taps, record.preprocessing, record.head_classes is not None)
     backbone = spec.build()
+    spec = with_family(spec, backbone)  # a discovered source's delta family, read off its modules
     load_source_state(spec, backbone, state)
     return FrozenSource(spec, backbone, has_head=record.head_classes is not None)
 

@@ -56,15 +56,21 @@ class Hub:
 
     @staticmethod
     def init(path: Path | str | None, source: str, weights: Path | str | None = None,
-             registry: str | None = None) -> "Hub":
+             registry: str | None = None, image_size: int | None = None, taps: Sequence[str] | None = None) -> "Hub":
         """Create a hub at `path` (default :func:`default_hub_path`) around the pretrained `source`; its registry
         at the database URL `registry` (default ``$SNOWHUB_REGISTRY_URL``, else ``sqlite:///<path>/hub.db``).
 
+        `source` is a built-in name or ``timm:<arch>`` / ``torchvision:<arch>``; `weights` a file, ``"random"``
+        or None (pretrained); `image_size` and `taps` apply to those discovered sources
+        (:func:`snowhub.registration.create_hub`, ``docs/sources.md``).
+
         Raises:
-            SourceError: unknown source, or its weights cannot be found or do not fit.
+            SourceError: unknown source, an untappable model, a refused image size, or weights that cannot be
+                found or do not fit.
             HubExistsError: a hub already exists at `path`.
         """
-        return Hub(create_hub(Path(path) if path is not None else default_hub_path(), source, weights, registry))
+        return Hub(create_hub(Path(path) if path is not None else default_hub_path(), source, weights, registry,
+                              image_size=image_size, taps=taps))
 
     @staticmethod
     def open(path: Path | str | None = None, clean: bool = True, registry: str | None = None) -> "Hub":

@@ -11,6 +11,7 @@ a multi-process training run calls :func:`register_task` from rank 0 only.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -18,8 +19,9 @@ import torch
 from snowhub._version import __version__
 from snowhub.data import DatasetSplit
 from snowhub.faults import crash_point
+from snowhub.models.frozen import FrozenSource, check_source
 from snowhub.models.sources import get_spec
-from snowhub.models.weights import load_source_state, resolve_weights
+from snowhub.models.weights import RANDOM, load_source_state, resolve_weights
 from snowhub.probe import ProbeSet, logits_digest
 from snowhub.store import (
     HubLayout,
@@ -37,34 +39,50 @@ from snowhub.store import (
 from snowhub.training import TrainResult
 
 
-def _library_versions() -> dict[str, str]:
+def _library_versions(source: str) -> dict[str, str]:
     import torchvision
 
-    return {"snowhub": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version()}
+    versions = {"snowhub": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "python": platform.python_version()}
+    if source.startswith("timm:"):
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions
 
 
-def create_hub(root: Path, source: str, weights: Path | str | None = None, registry_url: str | None = None) -> Registry:
+def create_hub(root: Path, source: str, weights: Path | str | None = None, registry_url: str | None = None,
+               image_size: int | None = None, taps: Sequence[str] | None = None) -> Registry:
     """Create a hub at `root` around the pretrained `source` and return its open registry.
 
-    `registry_url`: where the registry lives (:mod:`snowhub.store.url`; default ``root/hub.db``).
+    Args:
+        source: a built-in name (``resnet50``, …) or any model as ``timm:<arch>`` / ``torchvision:<arch>``.
+        weights: a weights file (safetensors or weights-only torch; the whole model's state dict or its
+            backbone's), ``"random"``, or None for the source's pretrained weights.
+        registry_url: where the registry lives (:mod:`snowhub.store.url`; default ``root/hub.db``).
+        image_size: the hub's default image size in px (discovered sources; checked by a dummy forward).
+        taps: module / graph-node names to tap instead of the discovered ones.
 
     The source's weights are copied into the hub (safetensors), so the hub is self-contained and the
-    recorded hashes always refer to the exact tensors served.
+    recorded hashes always refer to the exact tensors served. Its taps, normalisation and architecture id
+    are recorded, so the hub rebuilds its source without discovering anything again.
 
     Raises:
-        SourceError: unknown source, or its weights cannot be found or do not fit.
+        SourceError: unknown source, a model that cannot be tapped, an image size it refuses, or weights
+            that cannot be found or do not fit; nothing is written.
         HubExistsError: a hub already exists at `root`.
     """
     layout = HubLayout(root)
-    spec = get_spec(source)
+    spec = get_spec(source, image_size, taps)
     state, origin = resolve_weights(spec, weights)
     backbone = spec.build()
-    has_head = load_source_state(spec, backbone, state)
+    has_head = load_source_state(spec, backbone, state) and origin != RANDOM
+    if ":" in spec.name:  # a discovered source: its taps read through the extractor it will be served with
+        check_source(FrozenSource(spec, backbone, has_head), spec.image_size)
     state = {k: v.contiguous() for k, v in backbone.state_dict().items()}
     created_dir = not layout.root.exists()
     registry = Registry.create(layout.root, registry_url)
-    weights_path = layout.source_dir / f"{spec.name}.safetensors"
+    weights_path = layout.source_dir / f"{spec.name.replace(':', '-')}.safetensors"
     try:
         with writer_lock(registry, wait=False):
             file_sha = atomic_save_safetensors(state, weights_path, metadata={"source": spec.name})
@@ -73,7 +91,8 @@ def create_hub(root: Path, source: str, weights: Path | str | None = None, regis
                 weights_file_sha256=file_sha, tensors_sha256=tensor_digest(state),
                 parameter_count=sum(v.numel() for v in backbone.parameters()),
                 taps=[t.to_dict() for t in spec.taps], preprocessing=spec.preprocessing,
-                head_classes=spec.head_categories() if has_head else None, library_versions=_library_versions(),
+                head_classes=spec.head_categories() if has_head else None,
+                library_versions=_library_versions(spec.name),
             ))
     except BaseException:
         registry.close()

@@ -1,8 +1,11 @@
 """The delta: a task's own small network, the source's architecture narrowed (SNOW, section 2.1).
 
 The delta mirrors the source stage by stage: one stage per tap, as many blocks as the source stage, each
-``width_divisor`` times narrower, built from the same block family (torchvision's ``Bottleneck``,
-``BasicBlock`` or ``InvertedResidual``). Stage i consumes ``concat(previous delta output, channel-pooled
+``width_divisor`` times narrower, built from the source's block family (:mod:`snowhub.models.blocks`:
+torchvision's ``Bottleneck``, ``BasicBlock`` or ``InvertedResidual``; ``BasicBlock`` for every other
+architecture). Its stride from one stage to the next is the ratio of the taps' reductions: for a vision
+transformer, whose taps all have the patch stride, a stem down to that stride and then stages at stride 1.
+Stage i consumes ``concat(previous delta output, channel-pooled
 source tap i-1)``, both at the same resolution; the classifier consumes ``concat(last delta stage,
 channel-pooled last tap)``. Layout and rationale: ``docs/architecture.md``.
 """
@@ -15,9 +18,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock, Bottleneck
-
+from snowhub.models.blocks import get_family
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.sources import Tap
 
@@ -29,7 +30,7 @@ class DeltaShape:
     """The sizes a delta is built from; recorded with the task so the delta can be rebuilt for serving.
 
     Attributes:
-        block: block family (``"bottleneck"``, ``"basic"``, ``"inverted_residual"``).
+        block: block family (:mod:`snowhub.models.blocks`: ``"bottleneck"``, ``"basic"``, ``"inverted_residual"``).
         taps: the source's taps (channels N_i, stride, blocks).
         widths: output channels of each delta stage (stem first), ``len(taps)`` entries.
         ks: K_i, channels subscribed from each tap.
@@ -73,21 +74,22 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _stage(block: str, cin: int, cout: int, stride: int, blocks: int) -> nn.Sequential:
-    """`blocks` residual blocks of family `block`; the first changes width and resolution."""
-    layers: list[nn.Module] = []
-    for i in range(blocks):
-        s, c = (stride, cin) if i == 0 else (1, cout)
-        if block == "inverted_residual":
-            layers.append(InvertedResidual(c, cout, s, expand_ratio=6))
-            continue
-        expansion = 4 if block == "bottleneck" else 1
-        downsample = None
-        if s != 1 or c != cout:
-            downsample = nn.Sequential(nn.Conv2d(c, cout, 1, s, bias=False), nn.BatchNorm2d(cout))
-        cls = Bottleneck if block == "bottleneck" else BasicBlock
-        layers.append(cls(c, cout // expansion, s, downsample))
-    return nn.Sequential(*layers)
+def _stem(stride: int, width: int) -> nn.Sequential:
+    """Images down to the first tap's resolution: log2(stride) conv-BN-ReLU of stride 2 (3×3, padding 1), or
+    for a stride that is no power of two (a patch-14 ViT) one ``stride × stride`` patchify conv-BN-ReLU."""
+    if stride & (stride - 1) == 0:
+        return nn.Sequential(*[_conv_bn_relu(3 if i == 0 else width, width, 2) for i in range(int(math.log2(stride)))])
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, width, stride, stride, bias=False), nn.BatchNorm2d(width),
+                                       nn.ReLU(inplace=True)))
+
+
+def match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`x` ``(B, C, h, w)`` average-pooled to `like`'s ``(h', w')`` when they differ (an image size whose
+    rounding the source and the delta do differently, e.g. ConvNeXt's 2×2 downsampling of an odd map); the
+    same tensor otherwise, so every size that already matched computes exactly as before."""
+    if x.shape[-2:] == like.shape[-2:]:
+        return x
+    return nn.functional.adaptive_avg_pool2d(x, like.shape[-2:])
 
 
 class Delta(nn.Module):
@@ -104,15 +106,13 @@ class Delta(nn.Module):
 
     def __init__(self, shape: DeltaShape):
         super().__init__()
-        if shape.block not in ("bottleneck", "basic", "inverted_residual"):
-            raise ValueError(f"unknown block family {shape.block!r}")
+        family = get_family(shape.block)  # ValueError: a family this snowhub does not know
         self.shape = shape
         taps, widths, ks = shape.taps, shape.widths, shape.ks
         self.pools = nn.ModuleList(ChannelPooling(t.channels, k, shape.noise_var) for t, k in zip(taps, ks))
-        stem_convs = int(math.log2(taps[0].stride))
-        self.stem = nn.Sequential(*[_conv_bn_relu(3 if i == 0 else widths[0], widths[0], 2) for i in range(stem_convs)])
+        self.stem = _stem(taps[0].stride, widths[0])
         self.stages = nn.ModuleList(
-            _stage(shape.block, widths[i - 1] + ks[i - 1], widths[i], taps[i].stride // taps[i - 1].stride, taps[i].blocks)
+            family.stage(widths[i - 1] + ks[i - 1], widths[i], taps[i].stride // taps[i - 1].stride, taps[i].blocks)
             for i in range(1, len(taps))
         )
         self.classifier = nn.Linear(widths[-1] + ks[-1], shape.num_classes)
@@ -132,8 +132,10 @@ class Delta(nn.Module):
     def forward(self, images: torch.Tensor, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         x = self.stem(images)
         for stage, pool, tap in zip(self.stages, self.pools, taps):
-            x = stage(torch.cat([x, pool(tap)], dim=1))
-        x = torch.cat([x, self.pools[-1](taps[-1])], dim=1)
+            pooled = pool(tap)
+            x = stage(torch.cat([match_size(x, pooled), pooled], dim=1))
+        last = self.pools[-1](taps[-1])
+        x = torch.cat([match_size(x, last), last], dim=1)
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
     def freeze_channel_pooling(self) -> dict[str, list[int]]:

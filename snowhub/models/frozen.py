@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
+from snowhub.errors import SourceError
 from snowhub.models.sources import SourceSpec, Tap
 
 
@@ -96,8 +97,8 @@ class FrozenSource(nn.Module):
     Forward:
         x: normalised images ``(B, 3, H, W)``, i.e. ``source.normalizer(uint8 images)``; the delta gets the
         same tensor, so normalisation runs once per batch.
-        returns ``(taps, logits)``: a list of tap tensors ``(B, N_i, H/s_i, W/s_i)`` in ``spec.taps`` order,
-        and the head's logits ``(B, 1000)`` or None.
+        returns ``(taps, logits)``: a list of tap tensors ``(B, N_i, H/s_i, W/s_i)`` in ``spec.taps`` order
+        (NHWC maps and ViT tokens converted: :meth:`Tap.to_map`), and the head's logits ``(B, 1000)`` or None.
     """
 
     def __init__(self, spec: SourceSpec, backbone: nn.Module, has_head: bool):
@@ -129,10 +130,30 @@ class FrozenSource(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         with torch.no_grad():
             out = self.extractor(x)
-        return [out[tap.name] for tap in self.spec.taps], out.get("logits")
+        height, width = x.shape[-2:]
+        return [tap.to_map(out[tap.name], height, width) for tap in self.spec.taps], out.get("logits")
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters and buffers in use, under the backbone's own key names (those of its weights
         file), whichever extractor reads the taps. A traced extractor keeps only the modules it runs."""
         module = self.extractor.model if isinstance(self.extractor, _HookExtractor) else self.extractor
         return module.state_dict()
+
+
+def check_source(source: FrozenSource, image_size: int) -> None:
+    """Run `source` once on a ``(1, 3, S, S)`` zero image and check that every tap is a ``(1, N_i, h, w)`` map
+    with its recorded channels: the taps of a discovered source read as they will be served.
+
+    Raises:
+        SourceError: the model refuses `image_size` px images, or a tap is not the map it was recorded as.
+    """
+    name = source.spec.name
+    try:
+        taps, _ = source(source.normalizer(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)))
+    except Exception as exc:  # noqa: BLE001 - any failure of a foreign model on this size
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SourceError(f"{name} does not take {image_size} px images ({first}); choose another --image-size") from None
+    for tap, out in zip(source.spec.taps, taps):
+        if out.dim() != 4 or out.shape[1] != tap.channels or min(out.shape[2:]) < 1:
+            raise SourceError(f"{name}: tap {tap.name!r} gives {tuple(out.shape)} at {image_size} px, not "
+                              f"(1, {tap.channels}, h, w); name other taps with --taps")

@@ -22,137 +22,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from snowhub.models._fusion import NotFusable, fuse
+from snowhub.models.blocks import get_family
 from snowhub.models.channel_pooling import ChannelPooling
-from snowhub.models.delta import Delta
+from snowhub.models.delta import Delta, match_size
 
-_STATELESS = (nn.ReLU, nn.ReLU6, nn.Identity, nn.SiLU, nn.Hardswish)
-
-
-class NotFusable(ValueError):
-    """The deltas cannot be fused (another layout, a module type this file does not know, or training)."""
-
+__all__ = ["FusedDeltas", "NotFusable", "fusion_key"]
 
 def fusion_key(delta: Delta) -> tuple:
     """Deltas with equal keys can be fused: same block family, taps, widths and K (class counts may differ)."""
     s = delta.shape
     return (s.block, s.taps, s.widths, s.ks)
-
-
-def _fold(convs: Sequence[nn.Conv2d], bns: Sequence[nn.BatchNorm2d] | None, shared_input: bool) -> nn.Conv2d:
-    """One grouped convolution computing every task's ``conv`` (then eval ``bn``) on the task-major layout."""
-    c = convs[0]
-    t = len(convs)
-    weights, biases = [], []
-    for i, conv in enumerate(convs):
-        w = conv.weight.detach()
-        b = conv.bias.detach() if conv.bias is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
-        if bns is not None:
-            bn = bns[i]
-            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            w = w * scale.view(-1, 1, 1, 1)
-            b = (b - bn.running_mean) * scale + bn.bias.detach()
-        weights.append(w)
-        biases.append(b)
-    if shared_input and c.groups != 1:
-        raise NotFusable("a grouped convolution on the shared input")
-    cin = c.in_channels if shared_input else c.in_channels * t
-    fused = nn.Conv2d(cin, c.out_channels * t, c.kernel_size, c.stride, c.padding, c.dilation,
-                      c.groups if shared_input else c.groups * t, bias=True, padding_mode=c.padding_mode)
-    fused = fused.to(device=c.weight.device, dtype=c.weight.dtype)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat(weights))
-        fused.bias.copy_(torch.cat(biases))
-    fused.requires_grad_(False)
-    return fused
-
-
-class _Affine(nn.Module):
-    """A lone eval-mode BatchNorm of every task: ``x · scale + shift`` per channel."""
-
-    def __init__(self, bns: Sequence[nn.BatchNorm2d]):
-        super().__init__()
-        scale = torch.cat([bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) for bn in bns])
-        shift = torch.cat([bn.bias.detach() - bn.running_mean * (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps))
-                           for bn in bns])
-        self.register_buffer("scale", scale.view(1, -1, 1, 1))
-        self.register_buffer("shift", shift.view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x, self.scale)
-
-
-def _fuse_sequential(seqs: Sequence[nn.Sequential], shared_input: bool) -> nn.Sequential:
-    children = [list(s.children()) for s in seqs]
-    out: list[nn.Module] = []
-    i, n = 0, len(children[0])
-    while i < n:
-        group = [c[i] for c in children]
-        nxt = [c[i + 1] for c in children] if i + 1 < n else None
-        if isinstance(group[0], nn.Conv2d) and nxt is not None and isinstance(nxt[0], nn.BatchNorm2d):
-            out.append(_fold(group, nxt, shared_input))
-            i += 2
-        else:
-            out.append(_fuse(group, shared_input))
-            i += 1
-        shared_input = False
-    return nn.Sequential(*out)
-
-
-class _FusedResidual(nn.Module):
-    """Bottleneck / BasicBlock of every task: ``relu(body(x) + shortcut(x))`` (eval mode, BN folded)."""
-
-    def __init__(self, blocks: Sequence[nn.Module]):
-        super().__init__()
-        b = blocks[0]
-        names = ["1", "2", "3"] if isinstance(b, Bottleneck) else ["1", "2"]
-        self.convs = nn.ModuleList(_fold([getattr(x, f"conv{k}") for x in blocks], [getattr(x, f"bn{k}") for x in blocks],
-                                         False) for k in names)
-        self.downsample = (None if b.downsample is None else
-                           _fold([x.downsample[0] for x in blocks], [x.downsample[1] for x in blocks], False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = x
-        for i, conv in enumerate(self.convs):
-            out = conv(out)
-            if i < len(self.convs) - 1:
-                out = F.relu(out, inplace=True)
-        return F.relu(out + identity, inplace=True)
-
-
-class _FusedInverted(nn.Module):
-    """InvertedResidual of every task: ``x + conv(x)`` or ``conv(x)``."""
-
-    def __init__(self, blocks: Sequence[InvertedResidual]):
-        super().__init__()
-        self.conv = _fuse_sequential([b.conv for b in blocks], False)
-        self.use_res_connect = blocks[0].use_res_connect
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
-
-
-def _fuse(modules: Sequence[nn.Module], shared_input: bool = False) -> nn.Module:
-    m = modules[0]
-    if any(type(x) is not type(m) for x in modules):
-        raise NotFusable("the deltas' modules differ in type")
-    if isinstance(m, (Bottleneck, BasicBlock)):
-        return _FusedResidual(modules)
-    if isinstance(m, InvertedResidual):
-        return _FusedInverted(modules)
-    if isinstance(m, nn.Sequential):
-        return _fuse_sequential(modules, shared_input)
-    if isinstance(m, nn.Conv2d):
-        return _fold(modules, None, shared_input)
-    if isinstance(m, nn.BatchNorm2d):
-        return _Affine(modules)
-    if isinstance(m, _STATELESS):
-        return m
-    raise NotFusable(f"no fused form of {type(m).__name__}")
 
 
 class _FusedPooling(nn.Module):
@@ -205,9 +86,10 @@ class FusedDeltas(nn.Module):
             raise NotFusable("the deltas have different shapes")
         self.t = len(deltas)
         self.widths, self.ks = deltas[0].shape.widths, deltas[0].shape.ks
-        self.stem = _fuse([d.stem for d in deltas], shared_input=True)
+        family = get_family(deltas[0].shape.block)  # the family fuses its own blocks (or raises NotFusable)
+        self.stem = fuse([d.stem for d in deltas], shared_input=True)
         self.stem_convs = len(deltas[0].stem)
-        self.stages = nn.ModuleList(_fuse([d.stages[i] for d in deltas]) for i in range(len(deltas[0].stages)))
+        self.stages = nn.ModuleList(family.fuse_stage([d.stages[i] for d in deltas]) for i in range(len(deltas[0].stages)))
         self.pools = nn.ModuleList(_FusedPooling([d.pools[i] for d in deltas]) for i in range(len(deltas[0].pools)))
         self.classes = [d.shape.num_classes for d in deltas]
         width, c_max = deltas[0].classifier.in_features, max(self.classes)
@@ -224,6 +106,7 @@ class FusedDeltas(nn.Module):
         """Per task ``concat(x_t, pooled_t)`` in the task-major layout."""
         b, _, h, w = pooled.shape
         t = self.t
+        x = match_size(x, pooled)
         xs = x.unsqueeze(1).expand(b, t, *x.shape[1:]) if shared else x.view(b, t, -1, h, w)
         return torch.cat([xs, pooled.view(b, t, k, h, w)], dim=2).view(b, -1, h, w)
 
@@ -232,7 +115,7 @@ class FusedDeltas(nn.Module):
         for stage, pool, tap, k in zip(self.stages, self.pools, taps, self.ks):
             x, shared = stage(self._cat(x, shared, pool(tap), k)), False
         b = x.shape[0]
-        mine = x.float().mean(dim=(2, 3))
+        mine = match_size(x, taps[-1]).float().mean(dim=(2, 3))
         mine = mine.unsqueeze(1).expand(b, self.t, mine.shape[1]) if shared else mine.view(b, self.t, -1)
         subscribed = self.pools[-1].pooled(taps[-1]).view(b, self.t, self.ks[-1])
         features = torch.cat([mine, subscribed], dim=2).transpose(0, 1)  # (T, B, D)

