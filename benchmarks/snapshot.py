@@ -68,8 +68,7 @@ def make_snapshot(dest: Path, product: str = "worktree") -> dict:
 def run_in_snapshot(argv: list[str], product: str, dest: Path) -> int | None:
     """Run ``python -m benchmarks *argv`` inside a fresh snapshot at `dest`; None if already inside one.
 
-    For the research suites (experiment, profile): the caller returns the exit status, or carries on
-    when None. `argv` must hold absolute paths (the snapshot is the child's current directory). The
+    The caller returns the exit status, or carries on when None. `argv` must hold absolute paths (the snapshot is the child's current directory). The
     snapshot's description is passed on in ``$SNOWHUB_BENCH_CODE`` (JSON).
     """
     if "SNOWHUB_BENCH_CODE" in os.environ:
@@ -83,7 +82,8 @@ def run_in_snapshot(argv: list[str], product: str, dest: Path) -> int | None:
 def rerun_in_snapshot(suite: str, argv: list[str], product: str, paths: dict[str, Path]) -> int | None:
     """Run ``python -m benchmarks SUITE *argv`` again inside a fresh snapshot; None if already inside one.
 
-    For the suites that measure ``snowhub/`` in their own process (feature-cache, export): `paths` maps each
+    For the suites that measure ``snowhub/`` in their own process (feature-cache, export, experiment,
+    profile): `paths` maps each
     path option to its value (``{"--out": ..., "--data": ...}``); they are passed on absolute, since the
     snapshot is the child's current directory. The snapshot is removed when the child ends.
     """

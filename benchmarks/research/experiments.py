@@ -16,8 +16,6 @@ is the same result as a benchmark job's; ``python -m benchmarks seeds`` reads su
 * ``expand3``: the delta's inverted-residual blocks expand 3× instead of 6×;
 * ``min_width4``: the delta's stages may be as narrow as 4 channels instead of 8 (``MIN_WIDTH``), so the
   first stages of a lean source are closer to its width ÷ 8;
-* ``headless_source``: the source stops after its last tap while training a delta (its classifier's
-  logits are never used there);
 * ``spread_0.5``, ``spread_1``: channel pooling scores start at 1 + s·N(0, 1) with s = 0.5 or 1 instead of
   the product's ``INIT_SPREAD``, so fewer channels sit within the noise σ of the top-K boundary;
 * ``std_floor``: channel pooling's calibrated standard deviation is floored at 0.1 × the tap's median,
@@ -32,7 +30,9 @@ is the same result as a benchmark job's; ``python -m benchmarks seeds`` reads su
   the delta in float32 (issue 15: is the reduced-precision source exact enough to train on?).
 
 The experiments that became product defaults (the classifier reading the whole last tap, channel pooling
-slots, spread initial scores) were removed with issue 23: on today's product they changed nothing.
+slots, spread initial scores) were removed with issue 23: on today's product they changed nothing; so was
+``headless_source``, whose source is bypassed by today's staged training forward (``python -m benchmarks
+profile`` still times the source stopping at its last tap).
 """
 
 from __future__ import annotations
@@ -52,46 +52,11 @@ from benchmarks.environment import describe_environment
 from benchmarks.memory import peak_rss_mib
 from benchmarks.output import command_line, header, write_results
 from benchmarks.run import DEFAULT_DATA
-from benchmarks.snapshot import run_in_snapshot, snapshot_info
+from benchmarks.snapshot import rerun_in_snapshot, snapshot_info
 from benchmarks.training_job import run_training
 from benchmarks.worker import JsonLinesProgress, setup_torch
 from snowhub.models.channel_pooling import ChannelPooling
-from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import Tap
-
-
-class _StopForward(Exception):
-    """Raised by the last tap's hook: everything after it is not needed."""
-
-
-class HeadlessSource(FrozenSource):
-    """A FrozenSource that runs the network only up to its last tap (proposed for delta training).
-
-    Its taps come through the hook extractor's public ``run_with_sink``; a hook on the last tap, registered
-    after the extractor's own, stops the forward pass there.
-
-    Raises:
-        TypeError: the source is FX-traced (it already skips its head when ``has_head=False``).
-    """
-
-    def __init__(self, pretrained: Pretrained):
-        super().__init__(pretrained.spec, pretrained.copy(), has_head=False)
-        if not hasattr(self.extractor, "run_with_sink"):
-            raise TypeError("FX-traced sources already skip their head when has_head=False")
-        self.extractor.model.get_submodule(self.spec.taps[-1].name).register_forward_hook(self._stop)
-
-    @staticmethod
-    def _stop(*_):
-        raise _StopForward
-
-    def forward(self, x):
-        out: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            try:
-                self.extractor.run_with_sink(x, out.__setitem__)
-            except _StopForward:
-                pass
-        return [out[t.name] for t in self.spec.taps], None
 
 
 @contextlib.contextmanager
@@ -129,8 +94,6 @@ def _replacement(name: str) -> tuple[object, str, object] | None:
         calibrate = ChannelPooling.calibrate
         return ChannelPooling, "calibrate", lambda self, mean, std: calibrate(
             self, mean, std.clamp_min(0.1 * float(std.median())))
-    if name == "headless_source":
-        return Pretrained, "frozen_source", lambda self: HeadlessSource(self)
     return None
 
 
@@ -211,7 +174,7 @@ class SelectionRecorder:
                 "channels_within_noise_sigma_of_boundary_per_10_steps": self._per(self.boundary, every, 1)}
 
 
-EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4", "headless_source",
+EXPERIMENTS = ("baseline", "epochs6", "lr_paper", "head_tap", "expand3", "min_width4",
                "spread_0.5", "spread_1", "std_floor", "start_at_fo", "bf16_source", "pruned_copy")
 
 
@@ -247,13 +210,9 @@ def run(args: argparse.Namespace) -> int:
     """Train SNOW with experiment ``args.name`` in a frozen copy of the code; write the results folder."""
     stem = "-".join([args.name, *(o.replace("=", "") for o in args.overrides), args.dataset]
                     + ([] if args.seed is None else [f"seed{args.seed}"]))
-    out = (args.out or DEFAULT_DATA.parent / "experiments" / stem).resolve()
-    code = run_in_snapshot(  # in a frozen copy of the code, as benchmark jobs are
-        ["experiment", args.name, "--config", args.config, "--dataset", args.dataset, "--data",
-         str(args.data.resolve()), "--out", str(out)]
-        + ([] if args.seed is None else ["--seed", str(args.seed)])
-        + [a for o in args.overrides for a in ("--set", o)],
-        args.product, DEFAULT_DATA.parent / "experiments" / f"code-{stem}")
+    out = args.out or DEFAULT_DATA.parent / "experiments" / stem
+    # in a frozen copy of the code, as benchmark jobs are
+    code = rerun_in_snapshot("experiment", args.argv, args.product, {"--out": out, "--data": args.data})
     if code is not None:
         return code
     config = _configure(args)

@@ -22,18 +22,56 @@ import torch
 from torch.fx import GraphModule as _FX
 from torch.nn import functional as F
 
-from benchmarks.backbones import load_pretrained
+from benchmarks.backbones import Pretrained, load_pretrained
 from benchmarks.baselines import build_baseline
 from benchmarks.configs import SnowVariant, get_config
 from benchmarks.environment import describe_environment
 from benchmarks.output import command_line, header, write_results
-from benchmarks.research.experiments import HeadlessSource
 from benchmarks.serving import forward_flops
-from benchmarks.snapshot import run_in_snapshot, snapshot_info
+from benchmarks.snapshot import rerun_in_snapshot, snapshot_info
 from benchmarks.snow import build_delta
 from benchmarks.worker import setup_torch
 from snowhub.device import amp_dtype, autocast
+from snowhub.models.frozen import FrozenSource
 from snowhub.training import delta_param_groups
+
+
+class _StopForward(Exception):
+    """Raised by the last tap's hook: everything after it is not needed."""
+
+
+class HeadlessSource(FrozenSource):
+    """A FrozenSource that runs the network only up to its last tap (proposed for delta training).
+
+    Its taps come through the hook extractor's public ``run_with_sink``; a hook on the last tap, registered
+    after the extractor's own, stops the forward pass there (only inside this class's own forward).
+
+    Raises:
+        TypeError: the source is FX-traced (it already skips its head when ``has_head=False``).
+    """
+
+    def __init__(self, pretrained: Pretrained):
+        super().__init__(pretrained.spec, pretrained.copy(), has_head=False)
+        self._stopping = False
+        if not hasattr(self.extractor, "run_with_sink"):
+            raise TypeError("FX-traced sources already skip their head when has_head=False")
+        self.extractor.model.get_submodule(self.spec.taps[-1].name).register_forward_hook(self._stop)
+
+    def _stop(self, *_):
+        if self._stopping:
+            raise _StopForward
+
+    def forward(self, x):
+        out: dict[str, torch.Tensor] = {}
+        self._stopping = True
+        with torch.no_grad():
+            try:
+                self.extractor.run_with_sink(x, out.__setitem__)
+            except _StopForward:
+                pass
+            finally:
+                self._stopping = False
+        return [out[t.name] for t in self.spec.taps], None
 
 
 def clock_name(device: torch.device) -> str:
@@ -113,9 +151,11 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
         source_ms["stopping at the last tap"] = median_ms(lambda: with_amp(lambda: headless(x)), repeats, device)
 
     with torch.no_grad():
+        delta.eval(), ft.eval()  # one image: train-mode BatchNorm cannot normalise a 1×1 map (32 px); same FLOPs
         flops = {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
                  "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
                  "FT forward": forward_flops(ft, images)}
+        delta.train(), ft.train()
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":  # there the host only launches kernels: rank operators by GPU time
@@ -176,10 +216,8 @@ def add_arguments(p: argparse.ArgumentParser, suite: str = "profile") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Profile in a frozen copy of the code; print and write the results folder."""
-    out = (args.out or Path("benchmarks/results/tmp/profile")).resolve()
-    forwarded = ["profile", "--config", args.config, "--repeats", str(args.repeats), "--out", str(out)]
-    code = run_in_snapshot(forwarded + (["--batch", str(args.batch)] if args.batch else []), args.product,
-                           out.parent / f"code-{out.name}")
+    out = args.out or Path("benchmarks/results/tmp/profile")
+    code = rerun_in_snapshot("profile", args.argv, args.product, {"--out": out})
     if code is not None:
         return code
     environment = describe_environment() | {"code": snapshot_info()}
