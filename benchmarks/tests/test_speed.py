@@ -3,6 +3,7 @@ random images, one fresh process each, and their report section."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from benchmarks.backbones import load_pretrained
@@ -34,12 +35,15 @@ def test_speed_jobs_measure_steps_and_the_report_gives_the_ratios():
     results = []
     for method, mib in (("FT", 400.0), ("SNOW", 100.0)):
         r = run_speed(config, Job("speed", method, batch=4), pretrained, torch.device("cpu"), SilentProgress())
-        assert r["images_per_s"] > 0 and len(r["losses"]) == 2 and all(v == v for v in r["losses"])
+        assert r["images_per_s"] == pytest.approx(4 * r["steps"] / r["seconds"]) and r["seconds"] > 0
+        assert len(r["losses"]) == 2 and all(v == v for v in r["losses"])
         r |= {"job": Job("speed", method, batch=4).to_dict()}
         r["memory"] |= {"training_mib": mib, "rss_peak_mib": mib + 50}
         results.append(r)
     assert results[1]["params"]["trainable"] < results[0]["params"]["trainable"] / 5
     analysis = speed_analysis(results)
     assert analysis["4"]["ratios"]["ft_over_snow_memory"] == 4.0
+    assert analysis["4"]["ratios"]["snow_over_ft_images_per_s"] == pytest.approx(
+        results[1]["images_per_s"] / results[0]["images_per_s"])
     text = "\n".join(speed_section(analysis))
     assert "FT ÷ SNOW memory **4.00×**" in text and "### batch 4" in text
