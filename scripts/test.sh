@@ -5,9 +5,11 @@
 # instead of quietly skipping what needs it. Every test has a time limit (pytest-timeout, pyproject.toml).
 # The registry tests run on SQLite and on a real PostgreSQL server: scripts/postgres.sh installs PostgreSQL
 # if it is missing, starts a throwaway cluster for the run ($SNOWHUB_TEST_POSTGRES_URL) and stops it after.
+# The web page tests drive Debian's headless Chromium: scripts/chromium.sh installs it if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/chromium.sh || echo "warning: scripts/chromium.sh could not install Chromium; the web page tests will fail" >&2
 if [[ -z "${SNOWHUB_TEST_POSTGRES_URL:-}" ]]; then
   pg_dir="$(mktemp -d)"
   trap 'bash scripts/postgres.sh stop "$pg_dir"' EXIT

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from snowhub._version import __version__
-from snowhub.serving.http import _errors, _routes_health, _routes_infer, _routes_models, _routes_predict
+from snowhub.serving.http import _errors, _routes_health, _routes_infer, _routes_models, _routes_predict, _routes_ui
 from snowhub.serving.http._errors import error_response
 from snowhub.serving.http._metrics import MetricsMiddleware
 from snowhub.serving.http._state import ServerState
@@ -69,7 +69,7 @@ def create_app(root: Path | str | None, config: ServeConfig | None = None, regis
 
     app = FastAPI(title="snowhub", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.snowhub = state
-    for module in (_routes_health, _routes_models, _routes_infer, _routes_predict):
+    for module in (_routes_health, _routes_models, _routes_infer, _routes_predict, _routes_ui):
         app.include_router(module.router)
     _errors.install(app)
     app.add_middleware(_BodyLimit, limit=state.config.max_request_bytes)
