@@ -114,6 +114,19 @@ class Parts:
         return out
 
 
+@torch.no_grad()
+def _flops(source, delta, ft, x, taps, images) -> dict[str, int]:
+    """FLOPs per image of the source's, the delta's and FT's forward, counted in eval mode (one image: a
+    train-mode BatchNorm cannot normalise a 1×1 map at 32 px; the FLOPs are the same)."""
+    delta.eval(), ft.eval()
+    try:
+        return {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
+                "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
+                "FT forward": forward_flops(ft, images)}
+    finally:
+        delta.train(), ft.train()
+
+
 def profile(config_name: str, repeats: int, batch: int | None) -> dict:
     config = get_config(config_name)
     device = setup_torch(config)
@@ -150,12 +163,7 @@ def profile(config_name: str, repeats: int, batch: int | None) -> dict:
     if headless is not None:
         source_ms["stopping at the last tap"] = median_ms(lambda: with_amp(lambda: headless(x)), repeats, device)
 
-    with torch.no_grad():
-        delta.eval(), ft.eval()  # one image: train-mode BatchNorm cannot normalise a 1×1 map (32 px); same FLOPs
-        flops = {"source forward": forward_flops(lambda im: source(source.normalizer(im)), images),
-                 "delta forward": forward_flops(lambda _: delta(x[:1], [t[:1] for t in taps]), images),
-                 "FT forward": forward_flops(ft, images)}
-        delta.train(), ft.train()
+    flops = _flops(source, delta, ft, x, taps, images)
 
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":  # there the host only launches kernels: rank operators by GPU time
