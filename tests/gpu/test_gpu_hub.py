@@ -13,14 +13,13 @@ import time
 import pytest
 import torch
 
-from benchmarks.backbones import Pretrained
+from benchmarks.backbones import load_pretrained
 from benchmarks.baselines import build_baseline
 from benchmarks.configs import SnowVariant
 from benchmarks.snow import SnowModel, build_delta
 from conftest import CLASSES, write_fashion
 from snowhub import Hub, RunOptions, TrainConfig
 from snowhub.device import amp_dtype, pick_device
-from snowhub.models.sources import get_spec
 from snowhub.probe import LOGIT_TOLERANCE
 from snowhub.training import SGDSteps, delta_param_groups
 
@@ -92,9 +91,7 @@ def _train_peak(model: torch.nn.Module, groups: list[dict], device: torch.device
 
 
 def test_snow_trains_in_less_gpu_memory_than_ft_at_224_px(device, record_property, batch=64, size=224):
-    spec = get_spec("resnet50")
-    torch.manual_seed(0)
-    pretrained = Pretrained(spec, spec.build().eval(), True, "random weights")
+    pretrained = load_pretrained("resnet50", random_weights=True)  # seeded; the cost does not depend on weights
     saved, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True  # as the benchmark worker trains
     peaks = {}
     try:
@@ -103,7 +100,7 @@ def test_snow_trains_in_less_gpu_memory_than_ft_at_224_px(device, record_propert
             torch.cuda.empty_cache()
             floor = torch.cuda.memory_allocated(device)
             if name == "SNOW":
-                delta = build_delta(spec, 10, SnowVariant(), 1e-3)
+                delta = build_delta(pretrained.spec, 10, SnowVariant(), 1e-3)
                 model = SnowModel(pretrained.frozen_source(), delta).to(device).train()
                 groups = delta_param_groups(delta, 0.1, 10.0, 1e-4)
             else:
