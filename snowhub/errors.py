@@ -41,6 +41,10 @@ class DataError(SnowhubError):
     """The dataset is missing, empty, has a single class, or holds an unreadable image."""
 
 
+class ImageBudgetError(DataError):
+    """An image whose decoded pixels are over the budget it was read under (HTTP: 413)."""
+
+
 class SourceError(SnowhubError):
     """The source model is unknown, or its weights cannot be found or do not fit its architecture."""
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from fixtures.hubkit import SNOWHUB, assert_one_line_error, flip_byte, small_dataset
 from serve_helpers import assert_error, free_port, metric, running
-from snowhub import Hub
+from snowhub import Hub, __version__
 from snowhub.data import eval_transform, load_rgb
 from snowhub_cli.main import app as cli
 
@@ -67,7 +67,7 @@ def test_every_route_answers_and_predictions_equal_hub_predict(trained_hub, fash
         assert c.get("/v2/health/ready").json() == {"ready": True, "tasks": ["imagenet", "fashion", "fashion2"],
                                                     "unavailable": {}}
         assert [(m["name"], m["version"], m["image_size"], m["ready"]) for m in c.get("/v2/models").json()["models"]] \
-            == [("imagenet", "0", 224, True), ("fashion", "1", 32, True), ("fashion2", "2", 32, True)]
+            == [("imagenet", "1", 224, True), ("fashion", "1", 32, True), ("fashion2", "1", 32, True)]
         meta = c.get("/v2/models/fashion").json()
         assert (meta["name"], meta["seq"], meta["image_size"], meta["classes"], meta["sha256"]) == \
             ("fashion", 1, 32, record.class_names, record.weights_file_sha256)
@@ -92,10 +92,11 @@ def test_every_route_answers_and_predictions_equal_hub_predict(trained_hub, fash
         assert [by_name["labels"]["data"][i * 3:i * 3 + 3] for i in range(len(paths))] == labels
         encoded = [base64.b64encode(p.read_bytes()).decode() for p in paths]
         out = c.post("/v2/models/fashion/infer", json={
-            "inputs": [{"name": "images", "shape": [len(paths)], "datatype": "BYTES", "data": encoded}],
+            "inputs": [{"name": "image_files", "shape": [len(paths)], "datatype": "BYTES", "data": encoded}],
             "outputs": [{"name": "labels", "parameters": {"top": 1}}]}).json()
         assert out["outputs"] == [{"name": "labels", "shape": [len(paths), 1], "datatype": "BYTES",
                                    "data": [row[0] for row in labels]}]
+        assert "id" not in out  # echoed only when the request sent one
 
         paths_documented = c.get("/openapi.json").json()["paths"]
         assert {"/v2/health/live", "/v2/health/ready", "/v2/models", "/v2/models/{task}", "/v2/models/{task}/ready",
@@ -226,9 +227,23 @@ def _bad_inputs(tmp: Path, good: Path) -> list[tuple[str, dict, int, str]]:
         ("infer: too many images", {"url": "/v2/models/fashion/infer", "json": _oip(_uint8([good] * 4))}, 413,
          "--max-images"),
         ("infer: bad base64", {"url": "/v2/models/fashion/infer", "json": {"inputs": [
-            {"name": "images", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}}, 400, "base64"),
+            {"name": "image_files", "shape": [1], "datatype": "BYTES", "data": ["%%%"]}]}}, 400, "base64"),
         ("infer: unknown output", {"url": "/v2/models/fashion/infer", "json": _oip(one, outputs=[{"name": "x"}])},
-         400, "unknown output"),
+         400, "outputs.0.name"),
+        ("infer: unknown input", {"url": "/v2/models/fashion/infer", "json": {"inputs": [
+            {"name": "pixels", "shape": [1, 3, 32, 32], "datatype": "UINT8", "data": [0] * 3072}]}}, 400, "inputs.0.name"),
+        ("infer: files as pixels", {"url": "/v2/models/fashion/infer", "json": {"inputs": [
+            {"name": "images", "shape": [1], "datatype": "BYTES", "data": ["AAAA"]}]}}, 400, "'image_files'"),
+        ("infer: two inputs", {"url": "/v2/models/fashion/infer", "json": {"inputs": _oip(one)["inputs"] * 2}}, 400,
+         "at most 1"),
+        ("infer: nested 100,000 deep", {"url": "/v2/models/fashion/infer", "content": b"[" * 100_000}, 400,
+         "nested too deeply"),
+        ("infer: a JSON array", {"url": "/v2/models/fashion/infer", "content": b"[1, 2]"}, 400, "JSON object"),
+        ("infer: unknown version", {"url": "/v2/models/fashion/versions/2/infer", "json": _oip(one)}, 404,
+         "no version '2'"),
+        ("infer: binary sizes past the body", {"url": "/v2/models/fashion/infer", "content": b'{"inputs": [{"name": '
+         b'"images", "shape": [1, 3, 32, 32], "datatype": "UINT8", "parameters": {"binary_data_size": 3072}}]}',
+         "headers": {"Inference-Header-Content-Length": "120"}}, 400, "binary_data_size"),
         ("no such route", {"url": "/v3/nothing"}, 404, "/docs"),
     ]
 
@@ -244,6 +259,21 @@ def test_every_bad_input_is_one_json_line_and_the_server_keeps_serving(strict_se
             ok = c.post("/v1/predict?tasks=fashion", files=_files([good]))
             assert ok.status_code == 200 and ok.json()[0]["tasks"]["fashion"], what
         assert metric(strict_server.url, "snowhub_request_errors_total") >= 20
+
+
+def test_protocol_routes_head_and_405_with_allow(strict_server):
+    with httpx.Client(base_url=strict_server.url, timeout=60) as c:
+        assert c.get("/v2").json() == {"name": "snowhub", "version": __version__, "extensions": ["binary_tensor_data"]}
+        for path in ("/v2/health/live", "/v2/health/ready"):
+            head = c.head(path)
+            assert head.status_code == 200 and head.content == b""
+            refused = c.delete(path)
+            assert_error(refused, 405, "DELETE is not allowed")
+            assert refused.headers["allow"] == "GET, HEAD"
+        assert c.put("/v2/models/fashion/infer").headers["allow"] == "POST"
+        assert c.get("/v2/models/fashion/versions/1").json() == c.get("/v2/models/fashion").json()
+        assert c.get("/v2/models/fashion/versions/1/ready").json() == {"name": "fashion", "ready": True}
+        assert_error(c.get("/v2/models/fashion/versions/0/ready"), 404, "its versions are 1")
 
 
 def test_serve_refuses_a_missing_hub_a_bad_option_and_a_taken_port_in_one_line(trained_hub, tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from snowhub.errors import DataError
+from snowhub.errors import DataError, ImageBudgetError
 from snowhub.faults import crash_point
 
 # Pillow's 16/32-bit integer single-channel modes.
@@ -60,12 +60,15 @@ def load_rgb(path: Path | str) -> Image.Image:
     return image
 
 
-def load_rgb_bytes(data: bytes, name: str) -> Image.Image:
+def load_rgb_bytes(data: bytes, name: str, max_pixels: int | None = None, min_side: int | None = None) -> Image.Image:
     """:func:`load_rgb` for an image held in memory (an upload): the same decoders, conversions and checks.
+
+    With `max_pixels`, nothing larger is ever decoded (see :func:`image_header`): the same pixels as
+    :func:`load_rgb` when the image is within budget, a JPEG over it at a reduced scale, anything else refused.
 
     Raises:
         DataError: ``cannot read image <name>: <reason>`` for zero bytes, a truncated or huge image, or data
-            that is not an image in one of :data:`FORMATS`.
+            that is not an image in one of :data:`FORMATS`. ImageBudgetError: over `max_pixels`.
     """
     if not data:
         raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
@@ -74,10 +77,51 @@ def load_rgb_bytes(data: bytes, name: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=FORMATS) as im:
                 im.seek(0)
+                if max_pixels is not None:
+                    _fit(im, name, max_pixels, min_side)
                 im.load()
                 return _to_rgb8(_upright(im))
+    except ImageBudgetError:
+        raise
     except Exception as exc:  # as in load_rgb
         raise DataError(f"cannot read image {name}: {_reason('', exc)}") from None
+
+
+def image_header(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> tuple[int, int]:
+    """The ``(width, height)`` in pixels that :func:`load_rgb_bytes` would decode `data` to, read from the
+    file's header alone (nothing is decoded).
+
+    An image of at most `max_pixels` pixels is decoded whole. A JPEG over it is decoded at 1/2, 1/4 or 1/8
+    scale (libjpeg's DCT scaling through ``Image.draft``): the smallest scale that keeps both sides at least
+    `min_side` px (the resize the image goes to next), if that brings it within `max_pixels`. Anything else
+    over `max_pixels` is refused before a pixel is decoded.
+
+    Raises:
+        DataError: not an image (as :func:`load_rgb_bytes`). ImageBudgetError: over `max_pixels`.
+    """
+    if not data:
+        raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+                im.seek(0)
+                return _fit(im, name, max_pixels, min_side)
+    except ImageBudgetError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read image {name}: {_reason('', exc)}") from None
+
+
+def _fit(im: Image.Image, name: str, max_pixels: int, min_side: int | None) -> tuple[int, int]:
+    """Bring the opened, not yet decoded `im` within `max_pixels` by reduced decoding, or refuse it."""
+    width, height = im.size
+    if width * height > max_pixels and min_side is not None and im.format == "JPEG":
+        im.draft(im.mode, (min_side, min_side))  # the largest DCT scale-down keeping both sides >= min_side
+    if im.size[0] * im.size[1] > max_pixels:
+        raise ImageBudgetError(f"image {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                               f"{max_pixels:,} decoded pixels per image (--max-image-pixels); send it smaller")
+    return im.size
 
 
 def _reason(path: Path | str, exc: Exception) -> str:

@@ -33,15 +33,33 @@ class ServedTask:
     record: TaskRecord | None
 
     def metadata(self) -> dict:
-        """``GET /v2/models/{task}``: OIP model metadata plus what the registry records."""
-        return {"name": self.name, "versions": [str(self.seq)], "platform": "snowhub",
+        """``GET /v2/models/{task}``: OIP model metadata plus what the registry records. One input per way of
+        sending images: ``images`` (decoded pixels) and ``image_files`` (encoded files); a request sends one."""
+        return {"name": self.name, "versions": list(VERSIONS), "platform": "snowhub",
                 "inputs": [{"name": "images", "datatype": "UINT8", "shape": [-1, 3, self.image_size, self.image_size]},
-                           {"name": "images", "datatype": "BYTES", "shape": [-1]}],
+                           {"name": "image_files", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, len(self.classes)]},
                             {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]}],
                 "seq": self.seq, "classes": list(self.classes), "image_size": self.image_size,
                 "sha256": self.sha256, "metrics": self.metrics}
+
+
+VERSIONS = ("1",)  # every task has one version until tasks get versions of their own
+
+
+def resolve_version(task: ServedTask, version: str | None) -> str:
+    """The version of `task` that a route names (None, as in ``/v2/models/{task}/infer``: the latest).
+
+    Raises:
+        TaskNotFoundError: `task` has no such version (404).
+    """
+    if version is None:
+        return VERSIONS[-1]
+    if version not in VERSIONS:
+        raise TaskNotFoundError(f"task {task.name!r} has no version {version!r}; its versions are "
+                                f"{', '.join(VERSIONS)}")
+    return version
 
 
 class Unavailable(IntegrityError):

@@ -1,4 +1,4 @@
-"""``/v2/models``, ``/v2/models/{task}`` and ``/v2/models/{task}/ready`` (OIP v2 model metadata)."""
+"""``/v2/models``, ``/v2/models/{task}[/versions/{version}]`` and their ``/ready`` (OIP v2 model metadata)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import asyncio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from snowhub.serving.http._catalog import Unavailable
-from snowhub.serving.http._schemas import ERRORS
+from snowhub.serving.http._catalog import VERSIONS, ServedTask, Unavailable, resolve_version
+from snowhub.serving.http._schemas import ModelList, ModelMetadata, ModelReady, errors
 from snowhub.serving.http._state import ServerState, get_state
 
 router = APIRouter(tags=["models"])
+_NOT_READY = {503: {"model": ModelReady, "description": "the task's files failed their check (the reason in error)"}}
 
 
 def _listing(state: ServerState) -> dict:
@@ -20,7 +21,7 @@ def _listing(state: ServerState) -> dict:
     models = []
     for name in state.catalog.names():
         task = state.catalog.known(name)
-        entry = {"name": name, "version": str(task.seq), "image_size": task.image_size,
+        entry = {"name": name, "version": VERSIONS[-1], "seq": task.seq, "image_size": task.image_size,
                  "classes": len(task.classes), "ready": name not in problems}
         if name in problems:
             entry["reason"] = problems[name]
@@ -28,29 +29,51 @@ def _listing(state: ServerState) -> dict:
     return {"models": models}
 
 
-@router.get("/v2/models")
+def _find(state: ServerState, task: str, version: str | None) -> ServedTask:
+    found = state.catalog.known(task)
+    if found is None:
+        found = state.catalog.get(task)  # TaskNotFoundError (404) after one look at the registry
+    resolve_version(found, version)
+    return found
+
+
+@router.get("/v2/models", response_model=ModelList, response_model_exclude_none=True)
 async def models(state: ServerState = Depends(get_state)) -> dict:
     """Every task (the source's own head first, then append order), with whether it is served now."""
     return await asyncio.to_thread(_listing, state)
 
 
-@router.get("/v2/models/{task}", responses={404: ERRORS[404]})
+@router.get("/v2/models/{task}", response_model=ModelMetadata, responses=errors(404, 503))
 async def model(task: str, state: ServerState = Depends(get_state)) -> dict:
     """OIP model metadata of `task`, plus its classes, image size, metrics, seq and delta sha256."""
-    def find() -> dict:
-        found = state.catalog.known(task)
-        if found is None:
-            found = state.catalog.get(task)  # TaskNotFoundError (404) after one look at the registry
-        return found.metadata()
-
-    return await asyncio.to_thread(find)
+    return (await asyncio.to_thread(_find, state, task, None)).metadata()
 
 
-@router.get("/v2/models/{task}/ready", responses={404: ERRORS[404], 503: ERRORS[503]})
-async def model_ready(task: str, state: ServerState = Depends(get_state)) -> JSONResponse:
-    """200 when `task` is served (its files verified), 503 with the reason when not, 404 when unknown."""
+@router.get("/v2/models/{task}/versions/{version}", response_model=ModelMetadata, responses=errors(404, 503))
+async def model_version(task: str, version: str, state: ServerState = Depends(get_state)) -> dict:
+    """OIP model metadata of version `version` of `task` (404 for a version it does not have)."""
+    return (await asyncio.to_thread(_find, state, task, version)).metadata()
+
+
+async def _ready(state: ServerState, task: str, version: str | None) -> JSONResponse:
+    def check() -> None:
+        resolve_version(state.catalog.get(task), version)
+
     try:
-        await asyncio.to_thread(state.catalog.get, task)
+        await asyncio.to_thread(check)
     except Unavailable as error:
         return JSONResponse({"name": task, "ready": False, "error": str(error)}, status_code=503)
     return JSONResponse({"name": task, "ready": True})
+
+
+@router.get("/v2/models/{task}/ready", response_model=ModelReady, responses={**errors(404), **_NOT_READY})
+async def model_ready(task: str, state: ServerState = Depends(get_state)) -> JSONResponse:
+    """200 when `task` is served (its files verified), 503 with the reason when not, 404 when unknown."""
+    return await _ready(state, task, None)
+
+
+@router.get("/v2/models/{task}/versions/{version}/ready", response_model=ModelReady,
+            responses={**errors(404), **_NOT_READY})
+async def model_version_ready(task: str, version: str, state: ServerState = Depends(get_state)) -> JSONResponse:
+    """As ``/v2/models/{task}/ready``, for version `version` (404 for a version the task does not have)."""
+    return await _ready(state, task, version)

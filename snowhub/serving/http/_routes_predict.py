@@ -10,8 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from snowhub.serving.http._errors import ServeError
-from snowhub.serving.http._inputs import check_count, decode
-from snowhub.serving.http._schemas import ERRORS
+from snowhub.serving.http._inputs import check_count
+from snowhub.serving.http._schemas import ImageAnswers, errors
 from snowhub.serving.http._state import ServerState, get_state
 from snowhub.serving.predictor import ImagePrediction
 
@@ -44,11 +44,11 @@ async def _uploads(request: Request, state: ServerState) -> list[tuple[str, byte
         await form.close()
 
 
-@router.post("/v1/predict", responses={400: ERRORS[400], 404: ERRORS[404], 413: ERRORS[413], 503: ERRORS[503]},
+@router.post("/v1/predict", response_model=list[ImageAnswers], responses=errors(400, 404, 413, 503),
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                  "type": "object", "required": ["file"], "properties": {"file": {
-                     "type": "array", "items": {"type": "string", "format": "binary"},
-                     "description": "one or more image files (any field name is accepted)"}}}}}}})
+                     "type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                     "description": "one or more image files (any field name is accepted; at most --max-images)"}}}}}}})
 async def predict(request: Request,
                   tasks: Optional[list[str]] = Query(None, description="Tasks to answer, comma-separated or "
                                                      "repeated (imagenet = the source's head); none = every task."),
@@ -59,12 +59,13 @@ async def predict(request: Request,
     With no ``tasks``, every task served now answers; tasks whose files failed their check are left out and
     named in the ``Snowhub-Unavailable-Tasks`` header.
     """
-    served, unavailable = await asyncio.to_thread(state.catalog.resolve, _names(tasks))
-    if not served:
-        raise ServeError(503 if unavailable else 404, "no task to answer: " + (
-            "; ".join(unavailable.values()) if unavailable else "add one with `snowhub add-task NAME --data DIR`"))
-    uploads = await _uploads(request, state)
-    logits = await state.logits(lambda: [decode(data, name, state.config) for name, data in uploads], served)
+    async with state.admitted():  # 503 + Retry-After when the queue is full
+        served, unavailable = await asyncio.to_thread(state.catalog.resolve, _names(tasks))
+        if not served:
+            raise ServeError(503 if unavailable else 404, "no task to answer: " + (
+                "; ".join(unavailable.values()) if unavailable else "add one with `snowhub add-task NAME --data DIR`"))
+        uploads = await _uploads(request, state)
+        logits = await state.logits_of_files(uploads, served)
     results = [ImagePrediction(name) for name, _ in uploads]
     for task in served:
         probs = logits[task.name].softmax(dim=1)

@@ -1,7 +1,7 @@
 """The server's state, one per app: the read-only registry, resident models, tasks, batcher, metrics.
 
 Routes get it through :func:`get_state` (a FastAPI dependency), so several apps (tests) can live in one
-process. :meth:`ServerState.logits` is the one path from decoded pictures to per-task logits that both
+process. :meth:`ServerState.logits_of_files` is the one path from encoded images to per-task logits that both
 ``/v1/predict`` and OIP ``BYTES`` requests take.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import torch
 from fastapi import Request
-from PIL import Image
 
 from snowhub.artifacts import Artifacts
 from snowhub.device import pick_device
@@ -23,8 +23,9 @@ from snowhub.errors import SnowhubError
 from snowhub.serving.http._batcher import Batcher
 from snowhub.serving.http._catalog import Catalog, ServedTask
 from snowhub.serving.http._errors import ServeError
-from snowhub.serving.http._inputs import to_batch
+from snowhub.serving.http._decoding import PixelPool, decode_batches
 from snowhub.serving.http._metrics import Metrics
+from snowhub.serving.http._parser import BodyParser
 from snowhub.serving.http.config import ServeConfig
 from snowhub.serving.predictor import Predictor
 from snowhub.store import Registry
@@ -64,6 +65,9 @@ class ServerState:
             self.registry.close()
             raise
         self.ready = False
+        self.parser = BodyParser()
+        self.pixels = PixelPool(config.max_request_pixels)
+        self.in_flight = 0  # inference requests admitted and not yet answered (see admitted)
         self._ratio: float | None = None
         self.source_problem: str | None = None
         self._loader: threading.Thread | None = None
@@ -125,27 +129,38 @@ class ServerState:
             self._ratio = self.artifacts.source().spec.eval_resize_ratio
         return self._ratio
 
-    async def logits(self, pictures: Sequence[Image.Image] | Callable[[], Sequence[Image.Image]],
-                     tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
-        """Logits of every task for decoded `pictures` (or a function that decodes them, run in the worker
-        thread too): one queued item per image size, preprocessed in one worker thread hop (as
-        ``Predictor.predict`` preprocesses), answered by the batcher.
+    async def logits_of_files(self, files: Sequence[tuple[str, bytes]], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
+        """Logits of every task for encoded image `files` (name, bytes): decoded within the pixel budgets and
+        preprocessed as ``Predictor.predict`` does, in one worker thread hop (:func:`decode_batches`), then one
+        queued item per image size, answered by the batcher.
 
         Raises:
-            ServeError: a picture that does not decode (400, 413), or no answer in time (503).
+            ServeError: an image that does not decode (400) or is over a budget (413); no answer in time (503).
         """
         by_size: dict[int, list[ServedTask]] = defaultdict(list)
         for task in tasks:
             by_size[task.image_size].append(task)
-
-        def prepare() -> list[torch.Tensor]:  # one hop per request: each costs a thread switch under the GIL
-            decoded = pictures() if callable(pictures) else pictures
-            ratio = self.resize_ratio()
-            return [to_batch(decoded, size, ratio) for size in by_size]
-
-        batches = await asyncio.to_thread(prepare)
+        batches = await asyncio.to_thread(decode_batches, files, list(by_size), self.resize_ratio(), self.config,
+                                          self.pixels)
         answers = await asyncio.gather(*(self.submit(batch, group) for batch, group in zip(batches, by_size.values())))
         return {name: out for answer in answers for name, out in answer.items()}
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """Count an inference request in for the block; 503 with ``Retry-After`` when ``--max-queue`` are in."""
+        if self.in_flight >= self.config.max_queue:
+            raise ServeError(503, f"the server is busy: {self.in_flight} requests are in its queue (--max-queue "
+                                  f"{self.config.max_queue}); retry after a second", {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def body_limit(self) -> int:
+        """The largest request body any route takes now (for the largest image size served)."""
+        sizes = [t.image_size for t in (self.catalog.known(n) for n in self.catalog.names()) if t is not None]
+        return self.config.max_request_bytes(max(sizes, default=224))
 
     async def submit(self, images: torch.Tensor, tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
         """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (served at ``S`` px) and wait for the batch."""

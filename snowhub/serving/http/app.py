@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from snowhub._version import __version__
 from snowhub.serving.http import _errors, _routes_health, _routes_infer, _routes_models, _routes_predict, _routes_ui
 from snowhub.serving.http._errors import error_response
 from snowhub.serving.http._metrics import MetricsMiddleware
+from snowhub.serving.http._openapi import document
 from snowhub.serving.http._state import ServerState
 from snowhub.serving.http.config import ServeConfig
 
@@ -20,18 +22,19 @@ for image uploads, answering exactly `snowhub predict --json`. Errors are `{"err
 
 
 class _BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, by its Content-Length or as it streams."""
+    """ASGI middleware: 413 for a request body over ``limit()`` bytes, by its Content-Length or as it streams."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: Callable[[], int]):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limit()
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
+        if length is not None and length.isdigit() and int(length) > limit:
             response = error_response(413, f"the request body is {int(length)} bytes, over the limit of "
-                                           f"{self.limit} bytes (--max-images × --max-image-bytes × 2)")
+                                           f"{limit} bytes (derived from --max-images and --max-image-bytes)")
             return await response(scope, receive, send)
         seen = 0
 
@@ -39,8 +42,8 @@ class _BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _errors.ServeError(413, f"the request body is over the limit of {self.limit} bytes")
+            if seen > limit:
+                raise _errors.ServeError(413, f"the request body is over the limit of {limit} bytes")
             return message
 
         await self.app(scope, counting, send)
@@ -65,6 +68,7 @@ def create_app(root: Path | str | None, config: ServeConfig | None = None, regis
         try:
             yield
         finally:
+            await state.parser.close()
             state.stop()
 
     app = FastAPI(title="snowhub", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -72,6 +76,7 @@ def create_app(root: Path | str | None, config: ServeConfig | None = None, regis
     for module in (_routes_health, _routes_models, _routes_infer, _routes_predict, _routes_ui):
         app.include_router(module.router)
     _errors.install(app)
-    app.add_middleware(_BodyLimit, limit=state.config.max_request_bytes)
+    app.add_middleware(_BodyLimit, limit=state.body_limit)
+    app.openapi = lambda: document(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

@@ -22,6 +22,13 @@ class ServeConfig:
         request_timeout_s: longest a request waits for its batch before a 503.
         threads: torch intra-op threads for the forward passes on the CPU; None = the CPUs this process may
             use minus one, which is left to the HTTP event loop (see :meth:`intra_op_threads`).
+        max_image_pixels: most pixels one image may decode to (JPEGs above it are decoded at a reduced
+            scale when that fits, others get 413); 25 MP = a 24-megapixel photo.
+        max_request_pixels: most decoded pixels of one request's images together (413 above), and of all the
+            images being decoded in the server at once (decodes wait their turn): at 3 bytes a pixel and up
+            to twice that while an image converts, the default 50 MP keeps decoding under ~350 MB.
+        max_queue: most inference requests admitted at once (being read, decoded, queued or run); one more
+            gets 503 with ``Retry-After``.
     """
 
     device: str = "auto"
@@ -33,6 +40,9 @@ class ServeConfig:
     poll_s: float = 1.0
     request_timeout_s: float = 60.0
     threads: int | None = None
+    max_image_pixels: int = 25_000_000
+    max_request_pixels: int = 50_000_000
+    max_queue: int = 128
 
     def validate(self) -> "ServeConfig":
         """Return self. Raises ConfigError (one line, naming the flag) for a value out of range."""
@@ -42,6 +52,9 @@ class ServeConfig:
                   (self.max_images >= 1, "--max-images must be at least 1"),
                   (self.poll_s > 0, "the registry poll interval must be positive"),
                   (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
+                  (self.max_image_pixels >= 1, "--max-image-pixels must be at least 1"),
+                  (self.max_request_pixels >= 1, "--max-request-pixels must be at least 1"),
+                  (self.max_queue >= 1, "--max-queue must be at least 1"),
                   (self.tasks is None or len(self.tasks) > 0, "--tasks names no task; leave it out to serve all")]
         for ok, message in checks:
             if not ok:
@@ -57,7 +70,10 @@ class ServeConfig:
         """
         return self.threads if self.threads is not None else max(1, cpus - 1)
 
-    @property
-    def max_request_bytes(self) -> int:
-        """Largest request body accepted (room for every image twice over: base64 and JSON tensors)."""
-        return 2 * self.max_images * self.max_image_bytes + (1 << 20)
+    def max_request_bytes(self, image_size: int = 224) -> int:
+        """Largest request body (bytes) for tasks served at `image_size` px: room for ``--max-images`` images of
+        ``--max-image-bytes`` each as base64 (4/3 of their size, plus 1 KiB of framing each), or for an OIP
+        ``UINT8`` tensor of ``--max-images`` images in JSON (up to 4 characters a value), plus 64 KiB."""
+        files = -(-self.max_images * self.max_image_bytes // 3) * 4 + self.max_images * 1024
+        tensor = self.max_images * 3 * image_size * image_size * 4
+        return max(files, tensor) + (64 << 10)
