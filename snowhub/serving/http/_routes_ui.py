@@ -96,6 +96,9 @@ async def task_page(task: str, request: Request, state: ServerState = Depends(ge
 @router.post("/tasks/{task}/verify")
 async def verify(task: str, request: Request, state: ServerState = Depends(get_state)) -> Response:
     """Run ``verify-forgetting``'s probe check of the whole hub now, keep it, and show `task`'s page again."""
+    if state.catalog.known(task) is None:  # nothing to show afterwards: refuse before running the check
+        return _page(request, "error.html", 404, title="no such task",
+                     error=f"no task named {task!r} is served here; known tasks: {', '.join(state.catalog.names())}")
     await asyncio.to_thread(_probes(request).run, state)
     return RedirectResponse(f"{request.url_for('task_page', task=task).path}#probe", status_code=303)
 
