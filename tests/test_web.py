@@ -50,7 +50,8 @@ def browser():
         pytest.skip(need)
     options = Options()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1200,900"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -123,7 +124,8 @@ def test_the_probe_verdict_is_run_on_demand_and_kept_with_its_time(site, browser
     browser.get(f"{site.url}/tasks/fashion2")
     assert browser.find_elements(By.ID, "verdict") == []
     browser.find_element(By.CSS_SELECTOR, "#probe button").click()  # a plain form POST, then a redirect
-    assert browser.find_element(By.ID, "verdict").text == "bit-identical"  # re-run in the process and CPU it was recorded on
+    # re-run on the CPU and in the numerics environment the probe logits were recorded in
+    assert browser.find_element(By.ID, "verdict").text == "bit-identical"
     assert "UTC" in browser.find_element(By.ID, "checked").text
     browser.get(f"{site.url}/tasks/fashion")  # one check covers the hub: kept for every task
     assert browser.find_element(By.ID, "verdict").text == "bit-identical"
@@ -142,7 +144,8 @@ def test_try_it_answers_every_task_as_hub_predict_and_v1_predict(site, browser, 
     assert [a.get_attribute("data-image") for a in shown] == [p.name for p in images]
     for article, want, same in zip(shown, expected, api):
         answers = article.find_elements(By.CSS_SELECTOR, ".task-answer")
-        assert [a.get_attribute("data-task") for a in answers] == list(want.tasks) == ["imagenet", "fashion", "fashion2"]
+        assert [a.get_attribute("data-task") for a in answers] == list(want.tasks) \
+            == ["imagenet", "fashion", "fashion2"]
         for answer in answers:
             task = answer.get_attribute("data-task")
             items = answer.find_elements(By.CSS_SELECTOR, "li.answer")

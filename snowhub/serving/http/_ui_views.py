@@ -126,13 +126,15 @@ class ProbeChecks:
 def _facts(task: ServedTask) -> list[tuple[str, str]]:
     """(label, value as shown) pairs of what the registry records about `task`."""
     record = task.record
-    facts = [("served at", f"{task.image_size} px"), ("classes", str(len(task.classes))), ("version (seq)", str(task.seq))]
+    facts = [("served at", f"{task.image_size} px"), ("classes", str(len(task.classes))),
+             ("version (seq)", str(task.seq))]
     if record is None:
         return facts
     return facts + [("val top-1", f"{record.val_top1:.2f} %"), ("val top-5", f"{record.val_top5:.2f} %"),
                     ("val loss", f"{record.val_loss:.4f}"),
                     ("probe set", f"{record.probe_size} images, top-1 {record.probe_top1:.2f} % at registration"),
-                    ("delta parameters", f"{record.delta_params:,}"), ("channel pooling parameters", f"{record.cp_params:,}"),
+                    ("delta parameters", f"{record.delta_params:,}"),
+                    ("channel pooling parameters", f"{record.cp_params:,}"),
                     ("trained", f"{record.train_seconds:.1f} s at {record.train_images_per_s:.1f} images/s"),
                     ("created", _when(record.created_at)), ("delta sha256", record.weights_file_sha256)]
 
