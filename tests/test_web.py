@@ -3,6 +3,7 @@ chromedriver, never a downloaded one) against a real uvicorn server on 127.0.0.1
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (th
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -158,6 +160,26 @@ def test_try_it_answers_every_task_as_hub_predict_and_v1_predict(site, browser, 
         assert _fits(browser), "the answers are wider than a 360 px screen"
     finally:
         browser.set_window_size(1200, 900)
+
+
+def test_images_dropped_on_try_it_are_uploaded_and_answered(site, browser, fashion_dir):
+    image = _val_images(fashion_dir)[1]
+    api = httpx.post(f"{site.url}/v1/predict", files=[("file", (image.name, image.read_bytes(), "image/png"))],
+                     timeout=60).json()
+    browser.get(f"{site.url}/try")
+    assert browser.find_element(By.CSS_SELECTOR, "#drop .js-only").is_displayed()  # drop.js ran
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dropped = new DataTransfer();
+        dropped.items.add(new File([bytes], arguments[1], {type: "image/png"}));
+        document.body.dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
+        """, base64.b64encode(image.read_bytes()).decode(), image.name)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#answers article.image"))
+    article = browser.find_element(By.CSS_SELECTOR, "#answers article.image")
+    assert article.get_attribute("data-image") == image.name
+    shown = {a.get_attribute("data-task"): a.find_element(By.CSS_SELECTOR, "li.answer").get_attribute("data-label")
+             for a in article.find_elements(By.CSS_SELECTOR, ".task-answer")}
+    assert shown == {task: answers[0]["label"] for task, answers in api[0]["tasks"].items()}
 
 
 def test_try_it_shows_the_apis_one_line_error_for_a_text_file(site, browser, tmp_path):
