@@ -24,7 +24,7 @@ from snowhub.errors import ConfigError
 from snowhub.training import launch_rank, launched
 from snowhub.training._launch import CRASH, INTERRUPT, LAUNCHER_ENV, PEER, USER, write_worker_error
 from snowhub_cli import render
-from snowhub_cli.options import handled
+from snowhub_cli.options import one_line_errors
 from snowhub_cli.progress import RichProgress
 
 NPROC_HELP = ("Train with this many processes on this machine (PyTorch DistributedDataParallel under its elastic "
@@ -87,11 +87,12 @@ def _worker_errors(quiet: bool) -> Iterator[None]:
 
 
 def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, processes: int | None,
-             hub: Path | None, as_json: bool) -> None:
-    """``add-task`` with ``--nproc-per-node`` (launch the workers), or inside a launched worker."""
+             hub: Path | None, as_json: bool, registry: str | None = None) -> None:
+    """``add-task`` with ``--nproc-per-node`` (launch the workers), or inside a launched worker; `registry`
+    is ``--registry`` (the workers get it on their command line, :func:`worker_argv`)."""
     if not launched():
         command = [sys.executable, "-m", "snowhub_cli", *worker_argv(ctx)]
-        with handled(), Hub.open(hub) as h:
+        with one_line_errors(), Hub.open(hub, registry=registry) as h:
             _print(h.add_task_on_workers(name, data, config, processes, command), as_json)
         return
     quiet = os.environ.get(LAUNCHER_ENV) == "1"
@@ -100,7 +101,7 @@ def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, pro
         if processes is not None:
             raise ConfigError("--nproc-per-node is for a plain `snowhub add-task`; under torchrun give "
                               "--nproc-per-node to torchrun")
-        with Hub.open(hub, clean=main) as h, (RichProgress(render.err) if main else nullcontext()) as progress:
+        with Hub.open(hub, clean=main, registry=registry) as h, (RichProgress(render.err) if main else nullcontext()) as progress:
             info = h.add_task(name, data, config, progress, distributed=True)
         if info is not None and not quiet:
             _print(info, as_json)

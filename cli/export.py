@@ -9,7 +9,7 @@ import typer
 
 from snowhub import Hub
 from snowhub_cli import render
-from snowhub_cli.options import HubOption, JsonOption, RegistryOption, handled
+from snowhub_cli.options import HubOption, JsonOption, RegistryOption, one_line_errors
 from snowhub_cli.progress import RichProgress
 
 app = typer.Typer(help="Take tasks out of the hub: one ONNX graph, or a .snowtask bundle for another hub.",
@@ -36,7 +36,7 @@ def onnx(
     as_json: JsonOption = False,
 ) -> None:
     """Export tasks as one ONNX graph (the source once, every delta), verified with ONNX Runtime first."""
-    with handled(), Hub.open(hub, registry=registry) as h:
+    with one_line_errors(), Hub.open(hub, registry=registry) as h:
         if bool(tasks) == all_tasks:
             raise typer.BadParameter("give task names or --all (not both)")
         render.err.print("exporting and checking with ONNX Runtime …", markup=False, highlight=False)
@@ -56,34 +56,43 @@ def onnx(
 def task(
     name: Annotated[str, typer.Argument(help="The task to export.")],
     output: Annotated[Path, typer.Option("--output", help="The new .snowtask file.")],
+    sign: Annotated[Optional[Path], typer.Option(
+        "--sign", metavar="KEYFILE", help="Sign it with this Ed25519 private key (PEM; `snowhub keys generate`).")] = None,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Write one task (delta, classes, indices, metrics, probe set, source identity) as a .snowtask bundle."""
-    with handled(), Hub.open(hub, registry=registry) as h:
-        info = h.export_task(name, output)
+    with one_line_errors(), Hub.open(hub, registry=registry) as h:
+        info = h.export_task(name, output, sign)
         if as_json:
             render.print_json(info.to_dict())
         else:
+            signed = f"signed by {info.signer}" if info.signer else "unsigned (hubs refuse it without --allow-unsigned)"
             render.line(f"wrote {info.path} ({_size(info.size)}): task '{info.task}', {len(info.members)} members "
-                        "hashed in its manifest; import it with `snowhub import` into a hub on the same source")
+                        f"hashed in its manifest, {signed}; import it with `snowhub import` into a hub on the same "
+                        "source")
 
 
 def import_bundle(
     bundle: Annotated[Path, typer.Argument(help="A .snowtask file from `snowhub export task`.")],
     new_name: Annotated[Optional[str], typer.Option("--as", help="Register it under this name instead.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option(
+        "--allow-unsigned", help="Import it even if unsigned or signed by a key this hub does not trust.")] = False,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Append a .snowtask bundle's task, only if this hub's source matches and its probe logits are bit-identical."""
-    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
-        info = h.import_task(bundle, new_name, progress)
+    with one_line_errors(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
+        info = h.import_task(bundle, new_name, progress, allow_unsigned=allow_unsigned)
         if as_json:
             render.print_json(info.to_dict())
         else:
             origin = info.details.get("lineage") or info.details.get("metrics", {}).get("lineage") or {}
+            signer = origin.get("signer") or {}
+            by = ("unsigned" if signer.get("unsigned") else
+                  f"signed by {signer.get('fingerprint')}{'' if signer.get('trusted') else ' (not trusted)'}")
             render.line(f"imported task {info.seq} '{info.name}' from {bundle.name} (task {origin.get('seq')} "
-                        f"'{origin.get('name')}' of {origin.get('hub')}): {len(info.classes)} classes, val top-1 "
-                        f"{render.pct(info.val_top1)}; probe logits bit-identical on this hub")
+                        f"'{origin.get('name')}' of {origin.get('hub')}, {by}): {len(info.classes)} classes, val "
+                        f"top-1 {render.pct(info.val_top1)}; probe logits bit-identical on this hub")

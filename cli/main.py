@@ -6,7 +6,6 @@ exit status 1; an interrupt leaves with status 130. The hub itself guarantees it
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,7 +16,7 @@ from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, avai
 from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
 from snowhub_cli import registry as registry_commands
-from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, handled
+from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, one_line_errors
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
 
@@ -121,10 +120,8 @@ def add_task(
                          run=RunOptions(device=device, num_workers=workers, low_memory=low_memory,
                                         cache_limit_gib=cache_limit))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
-        if registry is not None:  # the launcher's Hub.open and every worker it starts read it from there
-            os.environ["SNOWHUB_REGISTRY_URL"] = registry
-        return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json)
-    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
+        return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json, registry=registry)
+    with one_line_errors(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
         info = h.add_task(name, data, config, progress)
         if as_json:
             render.print_json(info.to_dict())
@@ -135,7 +132,7 @@ def add_task(
 @app.command("list")
 def list_tasks(hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """List the hub's tasks in append order."""
-    with handled(), Hub.open(hub, registry=registry) as h:
+    with one_line_errors(), Hub.open(hub, registry=registry) as h:
         tasks, source = h.tasks(), h.source_record().name
         if as_json:
             render.print_json({"hub": str(h.layout.root), "source": source,
@@ -148,7 +145,7 @@ def list_tasks(hub: HubOption = None, registry: RegistryOption = None, as_json: 
 def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the source's head).")],
          hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Show everything recorded about one task."""
-    with handled(), Hub.open(hub, registry=registry) as h:
+    with one_line_errors(), Hub.open(hub, registry=registry) as h:
         info = h.task(name)
         if as_json:
             render.print_json(info.to_dict())
@@ -168,7 +165,7 @@ def predict(
     as_json: JsonOption = False,
 ) -> None:
     """Classify images with one or all tasks; one source pass serves every task."""
-    with handled(), Hub.open(hub, registry=registry) as h:
+    with one_line_errors(), Hub.open(hub, registry=registry) as h:
         if task and all_tasks:
             raise typer.BadParameter("give --task or --all, not both")
         results = h.predict([str(p) for p in images], None if all_tasks or not task else list(task), top, device)
@@ -195,7 +192,7 @@ def verify_forgetting(
     tolerance), changed, or damaged. Exit status 0 only when the source and every task are unchanged; 2 when
     something changed.
     """
-    with handled(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
+    with one_line_errors(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
         report = h.verify_forgetting(device, progress, strict=strict)
         if as_json:
             render.print_json(report.to_dict())
@@ -211,7 +208,7 @@ def doctor(hub: HubOption = None, registry: RegistryOption = None, as_json: Json
 
     Exit status 0 when nothing is wrong (warnings allowed); 2 when a problem was found.
     """
-    with handled():
+    with one_line_errors():
         report = Hub.doctor(hub, registry)
         if as_json:
             render.print_json(report.to_dict())

@@ -15,6 +15,7 @@ import typer
 
 from snowhub import SnowhubError
 from snowhub_cli import render
+from snowhub_cli.flags import as_flags
 
 HubOption = Annotated[Optional[Path], typer.Option(
     "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
@@ -27,12 +28,13 @@ DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if prese
 
 
 @contextmanager
-def handled() -> Iterator[None]:
-    """Turn snowhub's errors and Ctrl-C into one line and an exit status, never a traceback."""
+def one_line_errors() -> Iterator[None]:
+    """Turn snowhub's errors and Ctrl-C into one line and an exit status, never a traceback; the parameters an
+    error names become their flags (:func:`snowhub_cli.flags.as_flags`)."""
     try:
         yield
     except SnowhubError as exc:
-        render.problem(str(exc))
+        render.problem(as_flags(str(exc)))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         render.problem("nothing was changed in the hub", "interrupted")

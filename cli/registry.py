@@ -8,7 +8,7 @@ import typer
 
 from snowhub import Hub
 from snowhub_cli import render
-from snowhub_cli.options import HubOption, JsonOption, RegistryOption, handled
+from snowhub_cli.options import HubOption, JsonOption, RegistryOption, one_line_errors
 
 app = typer.Typer(help="The hub's registry database: copy it to another database.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def copy(
     The original registry and the hub's files are only read. Afterwards every command reaches the hub with
     --registry URL (or $SNOWHUB_REGISTRY_URL); the weight files stay in the hub directory.
     """
-    with handled():
+    with one_line_errors():
         report = Hub.copy_registry(hub, to, registry)
         if as_json:
             render.print_json(vars(report))

@@ -62,7 +62,7 @@ def task_added(info: TaskInfo) -> None:
     line(f"added task {info.seq} '{info.name}': {len(info.classes)} classes, val top-1 {pct(info.val_top1)}, "
          f"top-5 {pct(info.val_top5)}; trained in {d['train_seconds']:.1f} s at {d['train_images_per_s']:.1f} "
          f"images/s; delta {params(info.delta_params)} parameters "
-         f"({100 * info.delta_params / info.source_params:.1f} % of the source), K = {info.k}")
+         f"({100 * info.delta_params / info.source_params:.1f} % of the source), K = {info.k_total}")
 
 
 # Above this many rows Rich's per-cell layout takes seconds; the same columns as plain aligned text take ms.
@@ -73,7 +73,7 @@ _RIGHT = {"seq", "classes", "K", "parameters", "val top-1"}
 
 def task_table(root: str, source_name: str, tasks: list[TaskInfo]) -> None:
     title = f"{root}  (source: {source_name})"
-    rows = [(str(t.seq), t.name + (" (!)" if t.record_problem else ""), str(len(t.classes)), str(t.k) if t.k else "—",
+    rows = [(str(t.seq), t.name + (" (!)" if t.record_problem else ""), str(len(t.classes)), str(t.k_total) if t.k_total else "—",
              params(t.source_params) + " (source)" if t.seq == 0 else params(t.delta_params), pct(t.val_top1),
              t.created_at[:16].replace("T", " ")) for t in tasks]
     if len(rows) > _RICH_ROWS:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub.errors import SnowhubError
-from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, handled
+from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, one_line_errors
 
 
 def serve(
@@ -36,7 +36,7 @@ def serve(
     Inference Protocol v2), POST /v1/predict (image uploads; the JSON of `snowhub predict --json`),
     /metrics (Prometheus) and /docs. SIGTERM or Ctrl-C finishes the requests in flight, then exits 0.
     """
-    with handled():
+    with one_line_errors():
         try:
             from snowhub.serving.http import ServeConfig
             from snowhub.serving.http import serve as run

@@ -13,9 +13,7 @@ touch the registry only for tasks it has not seen. The forgetting checker and do
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 
 import torch
 
@@ -24,13 +22,7 @@ from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import recorded_spec, with_family
 from snowhub.models.weights import load_source_state
 from snowhub.probe import ProbeSet
-from snowhub.store import Registry, SourceRecord, TaskRecord, load_safetensors_verified
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    """(size in bytes, modification time in ns) of `path`: what a rewrite of the file changes."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
+from snowhub.store import RegistryStore, SourceRecord, TaskRecord, file_stamp, load_safetensors_verified
 
 
 def build_source(record: SourceRecord, state: dict[str, torch.Tensor]) -> FrozenSource:
@@ -68,7 +60,7 @@ class Artifacts:
     out-of-memory error halfway leaves nothing half-moved in the cache.
     """
 
-    def __init__(self, registry: Registry, device: torch.device):
+    def __init__(self, registry: RegistryStore, device: torch.device):
         self.registry = registry
         self.device = device
         self._lock = threading.RLock()
@@ -81,15 +73,16 @@ class Artifacts:
 
     def _read(self, relative: str, sha256: str) -> tuple[tuple[int, int], dict[str, torch.Tensor]]:
         path = self.registry.layout.resolve(relative)
-        stamp = _stamp(path) if path.exists() else (-1, -1)
+        stamp = file_stamp(path) if path.exists() else (-1, -1)
         state = load_safetensors_verified(path, sha256)  # IntegrityError if missing or changed
         self.file_reads += 1
         return stamp, state
 
-    def _fresh(self, relative: str, stamp: tuple[int, int]) -> bool:
+    def _unchanged_since(self, relative: str, stamp: tuple[int, int]) -> bool:
+        """Whether the file has the (size, mtime) `stamp` it had when it was read and verified."""
         path = self.registry.layout.resolve(relative)
         try:
-            return _stamp(path) == stamp
+            return file_stamp(path) == stamp
         except OSError:
             return False
 
@@ -105,7 +98,7 @@ class Artifacts:
             self._source_record = record
         return self._source_record
 
-    def trust(self, task: TaskRecord) -> TaskRecord:
+    def verify(self, task: TaskRecord) -> TaskRecord:
         """`task`, its record's seal checked unless this very record was verified before.
 
         Raises:
@@ -125,7 +118,7 @@ class Artifacts:
         for record in self._tasks.values():
             if record.name == name:
                 return record
-        return self.trust(self.registry.get_task(name))
+        return self.verify(self.registry.get_task(name))
 
     def source(self) -> FrozenSource:
         """The frozen source on :attr:`device`, verified (record seal, file sha256) when (re-)loaded.
@@ -135,7 +128,7 @@ class Artifacts:
         """
         record = self.source_record()
         with self._lock:
-            if self._source is None or not self._fresh(record.weights_file, self._source[0]):
+            if self._source is None or not self._unchanged_since(record.weights_file, self._source[0]):
                 stamp, state = self._read(record.weights_file, record.weights_file_sha256)
                 self._source = None
                 self._source = (stamp, build_source(record, state).to(self.device))
@@ -151,11 +144,11 @@ class Artifacts:
         Raises:
             IntegrityError: the record or the delta file changed since registration.
         """
-        self.trust(task)
+        self.verify(task)
         key = (task.seq, task.weights_file_sha256)
         with self._lock:
             cached = self._deltas.get(key)
-            if cached is None or not self._fresh(task.weights_file, cached[0]):
+            if cached is None or not self._unchanged_since(task.weights_file, cached[0]):
                 self._deltas.pop(key, None)
                 stamp, state = self._read(task.weights_file, task.weights_file_sha256)
                 delta = build_delta(task.hyperparams["delta_shape"], state).to(self.device)

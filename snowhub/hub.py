@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from snowhub.artifacts import Artifacts
 from snowhub.checks import DoctorReport, ForgettingReport, check_hub, verify_hub
 from snowhub.data import discover, fingerprint, load_rgb
 from snowhub.device import pick_device
-from snowhub.errors import ConfigError, DataError, IntegrityError, TaskExistsError
+from snowhub.errors import ConfigError, DataError, HubReadOnlyError, IntegrityError, TaskExistsError
 from snowhub.faults import crash_point
 from snowhub.export import BundleInfo, OnnxExport, export_onnx, export_task, import_task
 from snowhub.info import TaskInfo, source_task_info, task_info
@@ -27,7 +28,7 @@ from snowhub.probe import build_probe_set
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, register_task, remove_orphans
 from snowhub.serving import ImagePrediction, Predictor
-from snowhub.store import HubReadOnlyError, Registry, SourceRecord, TaskRecord, clean_if_idle, writer_lock
+from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle, writer_lock
 from snowhub.store.copy import CopyReport, copy_registry
 from snowhub.store.files import write_error
 from snowhub.training import (
@@ -47,7 +48,7 @@ class Hub:
     Open with :meth:`open` (or create with :meth:`init`); use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: RegistryStore):
         self.registry = registry
         self._artifacts: dict[torch.device, Artifacts] = {}
         self._predictors: dict[torch.device, Predictor] = {}
@@ -112,7 +113,7 @@ class Hub:
         self.close()
 
     @property
-    def layout(self):
+    def layout(self) -> HubLayout:
         """Where the hub keeps its files (:class:`snowhub.store.HubLayout`)."""
         return self.registry.layout
 
@@ -270,25 +271,30 @@ class Hub:
             self._predictors[resolved] = Predictor(self.artifacts(resolved))
         return self._predictors[resolved]
 
-    def predict(self, images: list[Path | str], tasks: list[str] | None = None, top: int = 5,
-                device: str = "auto") -> list[ImagePrediction]:
+    def predict(self, images: Sequence[ImageInput], tasks: list[str] | None = None, top: int = 5,
+                device: str = "auto", names: Sequence[str] | None = None) -> list[ImagePrediction]:
         """Top-`top` labels with probabilities for every image and task, from one source pass per image size.
 
         Args:
-            images: image files (any format Pillow reads; the first frame of animations). All are read
-                before any model runs.
+            images: each one an image file (a path: any format Pillow reads, the first frame of animations,
+                EXIF orientation applied), a PIL image (any mode, converted to RGB as it is) or a uint8 tensor
+                ``(3, H, W)`` of RGB pixels (channels first, as ``torchvision.io.decode_image`` returns). All
+                are read before any model runs; a file and the same pixels in memory get the same answers.
             tasks: task names (``imagenet`` is the source's own head); None = every task.
+            names: what to call each image in the answers; default its path, or ``image N`` for the N-th
+                (from 0) when it is in memory.
 
         Raises:
-            DataError: an image cannot be read. TaskNotFoundError: unknown task name, or no task yet.
-            ConfigError: `top` < 1. IntegrityError: a stored file changed since registration.
+            DataError: an image cannot be read, or a tensor is not uint8 ``(3, H, W)``. TaskNotFoundError:
+            unknown task name, or no task yet. ConfigError: `top` < 1, or `names` of another length.
+            IntegrityError: a stored file changed since registration.
         """
-        pictures = []
-        for path in map(Path, images):
-            if path.is_dir():
-                raise DataError(f"{path} is a directory; give image files (e.g. {path}/*.jpg)")
-            pictures.append(load_rgb(path))
-        return self.predictor(device).predict(pictures, [str(p) for p in images], tasks, top)
+        if names is not None and len(names) != len(images):
+            raise ConfigError(f"names has {len(names)} entries for {len(images)} images; give one name per image")
+        pictures = [_picture(image, i) for i, image in enumerate(images)]
+        names = list(names) if names is not None else [
+            str(image) if isinstance(image, (str, Path)) else f"image {i}" for i, image in enumerate(images)]
+        return self.predictor(device).predict(pictures, names, tasks, top)
 
     def verify_forgetting(self, device: str = "auto", progress: Progress | None = None,
                           strict: bool = False) -> ForgettingReport:
@@ -336,3 +342,25 @@ class Hub:
         """
         record = import_task(self.artifacts(torch.device("cpu")), bundle, new_name, progress, wait_for_lock)
         return self.task(record.name)
+
+
+ImageInput = Path | str | Image.Image | torch.Tensor
+"""What :meth:`Hub.predict` takes for one image: a file, a PIL image, or a uint8 ``(3, H, W)`` tensor."""
+
+
+def _picture(image: ImageInput, index: int) -> Image.Image:
+    """One input of :meth:`Hub.predict` as an 8-bit RGB PIL image (``DataError`` if it is none of the three)."""
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise DataError(f"image {index} is a {image.dtype} tensor of shape {tuple(image.shape)}; give uint8 "
+                            "RGB pixels as (3, H, W), channels first (torchvision.io.decode_image gives them)")
+        return Image.fromarray(image.detach().cpu().permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+    if not isinstance(image, (str, Path)):
+        raise DataError(f"image {index} is a {type(image).__name__}; give a path, a PIL image or a uint8 "
+                        "(3, H, W) tensor")
+    path = Path(image)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give image files (e.g. {path}/*.jpg)")
+    return load_rgb(path)

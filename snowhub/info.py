@@ -16,6 +16,7 @@ class TaskInfo:
     times s, throughput images/s, sizes in parameters.
 
     Attributes:
+        k_total: source channels the delta subscribes to, over all taps (the sum of each tap's K).
         record_problem: why the task's registry record does not match its seal (what it shows may have
             been edited; see ``snowhub doctor``), or None when it does.
         details: everything else recorded (``show`` prints it whole).
@@ -24,7 +25,7 @@ class TaskInfo:
     seq: int
     name: str
     classes: list[str]
-    k: int
+    k_total: int
     delta_params: int
     cp_params: int
     source_params: int
@@ -38,7 +39,7 @@ class TaskInfo:
     def to_dict(self) -> dict:
         """JSON-ready: the fields above, ``num_classes``, and the details merged in."""
         problem = {} if self.record_problem is None else {"record_problem": self.record_problem}
-        return {"seq": self.seq, "name": self.name, "num_classes": len(self.classes), "k": self.k,
+        return {"seq": self.seq, "name": self.name, "num_classes": len(self.classes), "k_total": self.k_total,
                 "delta_params": self.delta_params, "cp_params": self.cp_params,
                 "source_params": self.source_params, "val_top1": self.val_top1, "val_top5": self.val_top5,
                 "image_size": self.image_size, "created_at": self.created_at, **problem, **self.details,
@@ -63,7 +64,7 @@ def task_info(task: TaskRecord, source_params: int, record_problem: str | None, 
                     "dataset": task.dataset_summary, "probe_file": task.probe_file,
                     "probe_file_sha256": task.probe_file_sha256, "probe_logits_sha256": task.probe_logits_sha256,
                     "probe_environment": task.probe_environment,
-                    "lineage": getattr(task, "lineage", None) or task.metrics.get("lineage")}
+                    "lineage": task.lineage}
     ks = task.hyperparams["delta_shape"]["ks"]
     return TaskInfo(task.seq, task.name, list(task.class_names), sum(ks), task.delta_params, task.cp_params,
                     source_params, task.val_top1, task.val_top5, task.image_size, task.created_at.isoformat(),

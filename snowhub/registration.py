@@ -26,16 +26,14 @@ from snowhub.probe import ProbeSet, logits_digest
 from snowhub.store import (
     HubLayout,
     Registry,
+    RegistryStore,
     SourceRecord,
     TaskRecord,
     atomic_save_safetensors,
-    clear_intent,
-    remove_leftovers,
-    remove_new_hub,
     tensor_digest,
-    write_intent,
     writer_lock,
 )
+from snowhub.store.recovery import clear_intent, remove_leftovers, remove_new_hub, write_intent
 from snowhub.training import TrainResult
 
 
@@ -101,7 +99,7 @@ def create_hub(root: Path, source: str, weights: Path | str | None = None, regis
     return registry
 
 
-def remove_orphans(registry: Registry) -> list[Path]:
+def remove_orphans(registry: RegistryStore) -> list[Path]:
     """Delete files a crashed writer left behind (see :mod:`snowhub.store.recovery`); call under the lock.
 
     Unreferenced files that are not provably leftovers (e.g. a task file whose registry row was deleted) are
@@ -110,7 +108,7 @@ def remove_orphans(registry: Registry) -> list[Path]:
     return remove_leftovers(registry.layout, registry.source(), registry.tasks())
 
 
-def register_task(registry: Registry, name: str, trained: TrainResult, probe: ProbeSet, split: DatasetSplit,
+def register_task(registry: RegistryStore, name: str, trained: TrainResult, probe: ProbeSet, split: DatasetSplit,
                   dataset_fingerprint: str, hyperparams: dict) -> TaskRecord:
     """Append the trained task `name` to the hub; the caller holds the writer lock.
 
@@ -142,7 +140,7 @@ def register_task(registry: Registry, name: str, trained: TrainResult, probe: Pr
     return _append(registry, name, trained.delta.state_dict(), probe, fields)
 
 
-def register_trained_delta(registry: Registry, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
+def register_trained_delta(registry: RegistryStore, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
                            fields: dict) -> TaskRecord:
     """Append an already-trained delta as task `name` (e.g. imported from a task bundle); the caller holds the
     writer lock and has checked the delta against this hub's source (its probe logits re-run here).
@@ -158,7 +156,7 @@ def register_trained_delta(registry: Registry, name: str, delta_state: dict[str,
     return _append(registry, name, delta_state, probe, fields)
 
 
-def _append(registry: Registry, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
+def _append(registry: RegistryStore, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
             fields: dict) -> TaskRecord:
     """seq → intent → delta + probe files (atomic) → sealed row → clear intent; undone on any failure."""
     layout = registry.layout

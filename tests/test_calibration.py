@@ -40,3 +40,28 @@ def test_statistics_are_those_of_the_source_taps_over_the_images_measured():
     taps, _ = source(source.normalizer(images))
     for pool, tap in zip(delta.pools, taps):
         assert torch.allclose(pool.mean, tap.float().mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_the_stored_std_is_the_taps_own_floored_at_a_tenth_of_its_median():
+    source, delta = _source_and_delta()
+    batches = _batches(2)
+    calibrate_channel_pooling(source, delta, batches, torch.device("cpu"))
+    taps, _ = source(source.normalizer(torch.cat([b[0] for b in batches])))
+    floored = 0
+    for pool, tap in zip(delta.pools, taps):
+        std = tap.float().permute(1, 0, 2, 3).flatten(1).std(dim=1, unbiased=False)  # over images and pixels
+        floor = max(1e-3, 0.1 * float(std.median()))
+        assert torch.allclose(pool.inv_std, 1 / std.clamp_min(floor), rtol=1e-3), pool
+        floored += int((std < floor).sum())
+    assert floored > 0  # random uint8 images leave some ReLU channels nearly silent: the floor is exercised
+
+
+def test_a_channel_that_hardly_moves_is_scaled_as_if_it_moved_a_tenth_of_the_median():
+    _, delta = _source_and_delta()
+    pool = delta.pools[0]
+    std = torch.full((pool.channels,), 2.0)
+    std[:3] = torch.tensor([0.0, 0.05, 0.3])  # median 2.0: floor 0.2
+    pool.calibrate(torch.zeros(pool.channels), std)
+    assert pool.inv_std[:4].tolist() == pytest.approx([5.0, 5.0, 1 / 0.3, 0.5])
+    pool.calibrate(torch.zeros(pool.channels), torch.zeros(pool.channels))  # a silent tap: the absolute floor
+    assert pool.inv_std.tolist() == pytest.approx([1e3] * pool.channels)

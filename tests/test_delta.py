@@ -5,7 +5,6 @@ import torch
 
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.sources import SOURCES, get_spec
-from snowhub.errors import SourceError
 
 
 @pytest.mark.parametrize("name", sorted(SOURCES))
@@ -37,8 +36,3 @@ def test_shape_round_trips_through_the_registry_format():
     spec = get_spec("mobilenet_v2")
     shape = DeltaShape.from_ratios(spec.block, spec.taps, 4, 1 / 16, 5, noise_var=1e-8)
     assert DeltaShape.from_dict(shape.to_dict()) == shape
-
-
-def test_unknown_source_names_the_known_ones():
-    with pytest.raises(SourceError, match="resnet50"):
-        get_spec("vgg")

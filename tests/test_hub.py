@@ -4,6 +4,7 @@ Tests that write take `registry_hub`: they run on the hub's own SQLite registry 
 """
 
 import pytest
+import torch
 
 from conftest import FAST
 from fixtures.hubkit import cached_training
@@ -11,6 +12,8 @@ from snowhub import Hub, TrainConfig
 from snowhub.errors import DataError, HubExistsError, HubNotFoundError, InvalidNameError, TaskExistsError
 import snowhub.hub as hub_module
 import snowhub.registration as registration
+from snowhub.data import eval_transform, load_rgb
+from snowhub.models.network import task_logits
 
 
 def _hub_files(path):
@@ -24,7 +27,7 @@ def test_tasks_are_listed_in_append_order_after_the_source_task(trained_hub):
     assert [(t.seq, t.name) for t in tasks] == [(0, "imagenet"), (1, "fashion"), (2, "fashion2")]
     assert tasks[0].details["kind"] == "source" and len(tasks[0].classes) == 1000
     assert tasks[1].classes == ["Bag", "Sandal", "Trouser"]
-    assert tasks[1].k == sum(round(n / 8) for n in (16, 24, 40, 112)) + 320  # the classifier reads all 320
+    assert tasks[1].k_total == sum(round(n / 8) for n in (16, 24, 40, 112)) + 320  # the classifier reads all 320
 
 
 def test_a_taken_name_is_refused_before_any_training(registry_hub, fashion_dir, monkeypatch):
@@ -98,17 +101,37 @@ def test_predict_answers_every_task_from_one_call(trained_hub, fashion_dir):
         assert len(result.tasks["imagenet"]) == 2 and len(result.tasks["fashion"]) == 2
         assert result.tasks["fashion"][0][0] == "Trouser"
         probs = [p for _, p in result.tasks["fashion"]]
-        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.0001
+        assert probs == sorted(probs, reverse=True) and probs[0] > 100 / 3  # the best of 3 classes
+        [three] = hub.predict([image], tasks=["fashion"], top=3, device="cpu")  # all 3 classes: they sum to 100 %
+        assert sum(p for _, p in three.tasks["fashion"]) == pytest.approx(100.0, abs=1e-3)
+        assert three.tasks["fashion"][:2] == result.tasks["fashion"]
         [only] = hub.predict([image], tasks=["fashion2"], top=1, device="cpu")
         assert list(only.tasks) == ["fashion2"]
 
 
-def test_predicting_tasks_together_gives_the_same_answers_as_alone(trained_hub, fashion_dir):
-    images = sorted((fashion_dir / "val" / "Bag").glob("*.png"))[:3]
+def test_predicting_tasks_together_gives_each_task_its_own_model_s_answers(trained_hub, fashion_dir):
+    """Every task, served together, answers as it does alone and as its own source + delta do on the image
+    (the path the probe set was recorded with): an answer given to the wrong task or image fails here."""
+    images = [sorted((fashion_dir / "val" / c).glob("*.png"))[1] for c in ("Bag", "Trouser", "Sandal")]
     with Hub.open(trained_hub) as hub:
-        together = hub.predict(images, device="cpu")
-        alone = hub.predict(images, tasks=["fashion"], device="cpu")
-    assert [r.tasks["fashion"] for r in together] == [r.tasks["fashion"] for r in alone]
+        together = hub.predict(images, top=1000, device="cpu")
+        artifacts = hub.artifacts(torch.device("cpu"))
+        source = artifacts.source()
+        for name in ("fashion", "fashion2"):
+            alone = hub.predict(images, tasks=[name], top=1000, device="cpu")
+            assert [r.tasks[name] for r in together] == [r.tasks[name] for r in alone], name
+            record = hub.registry.get_task(name)
+            batch = torch.stack([eval_transform(record.image_size, source.spec.eval_resize_ratio)(load_rgb(i))
+                                 for i in images])
+            with torch.no_grad():
+                expected = task_logits(source, artifacts.delta(record), batch).softmax(dim=1) * 100
+            for row, answer in zip(expected, together):
+                served = {label: p for label, p in answer.tasks[name]}
+                assert list(served) == [record.class_names[c] for c in row.argsort(descending=True)], name
+                assert [served[c] for c in record.class_names] == pytest.approx(row.tolist(), abs=1e-3), name
+        alone = hub.predict(images, tasks=["imagenet"], top=5, device="cpu")
+        assert [r.tasks["imagenet"] for r in alone] == [r.tasks["imagenet"][:5] for r in together]
+    assert [r.tasks["fashion"][0][0] for r in together] == ["Bag", "Trouser", "Sandal"]
 
 
 def test_verify_forgetting_passes_with_zero_bwt(trained_hub):

@@ -88,7 +88,9 @@ def test_append_only_order_unique_names_and_atomic_failure(registry_url, tmp_pat
         assert [dataclasses.asdict(t) for t in tasks] == before
         assert tasks[1].lineage == {"hub": "elsewhere", "seq": 7} and tasks[0].lineage is None
         assert all(t.created_at.tzinfo == timezone.utc for t in tasks)
-        assert registry.record_problems("task") == {} and registry.integrity_check() == []
+        audit = registry.audit()
+        assert audit.problems() == [] and registry.integrity_check() == []
+        assert [dataclasses.asdict(t.record) for t in audit.tasks] == before and audit.source.record == registry.source()
         assert registry.dialect_name == ("sqlite" if registry_url is None else "postgresql")
 
 
@@ -120,9 +122,10 @@ def test_tampering_with_any_sealed_field_is_caught(registry_url, tmp_path):
             registry.add_task(task_record(f"t{i}"))
         for i, edit in enumerate(_EDITS.values()):
             execute(registry, registry_url, f"UPDATE task SET {edit} WHERE seq = {i + 1}")
-        problems = registry.record_problems("task")
+        audit = registry.audit()
+        problems = {t.key: t.problem for t in audit.tasks if t.problem}
         assert sorted(problems) == list(range(1, len(_EDITS) + 1)), problems  # every edit, and only those
-        assert registry.record_problems("source") == {}
+        assert audit.source.problem is None and all(t.record is not None for t in audit.tasks)
         untrusted = dict((t.seq, p) for t, p in registry.checked_tasks())
         assert untrusted[len(_EDITS) + 1] is None and all(untrusted[s] for s in problems)
 

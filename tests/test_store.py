@@ -47,7 +47,8 @@ from snowhub.store import (
     tensor_digest,
     writer_lock,
 )
-from snowhub.store.database import current_revision, open_engine
+from snowhub.store.database import current_revision
+from snowhub.store.sqlite import open_engine
 from snowhub.store.models import Base
 
 # -- helpers -----------------------------------------------------------------------------------------

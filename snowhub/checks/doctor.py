@@ -4,7 +4,7 @@ Where :meth:`snowhub.Hub.verify_forgetting` re-runs every task's probe set, the 
 fast enough to run after every backup, and it keeps going after the first problem so that it can list
 them all. It checks
 
-* the registry: SQLite's own ``PRAGMA integrity_check``, the schema revision, and the seal of every row
+* the registry: the database's own integrity check, the schema revision, and the seal of every row
   (:mod:`snowhub.store.integrity`: an edited metric, class name, path or hash is caught);
 * the source: its weights file against its recorded file sha256 and tensor digest;
 * every task: a valid name, ``seq`` numbers 1..n without gaps, paths inside the hub, the delta and probe
@@ -18,37 +18,42 @@ Problems make :attr:`DoctorReport.ok` False (``snowhub doctor`` exits with statu
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from snowhub.artifacts import build_delta
-from snowhub.errors import HubNotFoundError, SnowhubError
+from snowhub.errors import (
+    HubFilesError,
+    HubNotFoundError,
+    HubVersionError,
+    NotARegistryError,
+    RegistryUnreachableError,
+    RegistryURLError,
+    SnowhubError,
+)
 from snowhub.evaluation import accuracy_counts
 from snowhub.names import check_task_name, default_hub_path
 from snowhub.probe import logits_digest
 from snowhub.store import (
-    REGISTRY_URL_ENV,
-    HubFilesError,
     HubLayout,
-    NotARegistryError,
+    RecordAudit,
     Registry,
+    RegistryStore,
+    SourceRecord,
+    TaskRecord,
     find_leftovers,
     head_revision,
     lock_holder,
-    RegistryUnreachableError,
-    RegistryURLError,
-    record_problem,
     sha256_file,
     tensor_digest,
 )
 
-
-# Nothing to check: the registry cannot be found, reached or used at all (raised, not reported).
-_NO_HUB = (HubNotFoundError, RegistryUnreachableError, NotARegistryError, HubFilesError, RegistryURLError)
+# Nothing to check: the registry cannot be found, reached, used at all, or was written by another snowhub
+# (raised, not reported).
+_NO_HUB = (HubNotFoundError, HubVersionError, RegistryUnreachableError, NotARegistryError, HubFilesError,
+           RegistryURLError)
 
 
 @dataclass
@@ -82,17 +87,17 @@ def check_hub(path: Path | str | None, registry_url: str | None = None) -> Docto
     problem found; raises only if there is no hub to check.
 
     Raises:
-        HubNotFoundError: no hub at `path`. HubVersionError: written by a newer snowhub. SnowhubError: the
-        registry's server cannot be reached, the database is no registry, or its files are elsewhere.
+        HubNotFoundError: no hub at `path`. HubVersionError: written by a newer snowhub (or an older one and
+        read-only). RegistryUnreachableError, NotARegistryError, HubFilesError, RegistryURLError: the registry's
+        server cannot be reached, the database is no registry, its files are elsewhere, or its URL is unusable.
     """
     layout = HubLayout(Path(path) if path is not None else default_hub_path())
     report = DoctorReport(str(layout.root))
-    outside = (registry_url or os.environ.get(REGISTRY_URL_ENV)) is not None
     try:
         registry = Registry.open(None if path is None else layout.root, registry_url)
-    except SnowhubError as exc:
-        if (not outside and not layout.db_path.is_file()) or "newer snowhub" in str(exc) or isinstance(exc, _NO_HUB):
-            raise
+    except _NO_HUB:
+        raise
+    except SnowhubError as exc:  # a registry that is there but cannot be read (a corrupted file, say)
         report.problems.append(f"registry: {exc}")
         return report
     report.hub = str(registry.layout.root)
@@ -103,61 +108,64 @@ def check_hub(path: Path | str | None, registry_url: str | None = None) -> Docto
     return report
 
 
-def _check(registry: Registry, report: DoctorReport) -> None:
+def _check(registry: RegistryStore, report: DoctorReport) -> None:
     layout = registry.layout
     try:
-        kind = "SQLite" if registry.dialect_name == "sqlite" else "PostgreSQL"
-        report.problems += [f"registry: {kind} integrity check: {line}" for line in registry.integrity_check()]
+        report.problems += [f"registry: {line}" for line in registry.integrity_check()]
         revision = registry.revision()
         if revision != head_revision():
             report.problems.append(f"registry: schema revision {revision}, expected {head_revision()}")
-        sources = registry.raw_rows("source")
-        tasks = registry.raw_rows("task")
+        audit = registry.audit()
     except SnowhubError as exc:
         report.problems.append(f"registry: {exc}")
         return
-    if not sources:
+    if audit.source is None:
         report.problems.append("source: no source model recorded (its `snowhub init` never finished)")
-    for row in sources:
-        _check_source(layout, row, report)
-    report.tasks = len(tasks)
-    for expected, row in enumerate(tasks, 1):
+    else:
+        _check_source(layout, audit.source, report)
+    report.tasks = len(audit.tasks)
+    for expected, row in enumerate(audit.tasks, 1):
         _check_task(layout, row, expected, report)
     _check_files(registry, report)
 
 
-def _check_source(layout: HubLayout, row: dict, report: DoctorReport) -> None:
-    if problem := record_problem(row, "source"):
-        report.problems.append(f"source: {problem}")
-    path = _file(layout, "source", "weights file", row.get("weights_file"), row.get("weights_file_sha256"), report)
+def _check_source(layout: HubLayout, row: RecordAudit, report: DoctorReport) -> None:
+    if row.problem:
+        report.problems.append(f"source: {row.problem}")
+    source = row.record
+    if not isinstance(source, SourceRecord):
+        return  # a value does not parse: the problem above says which
+    path = _file(layout, "source", "weights file", source.weights_file, source.weights_file_sha256, report)
     if path is None:
         return
     try:
-        if tensor_digest(load_file(str(path))) != row.get("tensors_sha256"):
+        if tensor_digest(load_file(str(path))) != source.tensors_sha256:
             report.problems.append("source: the weights' tensors differ from those recorded at init")
     except Exception as exc:  # noqa: BLE001 -- any failure to parse is a finding, not a crash
         report.problems.append(f"source: weights file {path} cannot be read: {_one_line(exc)}")
 
 
-def _check_task(layout: HubLayout, row: dict, expected_seq: int, report: DoctorReport) -> None:
-    seq, name = row.get("seq"), row.get("name")
-    what = f"task {seq} {name!r}"
-    if seq != expected_seq:
-        report.problems.append(f"{what}: numbered {seq} but task {expected_seq} is missing "
+def _check_task(layout: HubLayout, row: RecordAudit, expected_seq: int, report: DoctorReport) -> None:
+    what = f"task {row.key} {row.name!r}"
+    if row.key != expected_seq:
+        report.problems.append(f"{what}: numbered {row.key} but task {expected_seq} is missing "
                                "(a registry record was deleted)")
     try:
-        check_task_name(name)
+        check_task_name(row.name)
     except SnowhubError:
         report.problems.append(f"{what}: the name is not a valid task name")
-    if problem := record_problem(row, "task"):
-        report.problems.append(f"{what}: {problem}")
-    delta_path = _file(layout, what, "delta file", row.get("weights_file"), row.get("weights_file_sha256"), report)
-    probe_path = _file(layout, what, "probe file", row.get("probe_file"), row.get("probe_file_sha256"), report)
+    if row.problem:
+        report.problems.append(f"{what}: {row.problem}")
+    task = row.record
+    if not isinstance(task, TaskRecord):
+        return  # a value does not parse: the problem above says which
+    delta_path = _file(layout, what, "delta file", task.weights_file, task.weights_file_sha256, report)
+    probe_path = _file(layout, what, "probe file", task.probe_file, task.probe_file_sha256, report)
     for path, check, label in ((delta_path, _check_delta, "delta file"), (probe_path, _check_probe, "probe file")):
         if path is None:
             continue
         try:
-            check(path, row)
+            check(path, task)
         except _Finding as finding:
             report.problems.append(f"{what}: {finding}")
         except Exception as exc:  # noqa: BLE001
@@ -168,28 +176,23 @@ class _Finding(Exception):
     pass
 
 
-def _json(row: dict, key: str) -> object:
-    value = row.get(key)
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _check_delta(path: Path, row: dict) -> None:
-    delta = build_delta(_json(row, "hyperparams")["delta_shape"], load_file(str(path)))
+def _check_delta(path: Path, task: TaskRecord) -> None:
+    delta = build_delta(task.hyperparams["delta_shape"], load_file(str(path)))
     stored = {tap.name: pool.indices.tolist() for tap, pool in zip(delta.shape.taps, delta.pools)}
-    if stored != _json(row, "cp_indices"):
+    if stored != task.cp_indices:
         raise _Finding("the delta's channel pooling indices differ from the registry")
 
 
-def _check_probe(path: Path, row: dict) -> None:
+def _check_probe(path: Path, task: TaskRecord) -> None:
     probe = load_file(str(path))
     logits, labels = probe["logits"], probe["labels"]
-    if logits_digest(logits) != row.get("probe_logits_sha256"):
+    if logits_digest(logits) != task.probe_logits_sha256:
         raise _Finding("the probe set's recorded logits differ from the registry")
-    if len(labels) != row.get("probe_size"):
-        raise _Finding(f"the probe set holds {len(labels)} images, the registry says {row.get('probe_size')}")
+    if len(labels) != task.probe_size:
+        raise _Finding(f"the probe set holds {len(labels)} images, the registry says {task.probe_size}")
     top1 = 100.0 * accuracy_counts(logits, labels)[0] / len(labels)
-    if top1 != row.get("probe_top1"):
-        raise _Finding(f"the probe set's accuracy is {top1:.2f} %, the registry says {row.get('probe_top1')}")
+    if top1 != task.probe_top1:
+        raise _Finding(f"the probe set's accuracy is {top1:.2f} %, the registry says {task.probe_top1}")
 
 
 def _file(layout: HubLayout, what: str, kind: str, relative: object, sha: object,
@@ -216,7 +219,7 @@ def _file(layout: HubLayout, what: str, kind: str, relative: object, sha: object
     return path
 
 
-def _check_files(registry: Registry, report: DoctorReport) -> None:
+def _check_files(registry: RegistryStore, report: DoctorReport) -> None:
     layout = registry.layout
     try:
         source = registry.source()

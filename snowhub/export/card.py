@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 
 from snowhub._version import __version__
+from snowhub.names import SOURCE_TASK
 from snowhub.store import SourceRecord, TaskRecord
 
 # The hyper-parameters a card lists (the record keeps every one).
@@ -108,9 +109,9 @@ def _training_lines(tasks: Sequence[TaskRecord]) -> str:
 def onnx_card(source: SourceRecord, tasks: Sequence[TaskRecord], head: bool, image_size: int, opset: int,
               max_abs_diff: float) -> str:
     """The exported graph's ``README.md``: front matter, then the tasks, their training, how to run it."""
-    outputs = (["`logits_imagenet` (the source's own 1000-class head)"] if head else []) + \
+    outputs = ([f"`logits_{SOURCE_TASK}` (the source's own 1000-class head)"] if head else []) + \
               [f"`logits_{t.name}`" for t in tasks]
-    name = f"{source.name}-" + "-".join(([] if not head else ["imagenet"]) + [t.name for t in tasks])
+    name = f"{source.name}-" + "-".join(([] if not head else [SOURCE_TASK]) + [t.name for t in tasks])
     off_size = [t.name for t in tasks if t.image_size != image_size]
     warning = (f"\n**Note:** {', '.join(off_size)} were trained at another size than the {image_size} px of this "
                "file; their recorded accuracy is for their own size.\n" if off_size else "")

@@ -1,11 +1,8 @@
-"""Errors of exporting and importing tasks (both :class:`~snowhub.errors.SnowhubError`: one line, what to do)."""
+"""Errors of exporting and importing tasks (both :class:`~snowhub.errors.SnowhubError`: one line, what to do).
 
-from snowhub.errors import SnowhubError
+Defined in :mod:`snowhub.errors` with every other public error; named here for the export modules.
+"""
 
+from snowhub.errors import BundleError, ExportError
 
-class ExportError(SnowhubError):
-    """An export could not be written or did not verify (ONNX Runtime disagrees with PyTorch); nothing was left."""
-
-
-class BundleError(SnowhubError):
-    """A task bundle is unreadable, damaged, unsafe, or does not fit this hub; the hub was not changed."""
+__all__ = ["BundleError", "ExportError"]

@@ -8,7 +8,7 @@ Gather in ONNX), never the training-time noise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -65,24 +65,19 @@ def check_one_size(sizes: Mapping[str, int], image_size: int | None) -> int:
 
     Args:
         sizes: task name → the size it was trained (and is served) at.
-        image_size: the size asked for (``--image-size``), or None to use the tasks' own.
+        image_size: the size asked for, or None to use the tasks' own.
 
     Raises:
         ConfigError: the tasks were trained at different sizes and no `image_size` was given.
     """
     if image_size is not None:
         if image_size < 8:
-            raise ConfigError(f"--image-size must be at least 8 px, got {image_size}")
+            raise ConfigError(f"`image_size` must be at least 8 px, got {image_size}")
         return int(image_size)
     distinct = sorted(set(sizes.values()))
     if len(distinct) != 1:
         groups = "; ".join(f"{', '.join(t for t, s in sizes.items() if s == size)} at {size} px" for size in distinct)
         raise ConfigError(f"one graph has one input size, but these tasks are served at different sizes ({groups}): "
-                          "export each size separately, or pass --image-size N to run them all at N px")
+                          "export each size separately, or give `image_size` to run them all at that size")
     return distinct[0]
 
-
-def example_batch(images: Sequence[torch.Tensor] | torch.Tensor, batch: int) -> torch.Tensor:
-    """`batch` uint8 images ``(batch, 3, S, S)`` taken round-robin from `images` ``(P, 3, S, S)``."""
-    stack = torch.stack(list(images)) if not isinstance(images, torch.Tensor) else images
-    return stack[torch.arange(batch) % len(stack)].contiguous()

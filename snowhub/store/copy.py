@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 
 from snowhub.errors import IntegrityError
 from snowhub.store.files import sha256_file
+from snowhub.store.interface import RegistryStore
 from snowhub.store.opening import create, discard
 from snowhub.store.records import SourceRecord, TaskRecord
 from snowhub.store.registry import Registry
@@ -41,7 +42,7 @@ class CopyReport:
     files: int
 
 
-def _files(registry: Registry, source: SourceRecord, tasks: list[TaskRecord]) -> int:
+def _files(registry: RegistryStore, source: SourceRecord, tasks: list[TaskRecord]) -> int:
     checked = 0
     pairs = [(source.weights_file, source.weights_file_sha256)]
     pairs += [p for t in tasks for p in ((t.weights_file, t.weights_file_sha256), (t.probe_file, t.probe_file_sha256))]
@@ -59,11 +60,6 @@ def _files(registry: Registry, source: SourceRecord, tasks: list[TaskRecord]) ->
     return checked
 
 
-def _problems(registry: Registry) -> list[str]:
-    return [f"{table} {key}: {problem}" for table in ("source", "task")
-            for key, problem in registry.record_problems(table).items()]
-
-
 def copy_registry(root: Path | None, to: str | URL, source_url: str | URL | None = None) -> CopyReport:
     """Copy the registry of the hub at `root` (at `source_url`, default its ``hub.db``) into the empty database `to`.
 
@@ -74,20 +70,20 @@ def copy_registry(root: Path | None, to: str | URL, source_url: str | URL | None
         HubExistsError, NotARegistryError: `to` is not empty. SnowhubError: `to` cannot be reached.
     """
     with Registry.open(root, source_url, migrate=False) as original:
-        if problems := _problems(original):
-            raise IntegrityError(f"{original.where} has records whose seal does not hold ({problems[0]}); nothing "
+        if problems := original.audit().problems():
+            raise IntegrityError(f"{original.location} has records whose seal does not hold ({problems[0]}); nothing "
                                  "was copied: run `snowhub doctor`")
         source, tasks = original.source(), original.tasks()
         files = _files(original, source, tasks)
         target = create(Registry, original.layout.root, to, adopt=True)
         try:
             target.copy_in(source, tasks)
-            if problems := _problems(target):
-                raise IntegrityError(f"the copy in {target.where} does not verify ({problems[0]}); nothing was kept")
+            if problems := target.audit().problems():
+                raise IntegrityError(f"the copy in {target.location} does not verify ({problems[0]}); nothing was kept")
             copied_source, copied = target.source(), target.tasks()
             if dataclasses.asdict(copied_source) != dataclasses.asdict(source) or \
                     [dataclasses.asdict(t) for t in copied] != [dataclasses.asdict(t) for t in tasks]:
-                raise IntegrityError(f"the copy in {target.where} reads back different records; nothing was kept")
+                raise IntegrityError(f"the copy in {target.location} reads back different records; nothing was kept")
             _files(target, copied_source, copied)
         except BaseException:
             discard(target)

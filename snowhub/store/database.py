@@ -21,7 +21,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from snowhub.errors import HubVersionError, SnowhubError
-from snowhub.store.sqlite import BUSY_TIMEOUT_S, open_engine  # noqa: F401 -- the SQLite API of old
 
 
 def dialect_of(engine: Engine | Connection) -> ModuleType:

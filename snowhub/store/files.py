@@ -9,8 +9,8 @@ A hub directory looks like::
     <root>/staging/    scratch space; anything in it is a leftover of an interrupted writer
 
 A writer saves each file under a temporary name (``.<name>.<random>.tmp``), fsyncs it, renames it into
-place and fsyncs the directory (:func:`atomic_write`, also used for bundles and ONNX exports); the registry row that refers to it is committed last. Files that no
-committed row refers to are leftovers of a crashed writer (see :mod:`snowhub.store.recovery`).
+place and fsyncs the directory (:func:`atomic_write`, also used for bundles and ONNX exports); the registry
+row that refers to it is committed last. Files that no committed row refers to are leftovers of a crashed writer (see :mod:`snowhub.store.recovery`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from snowhub.errors import IntegrityError, SnowhubError
+from snowhub.errors import HubReadOnlyError, HubWriteError, IntegrityError
 from snowhub.faults import crash_point
 
 if TYPE_CHECKING:
@@ -37,14 +37,6 @@ if TYPE_CHECKING:
 # seconds, and registry-only commands (listing tasks, taking the lock) should not pay for it.
 
 _CHUNK = 1 << 20  # 1 MiB
-
-
-class HubWriteError(SnowhubError):
-    """The hub could not be written: disk full, quota, I/O error or permissions."""
-
-
-class HubReadOnlyError(HubWriteError):
-    """The hub directory (or its file system) is read-only."""
 
 
 def write_error(path: Path, exc: BaseException) -> HubWriteError:
@@ -73,6 +65,13 @@ def sha256_file(path: Path | str) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_stamp(path: Path | str) -> tuple[int, int]:
+    """(size in bytes, modification time in ns) of `path`: what any rewrite of the file changes, read without
+    opening it (to tell whether a file verified earlier may have changed). Raises ``OSError`` if missing."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def _field(digest: "hashlib._Hash", data: bytes) -> None:

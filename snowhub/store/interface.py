@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from snowhub.store.files import HubLayout
-from snowhub.store.records import SourceRecord, TaskRecord
+from snowhub.store.records import RegistryAudit, SourceRecord, TaskRecord
 
 if TYPE_CHECKING:
     from snowhub.progress import Progress
@@ -83,16 +83,19 @@ class RegistryStore(ABC):
         """IntegrityError unless the record's row still matches its seal."""
 
     @abstractmethod
-    def record_problems(self, table: str) -> dict[int, str]:
-        """``{key: problem}`` for every row of ``source`` or ``task`` whose seal does not hold (one query)."""
+    def checked_tasks(self) -> list[tuple[TaskRecord, str | None]]:
+        """Every task with the message of its broken seal (None when it holds), from one query."""
 
     @abstractmethod
-    def raw_rows(self, table: str) -> list[dict[str, object]]:
-        """Every row of ``source`` or ``task`` as the database returns it, in key order (for the doctor)."""
+    def audit(self) -> RegistryAudit:
+        """Every row, each with its record (None if a value does not parse) and why its seal does not hold
+        (None when it does), in one transaction: for the doctor and ``registry copy``, which keep going past
+        a tampered row."""
 
     @abstractmethod
     def integrity_check(self) -> list[str]:
-        """The database's own soundness check: an empty list when nothing is wrong."""
+        """The database's own soundness check: an empty list when nothing is wrong, else one line per finding,
+        naming the check (``SQLite integrity check: …``)."""
 
     @abstractmethod
     def revision(self) -> str | None:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from snowhub.errors import HubLockedError, HubNotFoundError
-from snowhub.store.files import HubLayout, HubReadOnlyError
+from snowhub.errors import HubLockedError, HubNotFoundError, HubReadOnlyError
+from snowhub.store.files import HubLayout
 
 if TYPE_CHECKING:
     from snowhub.progress import Progress
@@ -90,7 +90,7 @@ def file_lock(layout: HubLayout, wait: bool = True, timeout: float | None = None
 
     Raises :class:`~snowhub.errors.HubLockedError` when the lock is held elsewhere and we do not (or no
     longer) wait, :class:`~snowhub.errors.HubNotFoundError` if the hub directory does not exist, and
-    :class:`~snowhub.store.files.HubReadOnlyError` if the hub cannot be written.
+    :class:`~snowhub.errors.HubReadOnlyError` if the hub cannot be written.
     """
     try:
         fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -16,12 +16,19 @@ from sqlalchemy import Engine, insert, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from snowhub.errors import HubExistsError, HubNotFoundError, HubVersionError, SnowhubError
+from snowhub.errors import (
+    HubExistsError,
+    HubFilesError,
+    HubNotFoundError,
+    HubVersionError,
+    NotARegistryError,
+    SnowhubError,
+)
 from snowhub.names import default_hub_path
 from snowhub.store.database import current_revision, dialect_for, head_revision, migrate, upgrade, write_engine
 from snowhub.store.files import HubLayout, write_error
 from snowhub.store.models import HubRow, utcnow
-from snowhub.store.url import ENV, HubFilesError, NotARegistryError, in_directory, parse, redacted, resolve
+from snowhub.store.url import ENV, in_directory, parse, redacted, resolve
 
 if TYPE_CHECKING:
     from snowhub.store.interface import RegistryStore as Registry
@@ -55,7 +62,7 @@ def create(cls: type[Registry], root: Path, url: str | URL | None = None, adopt:
     Without `url` (and ``$SNOWHUB_REGISTRY_URL``) the registry is ``root/hub.db``. With one, the database must
     be empty; ``root`` must not hold another hub's files, unless `adopt` (``registry copy``: the files of the
     hub being copied). Raises :class:`~snowhub.errors.HubExistsError` if a hub or registry is already there,
-    :class:`~snowhub.store.url.NotARegistryError` for a database that is not empty, and one-line errors for a
+    :class:`~snowhub.errors.NotARegistryError` for a database that is not empty, and one-line errors for a
     server that cannot be reached or refuses the login. On failure nothing is left in the database.
     """
     layout = HubLayout(root)
@@ -114,7 +121,7 @@ def discard(registry: Registry) -> None:
         registry.close()
     if registry.dialect_name == "sqlite":
         for suffix in ("", "-wal", "-shm"):
-            Path(f"{registry.where}{suffix}").unlink(missing_ok=True)
+            Path(f"{registry.location}{suffix}").unlink(missing_ok=True)
 
 
 def open_registry(cls: type[Registry], root: Path | None, url: str | URL | None, migrate: bool = True,
@@ -128,8 +135,8 @@ def open_registry(cls: type[Registry], root: Path | None, url: str | URL | None,
 
     Raises :class:`~snowhub.errors.HubNotFoundError` if there is no hub (or registry) there,
     :class:`~snowhub.errors.HubVersionError` if a newer snowhub wrote it,
-    :class:`~snowhub.store.url.NotARegistryError` for a database that is not a registry,
-    :class:`~snowhub.store.url.HubFilesError` if ``root`` does not hold the registry's files, and a one-line
+    :class:`~snowhub.errors.NotARegistryError` for a database that is not a registry,
+    :class:`~snowhub.errors.HubFilesError` if ``root`` does not hold the registry's files, and a one-line
     :class:`~snowhub.errors.SnowhubError` if the database cannot be read or reached.
     """
     given = url if url is not None else (os.environ.get(ENV) or None)
@@ -213,13 +220,13 @@ def _check_files_here(registry: Registry, recorded: str | None) -> None:
     root = registry.layout.root
     elsewhere = f"; it keeps them in {recorded}" if recorded and recorded != str(root) else ""
     if not root.is_dir():
-        raise HubFilesError(f"the hub directory {root} of {registry.where} does not exist here{elsewhere}: pass "
+        raise HubFilesError(f"the hub directory {root} of {registry.location} does not exist here{elsewhere}: pass "
                             "--hub with the directory that holds its files (as mounted on this machine)")
     try:
         source = registry.source()
     except HubNotFoundError:
         return  # init never finished: the caller says so
     if not registry.layout.resolve(source.weights_file).is_file():
-        raise HubFilesError(f"{root} does not hold the files of the registry {registry.where} (no "
+        raise HubFilesError(f"{root} does not hold the files of the registry {registry.location} (no "
                             f"{source.weights_file} there){elsewhere}: pass --hub with the directory that "
                             "holds them (as mounted on this machine)")

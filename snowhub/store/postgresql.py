@@ -19,20 +19,31 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
-from snowhub.errors import HubLockedError, SnowhubError
-from snowhub.store.files import HubReadOnlyError, HubWriteError
+from snowhub.errors import HubLockedError, HubReadOnlyError, HubWriteError, RegistryUnreachableError, SnowhubError
 from snowhub.store.schema import schema_differences
-from snowhub.store.url import RegistryUnreachableError, redacted
+from snowhub.store.url import redacted
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from snowhub.progress import Progress
-    from snowhub.store.interface import RegistryStore as Registry  # with its connection()
+    from snowhub.store.files import HubLayout
+
+
+class _Connected(Protocol):
+    """What the writer lock needs of :class:`snowhub.store.Registry` beyond the :class:`RegistryStore`
+    interface: a connection of its own (the session advisory lock lives as long as it does)."""
+
+    layout: HubLayout
+    read_only: bool
+
+    def connection(self, autocommit: bool = False) -> AbstractContextManager[Connection]: ...
 
 NAME = "postgresql"
 CONNECT_TIMEOUT_S = 5
@@ -82,8 +93,9 @@ def read_engine(engine: Engine) -> Engine:
 
 
 def integrity_check(conn: Connection) -> list[str]:
-    """PostgreSQL checks its own pages; snowhub checks that the schema is still the one it made."""
-    return schema_differences(conn)
+    """PostgreSQL checks its own pages; snowhub checks that the schema is still the one it made (each difference
+    prefixed ``PostgreSQL integrity check: ``)."""
+    return [f"PostgreSQL integrity check: {line}" for line in schema_differences(conn)]
 
 
 def _first_line(error: BaseException) -> str:
@@ -147,14 +159,14 @@ def _holder(conn: Connection) -> str | None:
     return name[len("snowhub "):] if name and name.startswith("snowhub pid ") else f"server pid {pid}"
 
 
-def lock_holder(registry: Registry) -> str | None:
+def lock_holder(registry: _Connected) -> str | None:
     """Who holds the writer lock (``"pid N on HOST"``), or None. Never waits."""
     with registry.connection() as conn:
         return _holder(conn)
 
 
 @contextmanager
-def writer_lock(registry: Registry, wait: bool, timeout: float | None,
+def writer_lock(registry: _Connected, wait: bool, timeout: float | None,
                 progress: Progress | None) -> Iterator[None]:
     """Hold the registry's session advisory lock (see the module docstring); the arguments are those of
     :func:`snowhub.store.lock.file_lock`. Raises HubLockedError when another holds it and we stop waiting."""

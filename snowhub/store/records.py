@@ -93,6 +93,42 @@ class TaskRecord:
         return int(self.hyperparams["image_size"])
 
 
+@dataclass(frozen=True)
+class RecordAudit:
+    """One registry row read for checking, even when it does not load as a record.
+
+    Attributes:
+        key: the source's row id (1) or the task's ``seq``, as stored.
+        name: the source's or the task's name, as stored.
+        record: the row as a record; None when one of its values does not parse (``problem`` says which).
+        problem: why the row does not match its seal (one line, no advice); None when it does.
+    """
+
+    key: int
+    name: str | None
+    record: SourceRecord | TaskRecord | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class RegistryAudit:
+    """Every sealed row of a registry, read in one transaction (:meth:`RegistryStore.audit`).
+
+    Attributes:
+        source: the source's row, None when ``init`` never finished.
+        tasks: every task's row in ``seq`` order (gaps included: a deleted row is simply absent).
+    """
+
+    source: RecordAudit | None
+    tasks: list[RecordAudit]
+
+    def problems(self) -> list[str]:
+        """``"source: <problem>"`` / ``"task <seq> '<name>': <problem>"`` for every row whose seal does not hold."""
+        rows = [("source", self.source)] if self.source else []
+        rows += [(f"task {t.key} {t.name!r}", t) for t in self.tasks]
+        return [f"{what}: {row.problem}" for what, row in rows if row.problem]
+
+
 def field_names(record_type: type) -> list[str]:
     """The stored fields of a record type, in declaration order."""
     return [f.name for f in fields(record_type)]

@@ -30,6 +30,7 @@ from snowhub.store.lock import writer_lock
 from snowhub.store.records import SourceRecord, TaskRecord
 
 if TYPE_CHECKING:
+    from snowhub.store.interface import RegistryStore
     from snowhub.store.registry import Registry
 
 log = logging.getLogger("snowhub")
@@ -153,7 +154,7 @@ def _may_have_leftovers(layout: HubLayout) -> bool:
     return any(_TMP.match(p.name) for d in (layout.source_dir, layout.tasks_dir) if d.is_dir() for p in d.iterdir())
 
 
-def clean_if_idle(registry: Registry) -> list[Path]:
+def clean_if_idle(registry: RegistryStore) -> list[Path]:
     """Remove leftovers when there are some and no writer is active; never waits, never fails.
 
     Called on every open, so that a crash is cleaned up by whatever command runs next.

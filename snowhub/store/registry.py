@@ -22,14 +22,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from snowhub.errors import HubExistsError, HubNotFoundError, IntegrityError, SnowhubError, TaskExistsError, TaskNotFoundError
+from snowhub.errors import HubExistsError, HubNotFoundError, HubReadOnlyError, IntegrityError, SnowhubError
+from snowhub.errors import TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point
 from snowhub.store.database import current_revision, dialect_for, session_factory
-from snowhub.store.files import HubLayout, HubReadOnlyError
+from snowhub.store.files import HubLayout
 from snowhub.store.integrity import KEYS, record_problem, seal
 from snowhub.store.interface import RegistryStore
 from snowhub.store.models import HubRow, SourceRow
-from snowhub.store.records import SourceRecord, TaskRecord
+from snowhub.store.records import RecordAudit, RegistryAudit, SourceRecord, TaskRecord
 from snowhub.store.rows import record_from_raw as _record
 from snowhub.store.rows import require_complete as _require_complete
 from snowhub.store.rows import table_key as _table_key
@@ -45,6 +46,15 @@ _MAX_LISTED = 20
 def _writable(layout: HubLayout) -> bool:
     """Whether this process may change the hub (its directory and its registry file ``hub.db``)."""
     return os.access(layout.root, os.W_OK) and os.access(layout.db_path, os.W_OK)
+
+
+def _audit(table: str, row: dict[str, object]) -> RecordAudit:
+    problem = record_problem(row, table)
+    try:
+        record = _record(table, row)
+    except ValueError:  # a JSON or timestamp value that does not parse: record_problem says which
+        record = None
+    return RecordAudit(int(row[KEYS[table]]), row.get("name"), record, problem)
 
 
 def _names(names: list[str]) -> str:
@@ -69,7 +79,8 @@ class Registry(RegistryStore):
         self._dialect: ModuleType = dialect_for(self._url)
         self._in_directory = in_directory(self._url, layout)
         # Messages name the SQLite file as before; a server registry by its URL (password hidden).
-        self._where = str(Path(self._url.database).absolute()) if self._dialect.NAME == "sqlite" else redacted(self._url)
+        sqlite = self._dialect.NAME == "sqlite"
+        self._location = str(Path(self._url.database).absolute()) if sqlite else redacted(self._url)
         self._read = session_factory(self._dialect.read_engine(engine))
         self._write = session_factory(self._dialect.write_engine(engine))
 
@@ -122,9 +133,10 @@ class Registry(RegistryStore):
         return self._in_directory
 
     @property
-    def where(self) -> str:
-        """The registry as messages name it: the SQLite file, or the URL without its password."""
-        return self._where
+    def location(self) -> str:
+        """The registry as messages name it: the SQLite file's path, or the URL without its password (:attr:`url`
+        is always the URL)."""
+        return self._location
 
     def close(self) -> None:
         """Release the database connections. The registry must not be used afterwards."""
@@ -143,7 +155,7 @@ class Registry(RegistryStore):
 
     def database_error(self, error: BaseException) -> SnowhubError:
         """`error` from the database as one actionable line."""
-        return self._dialect.database_error(self._where, error, url=self._url)
+        return self._dialect.database_error(self._location, error, url=self._url)
 
     @contextmanager
     def connection(self, autocommit: bool = False) -> Iterator[Connection]:
@@ -165,7 +177,7 @@ class Registry(RegistryStore):
             raise self.database_error(error) from None
         except ValueError as error:  # a stored value that does not parse (JSON, datetime): an edited row
             raise IntegrityError(
-                f"{self._where} holds a malformed record ({' '.join(str(error).split())[:120]}); "
+                f"{self._location} holds a malformed record ({' '.join(str(error).split())[:120]}); "
                 "restore it from a backup (`snowhub doctor` lists what is wrong)"
             ) from None
 
@@ -202,20 +214,12 @@ class Registry(RegistryStore):
 
     # -- record seals ------------------------------------------------------------------------------
 
-    def raw_rows(self, table: str) -> list[dict[str, object]]:
-        """Every row of ``source`` or ``task`` exactly as the database returns it, in key order.
-
-        For checkers that must keep going where a tampered row would not load as a record.
-        """
-        if table not in KEYS:
-            raise ValueError(f"unknown table {table!r}")
+    def audit(self) -> RegistryAudit:
+        """Every sealed row, in one transaction, each with its record (None if a value does not parse) and why
+        its seal does not hold; for checkers that must keep going past a tampered row."""
         with self._reading() as session:
-            return self._rows(session, table)
-
-    def record_problems(self, table: str) -> dict[int, str]:
-        """``{key: problem}`` for every row of `table` whose seal does not hold, from one query."""
-        rows = self.raw_rows(table)
-        return {row[KEYS[table]]: problem for row in rows if (problem := record_problem(row, table))}
+            sources, tasks = self._rows(session, "source"), self._rows(session, "task")
+        return RegistryAudit(_audit("source", sources[0]) if sources else None, [_audit("task", r) for r in tasks])
 
     def integrity_check(self) -> list[str]:
         """The database's soundness check (SQLite: ``PRAGMA integrity_check``; PostgreSQL: the schema is snowhub's)."""
@@ -233,7 +237,7 @@ class Registry(RegistryStore):
         """The message for a record whose seal does not hold."""
         what = "the source model" if isinstance(record, SourceRecord) else f"task {record.name!r}"
         return (f"the registry record of {what} cannot be trusted: {problem}; it is not used until you restore "
-                f"{self._where} from a backup (see `snowhub doctor`)")
+                f"{self._location} from a backup (see `snowhub doctor`)")
 
     def check_record(self, record: SourceRecord | TaskRecord) -> None:
         """Raise :class:`~snowhub.errors.IntegrityError` unless `record`'s registry row matches its seal."""
@@ -365,7 +369,7 @@ class Registry(RegistryStore):
         """
         with self._writing() as session:
             if session.get(SourceRow, 1) is not None:
-                raise HubExistsError(f"{self._where} already holds a hub; copy into an empty database")
+                raise HubExistsError(f"{self._location} already holds a hub; copy into an empty database")
             for record in (source, *tasks):
                 session.add(_to_row(record))
 

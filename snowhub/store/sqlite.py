@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-from snowhub.errors import HubLockedError, SnowhubError
-from snowhub.store.files import HubReadOnlyError, HubWriteError
+from snowhub.errors import HubLockedError, HubReadOnlyError, HubWriteError, SnowhubError
 from snowhub.store.lock import file_lock, file_lock_holder
 
 if TYPE_CHECKING:
     from snowhub.progress import Progress
-    from snowhub.store.interface import RegistryStore as Registry
+    from snowhub.store.interface import RegistryStore
 
 NAME = "sqlite"
 BUSY_TIMEOUT_S = 30.0
@@ -114,9 +113,10 @@ def read_engine(engine: Engine) -> Engine:
 
 
 def integrity_check(conn: Connection) -> list[str]:
-    """SQLite's ``PRAGMA integrity_check``: an empty list when the database file is sound."""
+    """SQLite's ``PRAGMA integrity_check``: an empty list when the database file is sound, else its lines, each
+    prefixed ``SQLite integrity check: ``."""
     lines = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check")]
-    return [] if lines == ["ok"] else lines
+    return [] if lines == ["ok"] else [f"SQLite integrity check: {line}" for line in lines]
 
 
 def database_error(where: str | Path, error: BaseException, url: URL | None = None) -> SnowhubError:
@@ -141,13 +141,13 @@ def is_unique_violation(error: BaseException, column: str) -> bool:
     return f"UNIQUE constraint failed: {column}" in str(getattr(error, "orig", error))
 
 
-def writer_lock(registry: Registry, wait: bool, timeout: float | None,
+def writer_lock(registry: RegistryStore, wait: bool, timeout: float | None,
                 progress: Progress | None) -> AbstractContextManager[None]:
     """The hub's ``flock`` on ``hub.lock`` (one machine, as the SQLite file itself)."""
     return file_lock(registry.layout, wait, timeout, progress)
 
 
-def lock_holder(registry: Registry) -> str | None:
+def lock_holder(registry: RegistryStore) -> str | None:
     """Who holds the writer lock (``"pid N"``) or None; never waits."""
     return file_lock_holder(registry.layout)
 

@@ -13,26 +13,10 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from snowhub.errors import SnowhubError
+from snowhub.errors import RegistryURLError
 from snowhub.store.files import HubLayout
 
 ENV = "SNOWHUB_REGISTRY_URL"
-
-
-class RegistryURLError(SnowhubError):
-    """The registry URL is malformed or names a database snowhub cannot use."""
-
-
-class RegistryUnreachableError(SnowhubError):
-    """The registry's database server cannot be reached, or refused the login."""
-
-
-class NotARegistryError(SnowhubError):
-    """The database exists but does not hold a snowhub registry (or is not empty for ``init``)."""
-
-
-class HubFilesError(SnowhubError):
-    """The registry's files are not in the hub directory it was given."""
 
 
 def default_url(layout: HubLayout) -> URL:

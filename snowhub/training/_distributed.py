@@ -41,17 +41,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from snowhub.data import ImageListDataset
 from snowhub.device import available_cpus
-from snowhub.errors import ConfigError, SnowhubError
+from snowhub.errors import ConfigError, DistributedError
 from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.delta import Delta
 
 # How long a rank waits in a collective for the others (the writer lock is never waited for, see Hub.add_task).
 TIMEOUT = timedelta(minutes=30)
-
-
-class DistributedError(SnowhubError):
-    """A multi-process training cannot run as asked (a worker failed, the hub is not shared, ranks differ)."""
 
 
 def launched() -> bool:

@@ -41,12 +41,13 @@ class DeltaConfig:
     noise_var: float = 1e-3
 
     def validate(self) -> None:
-        """Raises ConfigError naming the first option that is out of range."""
+        """Raises ConfigError naming the first option that is out of range (by its parameter name, in
+        backticks: the CLI shows its flag instead)."""
         _check([
-            (0 < self.k_ratio <= 1, "--k-ratio must be in (0, 1]"),
-            (0 < self.head_k_ratio <= 1, "--head-k-ratio must be in (0, 1]"),
-            (1 <= self.width_divisor <= 64, "--width-divisor must be in [1, 64]"),
-            (self.noise_var >= 0, "--noise-var must be >= 0"),
+            (0 < self.k_ratio <= 1, f"`k_ratio` must be in (0, 1], got {self.k_ratio}"),
+            (0 < self.head_k_ratio <= 1, f"`head_k_ratio` must be in (0, 1], got {self.head_k_ratio}"),
+            (1 <= self.width_divisor <= 64, f"`width_divisor` must be in [1, 64], got {self.width_divisor}"),
+            (self.noise_var >= 0, f"`noise_var` must be >= 0, got {self.noise_var}"),
         ])
 
 
@@ -73,10 +74,12 @@ class RunOptions:
     cache_limit_gib: float = 16.0
 
     def validate(self) -> None:
-        """Raises ConfigError naming the first option that is out of range."""
-        _check([(self.num_workers is None or self.num_workers >= 0, "--workers must be >= 0"),
+        """Raises ConfigError naming the first option that is out of range (by its parameter name, in
+        backticks: the CLI shows its flag instead)."""
+        _check([(self.num_workers is None or self.num_workers >= 0,
+                 f"`num_workers` must be >= 0, got {self.num_workers}"),
                 (self.cache_limit_gib > 0 and math.isfinite(self.cache_limit_gib),
-                 "--cache-limit must be a positive number of GiB")])
+                 f"`cache_limit_gib` must be a positive number of GiB, got {self.cache_limit_gib}")])
 
 
 @dataclass
@@ -129,29 +132,32 @@ class TrainConfig:
         """Raises ConfigError naming the first option that is out of range (this one's, then `delta`'s and
         `run`'s)."""
         _check([
-            (self.epochs >= 1, "--epochs must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
-            (self.image_size is None or 32 <= self.image_size <= 1024, "--image-size must be in [32, 1024]"),
-            (0 < self.val_fraction < 1, "--val-fraction must be in (0, 1)"),
-            (self.probe_per_class >= 1 and self.probe_max >= 1, "probe set size must be at least 1"),
+            (self.epochs >= 1, f"`epochs` must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"`lr` must be a positive number, got {self.lr}"),
+            (self.image_size is None or 32 <= self.image_size <= 1024,
+             f"`image_size` must be in [32, 1024], got {self.image_size}"),
+            (0 < self.val_fraction < 1, f"`val_fraction` must be in (0, 1), got {self.val_fraction}"),
+            (self.probe_per_class >= 1 and self.probe_max >= 1,
+             "`probe_per_class` and `probe_max` must be at least 1"),
             (not (self.feature_cache and self.hflip),
-             "--cache-features trains on unaugmented images: drop --hflip (random flips would need the source again)"),
+             "`feature_cache` trains on unaugmented images: drop `hflip` (random flips would need the source again)"),
             (not (self.feature_cache and self.run.low_memory),
-             "--cache-features runs no source while training, so --low-memory has nothing to save: drop one"),
-            (self.source_precision in ("float32", "bfloat16"), "--source-precision must be float32 or bfloat16"),
+             "`feature_cache` runs no source while training, so `low_memory` has nothing to save: drop one"),
+            (self.source_precision in ("float32", "bfloat16"),
+             f"`source_precision` must be float32 or bfloat16, got {self.source_precision!r}"),
             (not (self.feature_cache and self.source_precision != "float32"),
-             "--cache-features runs the source once, in float32: drop --source-precision"),
+             "`feature_cache` runs the source once, in float32: drop `source_precision`"),
         ])
         self.delta.validate()
         self.run.validate()
 
     def check_single_process(self) -> None:
         """Raises ConfigError when an option that trains in one process only is on (call it for a DDP run)."""
-        option = ("--cache-features" if self.feature_cache else
-                  "--source-precision bfloat16" if self.source_precision != "float32" else None)
+        option = ("`feature_cache`" if self.feature_cache else
+                  "`source_precision` bfloat16" if self.source_precision != "float32" else None)
         if option is not None:
-            raise ConfigError(f"{option} trains in one process: drop --nproc-per-node")
+            raise ConfigError(f"{option} trains in one process: drop `processes`")
 
     def to_dict(self) -> dict:
         """Every option, flat (as each task records them): this config's, `delta`'s and `run`'s fields."""

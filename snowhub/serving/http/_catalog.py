@@ -9,7 +9,6 @@ and the check is repeated only when its file changes on disk.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from snowhub.artifacts import Artifacts
 from snowhub.errors import IntegrityError, SnowhubError, TaskNotFoundError
 from snowhub.names import SOURCE_TASK
-from snowhub.store import TaskRecord
+from snowhub.store import TaskRecord, file_stamp
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,11 @@ def _metrics(record: TaskRecord) -> dict:
 
 
 def _stamp(path) -> tuple[int, int] | None:
+    """:func:`~snowhub.store.file_stamp` of `path`, None when it is missing."""
     try:
-        st = os.stat(path)
+        return file_stamp(path)
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
 
 
 class Catalog:

@@ -20,6 +20,7 @@ from fastapi import Request
 from snowhub.artifacts import Artifacts
 from snowhub.device import pick_device
 from snowhub.errors import SnowhubError
+from snowhub.names import SOURCE_TASK
 from snowhub.serving.http._batcher import Batcher
 from snowhub.serving.http._catalog import Catalog, ServedTask
 from snowhub.serving.http._errors import ServeError
@@ -52,7 +53,7 @@ class ServerState:
         try:
             self.registry.source()  # a hub whose init never finished is not a hub
             for name in config.tasks or ():
-                if name != "imagenet" or self.registry.source().head_classes is None:
+                if name != SOURCE_TASK or self.registry.source().head_classes is None:
                     self.registry.get_task(name)  # TaskNotFoundError names the known tasks
             self.device = pick_device(config.device)
             self.artifacts = Artifacts(self.registry, self.device)
