@@ -9,6 +9,8 @@ short trainings (one epoch on a few Fashion-MNIST images): accuracy does not cha
 
     python -m benchmarks serving-http                       # builds a hub, ~5 min on 2 cores
     python -m benchmarks serving-http --hub PATH --tasks 5   # reuse a hub
+    python -m benchmarks serving-http --runtime torch,onnxruntime --batching on --image-size 64 --scope deltas
+                                                             # the two runtimes side by side, one run
 
 Writes ``results.json`` (one row per batching setting and client count; the in-process loop and the ratios
 in its summary), ``results.md`` and ``serving_http.png`` into ``--out``.
@@ -39,8 +41,8 @@ FASHION = [{0: "T-shirt_top", 1: "Trouser", 2: "Pullover"}, {3: "Dress", 4: "Coa
            {1: "Trouser", 8: "Bag", 7: "Sneaker"}]
 
 
-def build_hub(root: Path, tasks: int) -> Path:
-    """efficientnet_lite0 + `tasks` tasks at 32 px, one epoch on 20 images per class (seconds each)."""
+def build_hub(root: Path, tasks: int, image_size: int = 32) -> Path:
+    """efficientnet_lite0 + `tasks` tasks at `image_size` px, one epoch on 20 images per class (seconds each)."""
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import write_fashion
 
@@ -50,7 +52,7 @@ def build_hub(root: Path, tasks: int) -> Path:
     with Hub.init(hub_path, "efficientnet_lite0") as hub:
         for i in range(tasks):
             data = write_fashion(root / f"data{i}", "train", 20, FASHION[i % len(FASHION)], offset=20 * i)
-            hub.add_task(f"task{i + 1}", data, TrainConfig(epochs=1, image_size=32, batch_size=16, seed=i,
+            hub.add_task(f"task{i + 1}", data, TrainConfig(epochs=1, image_size=image_size, batch_size=16, seed=i,
                                                            run=RunOptions(device="cpu", num_workers=0)))
     write_fashion(root / "queries", "t10k", 8, {k: v for d in FASHION for k, v in d.items()})
     return hub_path
@@ -94,15 +96,16 @@ def _metric(url: str, name: str) -> float:
                if line.startswith(name) and not line.startswith("#"))
 
 
-def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int, query: str) -> list[dict]:
+def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int, query: str,
+                   runtime: str = "auto") -> list[dict]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     flags = ["--max-batch-size", "32", "--max-wait-ms", "5"] if batching else ["--max-batch-size", "1",
                                                                                "--max-wait-ms", "0"]
     server = subprocess.Popen([str(SNOWHUB), "serve", "--hub", str(hub), "--port", str(port), "--device", "cpu",
-                               "--no-access-log", *flags], stderr=subprocess.DEVNULL)
+                               "--runtime", runtime, "--no-access-log", *flags], stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a first start builds the ONNX Runtime graphs
         while True:
             try:
                 if httpx.get(f"{url}/v2/health/ready").status_code == 200:
@@ -117,11 +120,13 @@ def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int
         for clients in CLIENTS:
             passes = _metric(url, "snowhub_source_passes_total")
             row = asyncio.run(_load(url, images, clients, max(1, requests // clients), query))
-            row |= {"batching": batching, "source_passes": _metric(url, "snowhub_source_passes_total") - passes}
+            row |= {"runtime": runtime, "batching": batching,
+                    "source_passes": _metric(url, "snowhub_source_passes_total") - passes}
             rows.append(row)
-            print(f"  batching {'on ' if batching else 'off'} {clients:2d} clients: {row['requests_per_s']:6.1f} "
-                  f"requests/s, p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, "
-                  f"{row['source_passes']:.0f} source passes for {row['requests']} requests, {row['errors']} errors", flush=True)
+            print(f"  {runtime} batching {'on ' if batching else 'off'} {clients:2d} clients: "
+                  f"{row['requests_per_s']:6.1f} requests/s, p50 {row['p50_ms']:6.1f} ms, p99 {row['p99_ms']:6.1f} ms, "
+                  f"{row['source_passes']:.0f} source passes for {row['requests']} requests, {row['errors']} errors",
+                  flush=True)
         return rows
     finally:
         server.terminate()  # SIGTERM: in-flight requests finish first
@@ -132,40 +137,49 @@ def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int
             server.wait()
 
 
-def measure_in_process(hub: Path, paths: list[Path], tasks: list[str] | None, requests: int) -> dict:
+def measure_in_process(hub: Path, paths: list[Path], tasks: list[str] | None, requests: int, runtime: str = "auto",
+                       batch: int = 16) -> dict:
     from snowhub import Hub
 
     with Hub.open(hub) as h:
-        for p in paths[:4]:
-            h.predict([p], tasks, device="cpu")  # warm-up: models loaded and verified
+        for p in paths[:4]:  # warm-up: models loaded and verified (ONNX Runtime: graphs built and checked)
+            h.predict([p], tasks, device="cpu", runtime=runtime)
         start = time.perf_counter()
         for i in range(requests):
-            h.predict([paths[i % len(paths)]], tasks, device="cpu")
+            h.predict([paths[i % len(paths)]], tasks, device="cpu", runtime=runtime)
         one = requests / (time.perf_counter() - start)
         start = time.perf_counter()
-        for i in range(0, requests, 16):
-            h.predict([paths[(i + k) % len(paths)] for k in range(16)], tasks, device="cpu")
-        batched = 16 * len(range(0, requests, 16)) / (time.perf_counter() - start)
-    print(f"  in-process Hub.predict: {one:6.1f} images/s one image per call, {batched:6.1f} in calls of 16",
-          flush=True)
-    return {"images_per_s_one_per_call": one, "images_per_s_16_per_call": batched}
+        for i in range(0, requests, batch):
+            h.predict([paths[(i + k) % len(paths)] for k in range(batch)], tasks, device="cpu", runtime=runtime)
+        batched = batch * len(range(0, requests, batch)) / (time.perf_counter() - start)
+    print(f"  {runtime} in-process Hub.predict: {one:6.1f} images/s one image per call, {batched:6.1f} in calls of "
+          f"{batch}", flush=True)
+    return {"images_per_s_one_per_call": one, "images_per_s_batched": batched, "batch": batch}
 
 
-def plot(path: Path, rows: list[dict], in_process: dict, title: str) -> None:
+def plot(path: Path, rows: list[dict], in_process: dict[str, dict], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax, lat) = plt.subplots(1, 2, figsize=(10, 4))
-    for batching, colour in ((True, "tab:green"), (False, "tab:red")):
-        mine = [r for r in rows if r["batching"] == batching]
-        label = "batching on (32 images, 5 ms)" if batching else "batching off"
+    runtimes = list(in_process)
+    colours = ("tab:green", "tab:red", "tab:blue", "tab:orange", "tab:purple", "tab:brown")
+    for (runtime, batching), colour in zip([(rt, b) for rt in runtimes for b in (True, False)], colours):
+        mine = [r for r in rows if r["batching"] == batching and r["runtime"] == runtime]
+        if not mine:
+            continue
+        label = f"{runtime}, " + ("batching on (32 images, 5 ms)" if batching else "batching off")
         ax.plot([r["clients"] for r in mine], [r["requests_per_s"] for r in mine], "o-", color=colour, label=label)
         lat.plot([r["clients"] for r in mine], [r["p50_ms"] for r in mine], "o-", color=colour, label=f"p50, {label}")
         lat.plot([r["clients"] for r in mine], [r["p99_ms"] for r in mine], "s--", color=colour, label=f"p99, {label}")
-    ax.axhline(in_process["images_per_s_one_per_call"], color="tab:gray", ls=":", label="in-process Hub.predict, 1/call")
-    ax.axhline(in_process["images_per_s_16_per_call"], color="black", ls=":", label="in-process Hub.predict, 16/call")
+    for runtime, style in zip(runtimes, (":", "-.")):
+        loop = in_process[runtime]
+        ax.axhline(loop["images_per_s_one_per_call"], color="tab:gray", ls=style,
+                   label=f"{runtime}, in-process Hub.predict, 1/call")
+        ax.axhline(loop["images_per_s_batched"], color="black", ls=style,
+                   label=f"{runtime}, in-process Hub.predict, {loop['batch']}/call")
     ax.set(xscale="log", xticks=list(CLIENTS), xticklabels=list(map(str, CLIENTS)), xlabel="concurrent clients",
            ylabel="requests/s (1 image each)", title=title)
     lat.set(xscale="log", yscale="log", xticks=list(CLIENTS), xticklabels=list(map(str, CLIENTS)),
@@ -179,15 +193,41 @@ def plot(path: Path, rows: list[dict], in_process: dict, title: str) -> None:
     plt.close(fig)
 
 
-def markdown(rows: list[dict], in_process: dict, summary: dict) -> list[str]:
-    """The Markdown table of the server rows, the in-process loop and the ratios."""
-    lines = ["| batching | clients | requests/s | p50 ms | p99 ms | source passes | requests | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['source_passes']:.0f} | {r['requests']} | {r['errors']} |" for r in rows]
-    return lines + ["", f"In-process `Hub.predict`: {in_process['images_per_s_one_per_call']:.1f} images/s one image "
-                        f"per call, {in_process['images_per_s_16_per_call']:.1f} in calls of 16.", "",
-                    ", ".join(f"{k} {v:.2f}" for k, v in summary.items()) + "."]
+def markdown(rows: list[dict], in_process: dict[str, dict], summary: dict) -> list[str]:
+    """The Markdown table of the server rows, the in-process loops and the ratios."""
+    lines = ["| runtime | batching | clients | requests/s | p50 ms | p99 ms | source passes | requests | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['runtime']} | {'on' if r['batching'] else 'off'} | {r['clients']} | {r['requests_per_s']:.1f} | "
+              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['source_passes']:.0f} | {r['requests']} | {r['errors']} |"
+              for r in rows]
+    lines.append("")
+    lines += [f"In-process `Hub.predict` ({runtime}): {loop['images_per_s_one_per_call']:.1f} images/s one image per "
+              f"call, {loop['images_per_s_batched']:.1f} in calls of {loop['batch']}."
+              for runtime, loop in in_process.items()]
+    return lines + ["", ", ".join(f"{k} {v:.2f}" for k, v in summary.items()) + "."]
+
+
+def summarise(rows: list[dict], in_process: dict[str, dict]) -> dict[str, float]:
+    """Per runtime: batching on ÷ off and the server against the in-process loops at 16 clients; with two
+    runtimes, the second's requests/s (batching on) and in-process images/s ÷ the first's."""
+    summary = {}
+    for runtime, loop in in_process.items():
+        at16 = {r["batching"]: r["requests_per_s"] for r in rows if r["clients"] == 16 and r["runtime"] == runtime}
+        if True in at16 and False in at16:
+            summary[f"{runtime}_batching_ratio_16_clients"] = at16[True] / at16[False]
+        best = at16.get(True, at16.get(False))
+        summary[f"{runtime}_server_vs_in_process_one_per_call"] = best / loop["images_per_s_one_per_call"]
+        summary[f"{runtime}_server_vs_in_process_batched"] = best / loop["images_per_s_batched"]
+    if len(in_process) == 2:
+        first, second = in_process
+        for clients in CLIENTS:
+            rate = {r["runtime"]: r["requests_per_s"] for r in rows if r["clients"] == clients and r["batching"]}
+            if len(rate) == 2:
+                summary[f"{second}_vs_{first}_requests_per_s_{clients}_clients"] = rate[second] / rate[first]
+        for key, label in (("images_per_s_one_per_call", "in_process_batch_1"),
+                           ("images_per_s_batched", "in_process_batched")):
+            summary[f"{second}_vs_{first}_{label}"] = in_process[second][key] / in_process[first][key]
+    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") -> None:
@@ -197,6 +237,13 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") 
     parser.add_argument("--requests", type=int, default=96, help="requests per measurement (default 96)")
     parser.add_argument("--scope", choices=("all", "deltas"), default="all",
                         help="all: the source's task (224 px) + every task; deltas: the added tasks only")
+    parser.add_argument("--runtime", default="auto",
+                        help="comma-separated runtimes measured one after another: auto, torch, onnxruntime "
+                        "(default auto)")
+    parser.add_argument("--batching", default="on,off", help="on, off or on,off (default on,off)")
+    parser.add_argument("--image-size", type=int, default=32,
+                        help="image size of the tasks of the hub built (default 32)")
+    parser.add_argument("--in-process-batch", type=int, default=16, help="images per in-process call (default 16)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
 
 
@@ -205,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or default_out("serving-http")
     out.mkdir(parents=True, exist_ok=True)
     environment, started = describe_environment(), time.perf_counter()
-    hub = args.hub or build_hub(out / "work", args.tasks)
+    hub = args.hub or build_hub(out / "work", args.tasks, args.image_size)
     queries = sorted((hub.parent / "queries").rglob("*.png")) if (hub.parent / "queries").is_dir() else []
     from snowhub import Hub
 
@@ -216,12 +263,13 @@ def run(args: argparse.Namespace) -> int:
     query = "" if tasks is None else "?tasks=" + ",".join(tasks)
     images = [p.read_bytes() for p in queries]
     print(f"hub {hub}: {', '.join(names)}; asking {'every task' if tasks is None else ', '.join(tasks)}", flush=True)
-    in_process = measure_in_process(hub, queries, tasks, args.requests)
-    rows = [r for batching in (True, False) for r in measure_server(hub, images, batching, args.requests, query)]
-    on16, off16 = (next(r for r in rows if r["clients"] == 16 and r["batching"] == b) for b in (True, False))
-    summary = {"batching_ratio_16_clients": on16["requests_per_s"] / off16["requests_per_s"],
-               "server_vs_in_process_one_per_call": on16["requests_per_s"] / in_process["images_per_s_one_per_call"],
-               "server_vs_in_process_16_per_call": on16["requests_per_s"] / in_process["images_per_s_16_per_call"]}
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    batchings = [{"on": True, "off": False}[b.strip()] for b in args.batching.split(",") if b.strip()]
+    in_process, rows = {}, []
+    for runtime in runtimes:  # in process first: an onnxruntime loop builds the graphs the server then reads
+        in_process[runtime] = measure_in_process(hub, queries, tasks, args.requests, runtime, args.in_process_batch)
+        rows += [r for b in batchings for r in measure_server(hub, images, b, args.requests, query, runtime)]
+    summary = summarise(rows, in_process)
     print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
     wall, command = time.perf_counter() - started, command_line("serving-http", args.argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("argv", "out", "suite")} | {

@@ -16,7 +16,7 @@ from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, avai
 from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
 from snowhub_cli import registry as registry_commands
-from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, one_line_errors
+from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, Runtime, one_line_errors
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
 
@@ -160,6 +160,10 @@ def predict(
     all_tasks: Annotated[bool, typer.Option("--all", help="Answer every task (the default without --task).")] = False,
     top: Annotated[int, typer.Option("--top", help="Labels per task.", min=1)] = 5,
     device: DeviceOption = "auto",
+    runtime: Annotated[Runtime, typer.Option(
+        "--runtime", help="auto (ONNX Runtime on a CPU for the graphs `snowhub serve` built and checked, PyTorch "
+        "for the rest and on a GPU), torch, or onnxruntime (graphs built first; a task whose graph fails its check "
+        "is refused).")] = Runtime.auto,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
@@ -168,7 +172,8 @@ def predict(
     with one_line_errors(), Hub.open(hub, registry=registry) as h:
         if task and all_tasks:
             raise typer.BadParameter("give --task or --all, not both")
-        results = h.predict([str(p) for p in images], None if all_tasks or not task else list(task), top, device)
+        results = h.predict([str(p) for p in images], None if all_tasks or not task else list(task), top, device,
+                            runtime=runtime.value)
         if as_json:
             render.print_json([r.to_dict() for r in results])
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -25,6 +26,14 @@ RegistryOption = Annotated[Optional[str], typer.Option(
          "postgresql+psycopg://user:password@host:5432/db; without --hub, the directory it records.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto (CUDA if present), cpu, or cuda[:N].")]
+
+
+class Runtime(str, Enum):
+    """``--runtime`` of ``predict`` and ``serve``: what runs the forward passes (:mod:`snowhub.serving.runtime`)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnxruntime = "onnxruntime"
 
 
 @contextmanager

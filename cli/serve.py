@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub.errors import SnowhubError
-from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, one_line_errors
+from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, Runtime, one_line_errors
 
 
 def serve(
@@ -16,6 +16,9 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.", min=0, max=65535)] = 8000,
     device: DeviceOption = "auto",
+    runtime: Annotated[Runtime, typer.Option(
+        "--runtime", help="auto (ONNX Runtime on a CPU, a task whose graph fails its check answered by PyTorch; "
+        "PyTorch on a GPU), torch, or onnxruntime (such a task gets 503 with the reason).")] = Runtime.auto,
     max_batch_size: Annotated[int, typer.Option(
         help="Most images answered by one batched forward pass (1: no batching across requests).")] = 32,
     max_wait_ms: Annotated[float, typer.Option(
@@ -26,7 +29,8 @@ def serve(
     = 10 * 1024 * 1024,
     max_images: Annotated[int, typer.Option(help="Most images in one request; more: 413.")] = 64,
     threads: Annotated[Optional[int], typer.Option(
-        help="Torch threads for the forward passes on a CPU (default: the usable CPUs minus one, left to HTTP).",
+        help="Threads for the forward passes on a CPU, PyTorch's and ONNX Runtime's (default: the usable CPUs minus "
+        "one, left to HTTP).",
         min=1)] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
@@ -45,5 +49,6 @@ def serve(
                                "pip install 'snowhub[serve]'") from None
         names = None if tasks is None else tuple(n.strip() for n in tasks.split(",") if n.strip())
         config = ServeConfig(device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, tasks=names,
-                             max_image_bytes=max_image_bytes, max_images=max_images, threads=threads)
+                             max_image_bytes=max_image_bytes, max_images=max_images, threads=threads,
+                             runtime=runtime.value)
         run(hub, config, host, port, access_log=access_log, registry_url=registry)

@@ -28,6 +28,7 @@ from snowhub.probe import build_probe_set
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, register_task, remove_orphans
 from snowhub.serving import ImagePrediction, Predictor
+from snowhub.serving.runtime_select import make_runtime
 from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle, writer_lock
 from snowhub.store.copy import CopyReport, copy_registry
 from snowhub.store.files import write_error
@@ -51,7 +52,7 @@ class Hub:
     def __init__(self, registry: RegistryStore):
         self.registry = registry
         self._artifacts: dict[torch.device, Artifacts] = {}
-        self._predictors: dict[torch.device, Predictor] = {}
+        self._predictors: dict[tuple[torch.device, str], Predictor] = {}
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -104,6 +105,8 @@ class Hub:
         return copy_registry(Path(path) if path is not None else None, to, registry)
 
     def close(self) -> None:
+        for predictor in self._predictors.values():
+            predictor.runtime.close()
         self.registry.close()
 
     def __enter__(self) -> "Hub":
@@ -264,15 +267,25 @@ class Hub:
 
     # -- serving and checking ---------------------------------------------------------------------
 
-    def predictor(self, device: str = "auto") -> Predictor:
-        """The resident :class:`~snowhub.serving.Predictor` for `device` (kept: models load once)."""
+    def predictor(self, device: str = "auto", runtime: str = "auto") -> Predictor:
+        """The resident :class:`~snowhub.serving.Predictor` for `device` and `runtime` (kept: models load once).
+
+        `runtime`: ``auto`` (ONNX Runtime on a CPU for the graphs ``snowhub serve`` has built and checked,
+        PyTorch for the rest and on a GPU), ``torch``, or ``onnxruntime`` (its graphs built first, cached in
+        the hub; a task whose graph fails its check is refused). See :mod:`snowhub.serving.runtime`.
+
+        Raises:
+            ConfigError: an unknown runtime, or ONNX Runtime on a GPU or not installed.
+        """
         resolved = pick_device(device)
-        if resolved not in self._predictors:
-            self._predictors[resolved] = Predictor(self.artifacts(resolved))
-        return self._predictors[resolved]
+        if (resolved, runtime) not in self._predictors:
+            artifacts = self.artifacts(resolved)
+            self._predictors[resolved, runtime] = Predictor(artifacts, make_runtime(runtime, artifacts))
+        return self._predictors[resolved, runtime]
 
     def predict(self, images: Sequence[ImageInput], tasks: list[str] | None = None, top: int = 5,
-                device: str = "auto", names: Sequence[str] | None = None) -> list[ImagePrediction]:
+                device: str = "auto", names: Sequence[str] | None = None,
+                runtime: str = "auto") -> list[ImagePrediction]:
         """Top-`top` labels with probabilities for every image and task, from one source pass per image size.
 
         Args:
@@ -283,10 +296,12 @@ class Hub:
             tasks: task names (``imagenet`` is the source's own head); None = every task.
             names: what to call each image in the answers; default its path, or ``image N`` for the N-th
                 (from 0) when it is in memory.
+            runtime: what runs the forward passes (``auto``, ``torch``, ``onnxruntime``; see :meth:`predictor`).
 
         Raises:
             DataError: an image cannot be read, or a tensor is not uint8 ``(3, H, W)``. TaskNotFoundError:
-            unknown task name, or no task yet. ConfigError: `top` < 1, or `names` of another length.
+            unknown task name, or no task yet. ConfigError: `top` < 1, `names` of another length, or a
+            runtime that cannot run here.
             IntegrityError: a stored file changed since registration.
         """
         if names is not None and len(names) != len(images):
@@ -294,7 +309,7 @@ class Hub:
         pictures = [_picture(image, i) for i, image in enumerate(images)]
         names = list(names) if names is not None else [
             str(image) if isinstance(image, (str, Path)) else f"image {i}" for i, image in enumerate(images)]
-        return self.predictor(device).predict(pictures, names, tasks, top)
+        return self.predictor(device, runtime).predict(pictures, names, tasks, top)
 
     def verify_forgetting(self, device: str = "auto", progress: Progress | None = None,
                           strict: bool = False) -> ForgettingReport:

@@ -65,7 +65,9 @@ def test_every_route_answers_and_predictions_equal_hub_predict(trained_hub, fash
         assert s.state.registry.read_only  # opened without writing, though the hub is writable
         assert c.get("/v2/health/live").json() == {"live": True}
         assert c.get("/v2/health/ready").json() == {"ready": True, "tasks": ["imagenet", "fashion", "fashion2"],
-                                                    "unavailable": {}}
+                                                    "unavailable": {}, "fallbacks": {},
+                                                    "runtimes": dict.fromkeys(["imagenet", "fashion", "fashion2"],
+                                                                              "torch")}
         assert [(m["name"], m["version"], m["image_size"], m["ready"]) for m in c.get("/v2/models").json()["models"]] \
             == [("imagenet", "1", 224, True), ("fashion", "1", 32, True), ("fashion2", "1", 32, True)]
         meta = c.get("/v2/models/fashion").json()
@@ -295,7 +297,8 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits_0(trained_hub, fashi
     url = f"http://127.0.0.1:{port}"
     # Requests wait 1.5 s for their batch to fill: SIGTERM arrives while they are queued.
     server = subprocess.Popen([str(SNOWHUB), "serve", "--hub", str(trained_hub), "--port", str(port), "--device", "cpu",
-                               "--max-wait-ms", "1500", "--no-access-log"], stderr=subprocess.PIPE, text=True)
+                               "--runtime", "torch", "--max-wait-ms", "1500", "--no-access-log"],
+                              stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -346,7 +349,7 @@ def test_the_server_socket_sends_small_responses_without_waiting_for_acks():
 
 def test_the_servers_preprocessing_equals_the_eval_transform(fashion_dir):
     """to_batch (PIL + NumPy, no torch op in the worker thread) gives eval_transform's tensors bit for bit."""
-    from snowhub.serving.http._inputs import to_batch
+    from snowhub.serving.preprocessing import to_batch
 
     pictures = [load_rgb(p) for p in sorted((fashion_dir / "val" / "Bag").glob("*.png"))[:3]]
     pictures.append(pictures[0].resize((90, 17)))  # not square: the centre crop decides

@@ -83,7 +83,8 @@ class GraphCache:
             return None, f"{model_path.name} was built from something else (a foreign graph)"
         digest = hashlib.sha256(model).hexdigest()
         if digest != manifest.get("sha256"):
-            return None, f"{model_path.name} has sha256 {digest[:12]}…, its manifest {str(manifest.get('sha256'))[:12]}… (damaged)"
+            recorded = str(manifest.get("sha256"))[:12]
+            return None, f"{model_path.name} has sha256 {digest[:12]}…, its manifest {recorded}… (damaged)"
         return CachedGraph(key, model, digest, built=False), ""
 
     def build(self, built_from: Mapping, export: Callable[[Path], None]) -> CachedGraph:

@@ -110,6 +110,16 @@ class Predictor:
                               f"{images.shape[-2]}x{size}; send images of the task's size")
         return self.runtime.logits(images, served)
 
+    def prepare(self, names: Sequence[str] | None = None, wait: bool = True) -> dict[str, str]:
+        """Have the runtime load (or build) and check what tasks `names` need (None = every task) before their
+        first request (:meth:`~snowhub.serving.runtime.Runtime.prepare`; `wait=False`: in the background).
+        Returns task name → why the runtime cannot serve it, for the tasks known by now not to be.
+
+        Raises:
+            TaskNotFoundError: an unknown name. IntegrityError: an edited record.
+        """
+        return self.runtime.prepare(self.tasks(names), wait)
+
     def resize_ratio(self) -> float:
         """The source's eval resize ratio (shorter side ÷ crop size), as its recorded preprocessing says."""
         return self.artifacts.source().spec.eval_resize_ratio
@@ -129,7 +139,7 @@ class Predictor:
             IntegrityError: a stored file changed since registration (never served silently).
         """
         if top < 1:
-            raise ConfigError(f"top must be at least 1, got {top}")
+            raise ConfigError(f"`top` must be at least 1, got {top}")
         served = self.tasks(tasks)
         results = [ImagePrediction(str(n)) for n in names]
         ratio = self.resize_ratio()

@@ -54,11 +54,13 @@ class Runtime:
 
     Attributes:
         name: ``torch`` or ``onnxruntime``.
+        strict: a task this runtime cannot serve is refused (IntegrityError) rather than answered another way.
         source_passes: source forward passes run so far (one per :meth:`logits` call and runtime used).
         on_source_pass: called after each source pass (the server counts them in its metrics).
     """
 
     name = "runtime"
+    strict = False
 
     def __init__(self) -> None:
         self.source_passes = 0
@@ -73,8 +75,11 @@ class Runtime:
         """
         raise NotImplementedError
 
-    def prepare(self, tasks: Sequence[RuntimeTask], wait: bool = True) -> None:
-        """Load (or build) what `tasks` need ahead of their first request; `wait=False` returns at once."""
+    def prepare(self, tasks: Sequence[RuntimeTask], wait: bool = True) -> dict[str, str]:
+        """Load (or build) what `tasks` need ahead of their first request (`wait=False`: in the background,
+        returning at once). Returns task name → why it cannot be served by this runtime, for the tasks known
+        by now not to be (a strict runtime refuses them; none here)."""
+        return {}
 
     def runtimes(self, names: Sequence[str]) -> dict[str, str]:
         """Task name → the runtime its logits come from now."""

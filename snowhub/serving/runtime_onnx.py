@@ -11,8 +11,8 @@ source pass, section 3.2).
 within ``RTOL`` of the tap's largest value, the head's logits within the export tolerance with the same
 top-1); a delta graph is re-run on its task's probe set (alone and as batches) and every logit must be
 within the export tolerance of the recorded probe logits (``|ort − recorded| ≤ ATOL + RTOL × the image's
-largest |recorded logit|``), with every probe label (top-1) equal. A cached graph that fails is thrown away and built again; a graph
-built afresh that fails is not used: the task is answered by PyTorch with the reason
+largest |recorded logit|``), with every probe label (top-1) equal. A cached graph that fails is thrown away
+and built again; a graph built afresh that fails is not used: the task is answered by PyTorch with the reason
 (:meth:`OnnxRuntime.fallbacks`), or, when the runtime is strict, refused (IntegrityError).
 
 Files are verified on every use exactly as PyTorch's path does (:class:`~snowhub.artifacts.Artifacts`): a
@@ -118,7 +118,7 @@ class OnnxRuntime(Runtime):
         self._pending: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-        self.rebuilt: list[str] = []  # cached graphs found damaged, foreign or wrong, and why (rebuilt unless build="never")
+        self.rebuilt: list[str] = []  # cached graphs found damaged, foreign or wrong, and why (rebuilt unless "never")
 
     # -- answering ---------------------------------------------------------------------------------
 
@@ -145,7 +145,10 @@ class OnnxRuntime(Runtime):
         state = self._states.get(task.name)
         if state is None or state.key != task.key:
             future = self._submit(task)
-            if self.build == "background" and not self.strict:
+            if self.build == "background":
+                if self.strict:  # never PyTorch, and never a batch held up while a graph is built
+                    raise IntegrityError(f"task {task.name!r} is not served yet: its ONNX Runtime graph is being "
+                                         "built and checked; retry in a few seconds")
                 return False
             future.result()
             state = self._states[task.name]
@@ -155,17 +158,15 @@ class OnnxRuntime(Runtime):
 
     # -- preparing ---------------------------------------------------------------------------------
 
-    def prepare(self, tasks: Sequence[RuntimeTask], wait: bool = True) -> None:
-        """Read or build and check the graphs of `tasks` (on the builder thread). With `wait`, return when
-        done; a strict runtime then raises IntegrityError for a task whose graph cannot be used."""
-        futures = [self._submit(t) for t in tasks
-                   if (s := self._states.get(t.name)) is None or s.key != t.key]
+    def prepare(self, tasks: Sequence[RuntimeTask], wait: bool = True) -> dict[str, str]:
+        """Read or build and check the graphs of `tasks` on the builder thread (`wait`: until done). Returns
+        task name → why its graphs cannot be used, for the tasks known by now not to be."""
+        futures = [self._submit(t) for t in tasks if (s := self._states.get(t.name)) is None or s.key != t.key]
         if wait:
             for future in futures:
                 future.result()
-            if self.strict:
-                for task in tasks:
-                    self._usable(task)
+        return {t.name: s.reason for t in tasks
+                if (s := self._states.get(t.name)) is not None and s.key == t.key and s.runtime != self.name}
 
     def runtimes(self, names: Sequence[str]) -> dict[str, str]:
         return {n: self._states[n].runtime for n in names if n in self._states}
@@ -231,8 +232,9 @@ class OnnxRuntime(Runtime):
             record, source = task.record, self.artifacts.source()
             delta = self.artifacts.delta(record)
             built_from = {"graph": "delta", "layout": GRAPHS, "exporter": _exporter(),
-                          "weights_sha256": record.weights_file_sha256, "delta_shape": record.hyperparams["delta_shape"],
-                          "cp_indices": record.cp_indices, "image_size": task.image_size}
+                          "weights_sha256": record.weights_file_sha256,
+                          "delta_shape": record.hyperparams["delta_shape"], "cp_indices": record.cp_indices,
+                          "image_size": task.image_size}
             try:
                 self._deltas[task.key] = self._load(
                     built_from, lambda p: export_delta_graph(delta, source, task.image_size, p),
@@ -257,8 +259,8 @@ class OnnxRuntime(Runtime):
         if why != "not cached":
             self.rebuilt.append(f"{what}: {why}")
         if self.build == "never":
-            raise _Unusable(f"no checked ONNX Runtime graph of {what} is cached ({why}); `snowhub serve` or "
-                            "`--runtime onnxruntime` builds it")
+            raise _Unusable(f"the hub's cache holds no usable ONNX Runtime graph of {what} ({why}); `snowhub serve` "
+                            "or `--runtime onnxruntime` builds one")
         session, problem = self._checked(self.cache.build(built_from, export), check)
         if problem is not None:
             raise _Unusable(f"the ONNX Runtime graph of {what} failed its check: {problem}")
@@ -273,7 +275,8 @@ class OnnxRuntime(Runtime):
 
     @torch.no_grad()
     def _check_source(self, session, size: int) -> str | None:
-        images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
         source = self.artifacts.source()
         x = source.normalizer(images)
         taps, head = source(x)

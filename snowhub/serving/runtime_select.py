@@ -22,14 +22,14 @@ def resolve_runtime(name: str, device: torch.device) -> str:
         ConfigError: an unknown name, ONNX Runtime asked for on a GPU, or not installed.
     """
     if name not in RUNTIMES:
-        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {name!r}")
-    installed = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnxscript") is not None
+        raise ConfigError(f"`runtime` must be one of {', '.join(RUNTIMES)}, got {name!r}")
+    installed = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnxscript"))
     if name == "auto":
         return "onnxruntime" if device.type == "cpu" and installed else "torch"
     if name == "onnxruntime" and device.type != "cpu":
-        raise ConfigError(f"the onnxruntime runtime serves on the CPU; use runtime torch on {device}, or device cpu")
+        raise ConfigError(f"`runtime` onnxruntime runs on the CPU; use `runtime` torch on {device}, or `device` cpu")
     if name == "onnxruntime" and not installed:
-        raise ConfigError("the onnxruntime runtime needs ONNX Runtime and onnxscript: pip install 'snowhub[serve]'")
+        raise ConfigError("`runtime` onnxruntime needs ONNX Runtime and onnxscript: pip install 'snowhub[serve]'")
     return name
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -49,17 +49,14 @@ class Batcher:
         predictor: the resident predictor (its models stay on its device).
         max_batch_size: most images per forward pass (1: every request alone, no batching).
         max_wait_ms: how long the first request of a batch waits for more (ms).
-        metrics: where batch sizes and queue waits go.
-        before_pass: called before each forward pass (the server hooks the source's pass counter there).
+        metrics: where batch sizes and queue waits go (the runtime counts the source passes).
     """
 
-    def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float, metrics: Metrics,
-                 before_pass: Callable[[], None] = lambda: None):
+    def __init__(self, predictor: Predictor, max_batch_size: int, max_wait_ms: float, metrics: Metrics):
         self.predictor = predictor
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.metrics = metrics
-        self.before_pass = before_pass
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._carry: _Item | None = None  # the request that did not fit in the last batch
         self._worker: threading.Thread | None = None
@@ -140,7 +137,6 @@ class Batcher:
     def _run(self, items: list[_Item]) -> None:
         tasks = list(dict.fromkeys(t for item in items for t in item.tasks))
         images = torch.cat([item.images for item in items]) if len(items) > 1 else items[0].images
-        self.before_pass()
         logits = self.predictor.logits(images, tasks)
         self.passes += 1
         self.metrics.batch_images.observe(len(images))

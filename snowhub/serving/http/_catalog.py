@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from snowhub.artifacts import Artifacts
@@ -85,10 +86,14 @@ class Catalog:
         artifacts: the verified models (their registry is the hub's, opened read-only).
         only: serve just these names (``--tasks``); None = every task, including ones added later.
         poll_s: seconds between looks at the registry for new tasks.
+        prepare: called with each task when it is verified (the server builds the task's runtime graphs
+            there, off the request path); a SnowhubError it raises makes the task unavailable with the reason.
     """
 
-    def __init__(self, artifacts: Artifacts, only: tuple[str, ...] | None, poll_s: float):
+    def __init__(self, artifacts: Artifacts, only: tuple[str, ...] | None, poll_s: float,
+                 prepare: Callable[[ServedTask], None] = lambda task: None):
         self.artifacts = artifacts
+        self.prepare = prepare
         self.registry = artifacts.registry
         self.only = None if only is None else tuple(dict.fromkeys(only))
         self.poll_s = poll_s
@@ -159,6 +164,7 @@ class Catalog:
             else:
                 self.artifacts.source()
                 self.artifacts.delta(task.record)
+            self.prepare(task)
         except SnowhubError as error:
             with self._lock:
                 self._problems[task.name] = (stamp, str(error))

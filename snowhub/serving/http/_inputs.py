@@ -9,13 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from snowhub.data import eval_resize_crop, load_rgb_bytes
+from snowhub.data import load_rgb_bytes
 from snowhub.serving.http._errors import ServeError
 from snowhub.serving.http.config import ServeConfig
 
@@ -39,19 +38,6 @@ def decode(data: bytes, name: str, config: ServeConfig) -> Image.Image:
         raise ServeError(413, f"image {name} is {len(data)} bytes, over the limit of {config.max_image_bytes} "
                               "bytes (--max-image-bytes)")
     return load_rgb_bytes(data, name)  # DataError → 400
-
-
-def to_batch(pictures: Sequence[Image.Image], size: int, resize_ratio: float) -> torch.Tensor:
-    """uint8 ``(n, 3, size, size)``: each picture through the task's eval transform (as ``Predictor.predict``),
-    the same values as :func:`~snowhub.data.eval_transform`.
-
-    Built with PIL and NumPy only, and handed over without a copy: this runs in a worker thread, and a torch
-    operation there large enough to go parallel (a 224 px image is) starts a second OpenMP thread team; while
-    it lives the batcher's forward passes ran ~3x slower on 2 cores.
-    """
-    crop = eval_resize_crop(size, resize_ratio)
-    pixels = np.stack([np.asarray(crop(p), dtype=np.uint8) for p in pictures])  # (n, size, size, 3)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
 
 
 def base64_images(data: object, shape: object, config: ServeConfig) -> list[bytes]:

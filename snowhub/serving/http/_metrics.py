@@ -1,17 +1,15 @@
 """Prometheus metrics of one app, in its own ``CollectorRegistry`` (several apps can share a process).
 
 ``GET /metrics`` exposes them: requests and errors by route and status, latency, images per batched forward
-pass, time waited in the batch queue, and the source forward passes actually run (a forward hook on the
-source module counts them, so the number is the network's own, not the batcher's bookkeeping).
+pass, time waited in the batch queue, and the source forward passes actually run (the runtime counts them:
+one per batch and image size, and one more when some of its tasks fall back to PyTorch).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from torch import nn
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -42,17 +40,6 @@ class Metrics:
         self.tasks_ready = Gauge("snowhub_tasks_ready", "Tasks served now.", registry=r)
         self.tasks_unavailable = Gauge("snowhub_tasks_unavailable", "Tasks not served (files failed their check).",
                                        registry=r)
-        self._hooked: set[int] = set()
-        self._hook_lock = threading.Lock()
-
-    def count_passes_of(self, source: nn.Module) -> None:
-        """Count every forward pass of `source` from now on (once per module object; cheap to repeat)."""
-        if id(source) in self._hooked:
-            return
-        with self._hook_lock:
-            if id(source) not in self._hooked:
-                source.register_forward_hook(lambda *_: self.source_passes.inc())
-                self._hooked.add(id(source))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

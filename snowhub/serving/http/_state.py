@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from fastapi import Request
 
 from snowhub.artifacts import Artifacts
-from snowhub.device import pick_device
+from snowhub.device import available_cpus, pick_device
 from snowhub.errors import SnowhubError
 from snowhub.names import SOURCE_TASK
 from snowhub.serving.http._batcher import Batcher
@@ -29,6 +28,8 @@ from snowhub.serving.http._metrics import Metrics
 from snowhub.serving.http._parser import BodyParser
 from snowhub.serving.http.config import ServeConfig
 from snowhub.serving.predictor import Predictor
+from snowhub.serving.preprocessing import group_by_size
+from snowhub.serving.runtime_select import make_runtime
 from snowhub.store import Registry
 
 
@@ -57,11 +58,13 @@ class ServerState:
                     self.registry.get_task(name)  # TaskNotFoundError names the known tasks
             self.device = pick_device(config.device)
             self.artifacts = Artifacts(self.registry, self.device)
-            self.predictor = Predictor(self.artifacts)
+            threads = config.intra_op_threads(available_cpus()) if self.device.type == "cpu" else None
+            self.runtime = make_runtime(config.runtime, self.artifacts, threads, serving=True)
+            self.predictor = Predictor(self.artifacts, self.runtime)
             self.metrics = Metrics()
-            self.catalog = Catalog(self.artifacts, config.tasks, config.poll_s)
-            self.batcher = Batcher(self.predictor, config.max_batch_size, config.max_wait_ms, self.metrics,
-                                   self._hook_source)
+            self.runtime.on_source_pass = self.metrics.source_passes.inc
+            self.catalog = Catalog(self.artifacts, config.tasks, config.poll_s, self._prepare)
+            self.batcher = Batcher(self.predictor, config.max_batch_size, config.max_wait_ms, self.metrics)
         except BaseException:
             self.registry.close()
             raise
@@ -83,8 +86,9 @@ class ServerState:
 
     def _load(self) -> None:
         try:
-            self._hook_source()
             self.catalog.refresh()
+            # every task's graphs built (or read) and checked before the server says it is ready
+            self.predictor.prepare([n for n in self.catalog.names() if n not in self.catalog.problems()])
             self.source_problem = None
         except SnowhubError as error:
             self.source_problem = str(error)
@@ -97,10 +101,13 @@ class ServerState:
         self.catalog.stop_polling()
         if self._loader is not None:
             self._loader.join(timeout=30)
+        self.runtime.close()
         self.registry.close()
 
-    def _hook_source(self) -> None:
-        self.metrics.count_passes_of(self.artifacts.source())
+    def _prepare(self, task: ServedTask) -> None:
+        """The catalog's hook for a task it verifies: its runtime's graphs built off the request path (a
+        strict runtime waits, and raises IntegrityError for a graph that fails its check: 503)."""
+        self.predictor.prepare([task.name], wait=self.runtime.strict)
 
     def health(self) -> dict:
         """``/v2/health/ready``'s body: ready, the tasks served and, apart, those that are not and why."""
@@ -115,7 +122,8 @@ class ServerState:
         served = [n for n in self.catalog.names() if n not in problems]
         self.metrics.tasks_ready.set(len(served))
         self.metrics.tasks_unavailable.set(len(problems))
-        body = {"ready": self.ready and self.source_problem is None, "tasks": served, "unavailable": problems}
+        body = {"ready": self.ready and self.source_problem is None, "tasks": served, "unavailable": problems,
+                "runtimes": self.runtime.runtimes(served), "fallbacks": self.runtime.fallbacks(served)}
         if self.source_problem:
             body["error"] = f"the source model is not served: {self.source_problem}"
         elif not self.ready:
@@ -127,7 +135,7 @@ class ServerState:
     def resize_ratio(self) -> float:
         """The source's eval resize ratio (fixed for a hub: its recorded preprocessing)."""
         if self._ratio is None:
-            self._ratio = self.artifacts.source().spec.eval_resize_ratio
+            self._ratio = self.predictor.resize_ratio()
         return self._ratio
 
     async def logits_of_files(self, files: Sequence[tuple[str, bytes]], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
@@ -138,9 +146,7 @@ class ServerState:
         Raises:
             ServeError: an image that does not decode (400) or is over a budget (413); no answer in time (503).
         """
-        by_size: dict[int, list[ServedTask]] = defaultdict(list)
-        for task in tasks:
-            by_size[task.image_size].append(task)
+        by_size = group_by_size(tasks)
         batches = await asyncio.to_thread(decode_batches, files, list(by_size), self.resize_ratio(), self.config,
                                           self.pixels)
         answers = await asyncio.gather(*(self.submit(batch, group) for batch, group in zip(batches, by_size.values())))

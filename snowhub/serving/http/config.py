@@ -29,6 +29,10 @@ class ServeConfig:
             to twice that while an image converts, the default 50 MP keeps decoding under ~350 MB.
         max_queue: most inference requests admitted at once (being read, decoded, queued or run); one more
             gets 503 with ``Retry-After``.
+        runtime: what runs the forward passes: ``torch`` (the reference, and this class's default),
+            ``auto`` (``snowhub serve``'s default: ONNX Runtime on a CPU, PyTorch on a GPU; a task whose graph
+            fails its check is answered by PyTorch), or ``onnxruntime`` (strict: such a task gets 503 with the
+            reason). See :mod:`snowhub.serving.runtime`.
     """
 
     device: str = "auto"
@@ -43,6 +47,7 @@ class ServeConfig:
     max_image_pixels: int = 25_000_000
     max_request_pixels: int = 50_000_000
     max_queue: int = 128
+    runtime: str = "torch"
 
     def validate(self) -> "ServeConfig":
         """Return self. Raises ConfigError (one line, naming the flag) for a value out of range."""
@@ -55,6 +60,7 @@ class ServeConfig:
                   (self.max_image_pixels >= 1, "--max-image-pixels must be at least 1"),
                   (self.max_request_pixels >= 1, "--max-request-pixels must be at least 1"),
                   (self.max_queue >= 1, "--max-queue must be at least 1"),
+                  (self.runtime in ("auto", "torch", "onnxruntime"), "--runtime must be auto, torch or onnxruntime"),
                   (self.tasks is None or len(self.tasks) > 0, "--tasks names no task; leave it out to serve all")]
         for ok, message in checks:
             if not ok:
