@@ -8,6 +8,7 @@ process. :meth:`ServerState.logits_of_files` is the one path from encoded images
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from fastapi import Request
 
 from snowhub.artifacts import Artifacts
 from snowhub.device import available_cpus, pick_device
-from snowhub.errors import SnowhubError
+from snowhub.errors import IntegrityError, SnowhubError
 from snowhub.names import SOURCE_TASK
 from snowhub.serving.http._batcher import Batcher
 from snowhub.serving.http._catalog import Catalog, ServedTask
@@ -87,8 +88,13 @@ class ServerState:
     def _load(self) -> None:
         try:
             self.catalog.refresh()
-            # every task's graphs built (or read) and checked before the server says it is ready
-            self.predictor.prepare([n for n in self.catalog.names() if n not in self.catalog.problems()])
+            # every task's graphs built (or read) and checked before the server says it is ready; a strict
+            # runtime's refusals become the tasks' problems (503) when the catalog checks them again
+            names = [n for n in self.catalog.names() if n not in self.catalog.problems()]
+            if self.predictor.prepare(names):
+                for name in names:
+                    with contextlib.suppress(SnowhubError):
+                        self.catalog.get(name)
             self.source_problem = None
         except SnowhubError as error:
             self.source_problem = str(error)
@@ -105,9 +111,11 @@ class ServerState:
         self.registry.close()
 
     def _prepare(self, task: ServedTask) -> None:
-        """The catalog's hook for a task it verifies: its runtime's graphs built off the request path (a
-        strict runtime waits, and raises IntegrityError for a graph that fails its check: 503)."""
-        self.predictor.prepare([task.name], wait=self.runtime.strict)
+        """The catalog's hook for a task it verifies: its runtime's graphs built off the request path; a
+        strict runtime's refusal raises IntegrityError, so the task is unavailable (503) with the reason."""
+        refused = self.predictor.prepare([task.name], wait=False)
+        if self.runtime.strict and task.name in refused:
+            raise IntegrityError(f"task {task.name!r} is not served by ONNX Runtime: {refused[task.name]}")
 
     def health(self) -> dict:
         """``/v2/health/ready``'s body: ready, the tasks served and, apart, those that are not and why."""
