@@ -70,7 +70,7 @@ def test_a_notebook_predicts_pil_images_and_tensors_as_it_predicts_their_files(t
     with Image.open(files[2]) as opened:  # a grey PNG, as it comes from disk: converted to RGB by predict
         grey = opened.copy()
     rgb = Image.open(files[0]).convert("RGB")
-    tensor = torch.from_numpy(np.asarray(Image.open(files[1]).convert("RGB"))).permute(2, 0, 1).contiguous()
+    tensor = torch.from_numpy(np.array(Image.open(files[1]).convert("RGB"))).permute(2, 0, 1).contiguous()
     with Hub.open(trained_hub) as hub:
         from_files = hub.predict(files, top=3, device="cpu")
         in_memory = hub.predict([rgb, tensor, grey], top=3, device="cpu")
@@ -89,7 +89,10 @@ def test_a_notebook_predicts_pil_images_and_tensors_as_it_predicts_their_files(t
     assert [p.tasks for p in in_memory] == [p.tasks for p in from_files]
     assert [p.image for p in in_memory] == ["image 0", "image 1", "image 2"]
     assert [p.image for p in from_files] == [str(f) for f in files]
-    assert named[0].image == "my bag" and named[0].tasks == {"fashion": from_files[0].tasks["fashion"]}  # 3 classes
+    assert named[0].image == "my bag" and list(named[0].tasks) == ["fashion"]
+    alone, together = named[0].tasks["fashion"], from_files[0].tasks["fashion"]  # all 3 classes, batch of 1 and 3
+    assert [label for label, _ in alone] == [label for label, _ in together]
+    assert [p for _, p in alone] == pytest.approx([p for _, p in together], abs=1e-4)
     assert from_files[0].tasks["fashion"][0][0] == "Bag" and from_files[2].tasks["fashion"][0][0] == "Trouser"
 
 
