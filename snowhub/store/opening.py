@@ -47,7 +47,7 @@ def _initialise(engine: Engine, layout: HubLayout, where: str) -> None:
     with write_engine(engine).begin() as conn:
         tables = set(module.schema_tables(conn))
         if tables & _TABLES:
-            raise HubExistsError(f"{where} already holds a snowhub registry; open it with --registry, "
+            raise HubExistsError(f"{where} already holds a snowhub registry; open it as `registry`, "
                                  "or give init an empty database")
         if tables:
             raise NotARegistryError(f"{where} is not empty (it holds {', '.join(sorted(tables)[:5])}); give "
@@ -203,7 +203,7 @@ def _open_outside(cls: type[Registry], root: Path | None, url: URL, migrate: boo
         registry = cls(HubLayout(root or Path(".")), engine, url=url)
         recorded = registry.hub_directory()
         if root is None and recorded is None:
-            raise HubFilesError(f"{where} records no hub directory; pass --hub with the directory of its files")
+            raise HubFilesError(f"{where} records no hub directory; give the directory of its files as `path`")
         layout = HubLayout(root if root is not None else Path(str(recorded)))
         registry = cls(layout, engine, read_only or not _writable(cls, layout, False), url)
         _check_files_here(registry, recorded)
@@ -220,13 +220,13 @@ def _check_files_here(registry: Registry, recorded: str | None) -> None:
     root = registry.layout.root
     elsewhere = f"; it keeps them in {recorded}" if recorded and recorded != str(root) else ""
     if not root.is_dir():
-        raise HubFilesError(f"the hub directory {root} of {registry.location} does not exist here{elsewhere}: pass "
-                            "--hub with the directory that holds its files (as mounted on this machine)")
+        raise HubFilesError(f"the hub directory {root} of {registry.location} does not exist here{elsewhere}: give "
+                            "the directory that holds its files as `path` (as mounted on this machine)")
     try:
         source = registry.source()
     except HubNotFoundError:
         return  # init never finished: the caller says so
     if not registry.layout.resolve(source.weights_file).is_file():
         raise HubFilesError(f"{root} does not hold the files of the registry {registry.location} (no "
-                            f"{source.weights_file} there){elsewhere}: pass --hub with the directory that "
-                            "holds them (as mounted on this machine)")
+                            f"{source.weights_file} there){elsewhere}: give the directory that "
+                            "holds them as `path` (as mounted on this machine)")
