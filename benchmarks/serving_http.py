@@ -139,8 +139,12 @@ def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int
 
 def measure_in_process(hub: Path, paths: list[Path], tasks: list[str] | None, requests: int, runtime: str = "auto",
                        batch: int = 16) -> dict:
-    from snowhub import Hub
+    import torch
 
+    from snowhub import Hub
+    from snowhub.device import available_cpus
+
+    torch.set_num_threads(max(1, available_cpus() - 1))  # as `snowhub serve` runs its forward passes
     with Hub.open(hub) as h:
         for p in paths[:4]:  # warm-up: models loaded and verified (ONNX Runtime: graphs built and checked)
             h.predict([p], tasks, device="cpu", runtime=runtime)

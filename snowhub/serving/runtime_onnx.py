@@ -93,7 +93,8 @@ class OnnxRuntime(Runtime):
         threads: intra-op threads of every session (``serve --threads``); None = torch's thread count.
         strict: refuse a task whose graph cannot be used (IntegrityError) instead of answering it by PyTorch.
         build: ``now``: a task's graphs are built (or read and checked) before its first answer;
-            ``background``: built on a worker thread, PyTorch answers meanwhile (a strict runtime waits);
+            ``background``: built on a worker thread, PyTorch answers meanwhile (a strict runtime refuses
+            the task with IntegrityError "retry in a few seconds" instead, so no batch waits for a build);
             ``never``: only graphs already in the cache are used.
     """
 
