@@ -16,6 +16,7 @@ from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, avai
 from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
 from snowhub_cli import registry as registry_commands
+from snowhub_cli import trust as trust_commands
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, Runtime, one_line_errors
 from snowhub_cli.progress import RichProgress
 from snowhub_cli.serve import serve as _serve
@@ -227,6 +228,8 @@ app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
 app.add_typer(export.app, name="export")  # snowhub export onnx|task (cli/export.py)
 app.add_typer(registry_commands.app, name="registry")  # snowhub registry copy (cli/registry.py)
 app.command("import")(export.import_bundle)
+app.add_typer(trust_commands.keys, name="keys")  # snowhub keys generate (cli/trust.py)
+app.add_typer(trust_commands.trust, name="trust")  # snowhub trust add|list (cli/trust.py)
 
 
 def main() -> None:

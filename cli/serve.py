@@ -28,6 +28,14 @@ def serve(
     max_image_bytes: Annotated[int, typer.Option(help="Largest image upload accepted (bytes); larger: 413.")]
     = 10 * 1024 * 1024,
     max_images: Annotated[int, typer.Option(help="Most images in one request; more: 413.")] = 64,
+    max_image_pixels: Annotated[int, typer.Option(
+        help="Most pixels one image may decode to (JPEGs above it decode at 1/2-1/8 scale if that fits); more: 413.")]
+    = 25_000_000,
+    max_request_pixels: Annotated[int, typer.Option(
+        help="Most decoded pixels of one request's images, and of all images being decoded at once; more: 413.")]
+    = 50_000_000,
+    max_queue: Annotated[int, typer.Option(
+        help="Most inference requests in the server at once; one more gets 503 with Retry-After.")] = 128,
     threads: Annotated[Optional[int], typer.Option(
         help="Threads for the forward passes on a CPU, PyTorch's and ONNX Runtime's (default: the usable CPUs minus "
         "one, left to HTTP).",
@@ -49,6 +57,8 @@ def serve(
                                "pip install 'snowhub[serve]'") from None
         names = None if tasks is None else tuple(n.strip() for n in tasks.split(",") if n.strip())
         config = ServeConfig(device=device, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, tasks=names,
-                             max_image_bytes=max_image_bytes, max_images=max_images, threads=threads,
+                             max_image_bytes=max_image_bytes, max_images=max_images,
+                             max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels,
+                             max_queue=max_queue, threads=threads,
                              runtime=runtime.value)
         run(hub, config, host, port, access_log=access_log, registry_url=registry)

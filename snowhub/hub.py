@@ -22,6 +22,9 @@ from snowhub.device import pick_device
 from snowhub.errors import ConfigError, DataError, HubReadOnlyError, IntegrityError, TaskExistsError
 from snowhub.faults import crash_point
 from snowhub.export import BundleInfo, OnnxExport, export_onnx, export_task, import_task
+from snowhub.export.signing import fingerprint as key_fingerprint
+from snowhub.export.signing import public_key_of
+from snowhub.store.trust import TrustedKey, trust_key, trusted_keys
 from snowhub.info import TaskInfo, source_task_info, task_info
 from snowhub.names import SOURCE_TASK, check_task_name, default_hub_path
 from snowhub.probe import build_probe_set
@@ -338,16 +341,17 @@ class Hub:
         """
         return export_onnx(self.artifacts(torch.device("cpu")), tasks, output, image_size, opset, source_head)
 
-    def export_task(self, name: str, output: Path | str) -> BundleInfo:
-        """Write task `name` as a ``.snowtask`` bundle to the new file `output` (:mod:`snowhub.export.bundle`).
+    def export_task(self, name: str, output: Path | str, sign_with: Path | str | None = None) -> BundleInfo:
+        """Write task `name` as a ``.snowtask`` bundle to the new file `output` (:mod:`snowhub.export.bundle`),
+        signed with the Ed25519 private key file `sign_with` if given (:mod:`snowhub.export.signing`).
 
         Raises:
             TaskNotFoundError, ConfigError (task 0), IntegrityError, BundleError (`output` exists).
         """
-        return export_task(self.artifacts(torch.device("cpu")), name, output)
+        return export_task(self.artifacts(torch.device("cpu")), name, output, sign_with)
 
     def import_task(self, bundle: Path | str, new_name: str | None = None, progress: Progress | None = None,
-                    wait_for_lock: bool = True) -> TaskInfo:
+                    wait_for_lock: bool = True, allow_unsigned: bool = False) -> TaskInfo:
         """Append the task in `bundle` (as `new_name` if given) if this hub's source has its weights sha256 and
         taps and its probe set gives bit-identical logits here on the CPU; atomic, like :meth:`add_task`.
 
@@ -355,8 +359,22 @@ class Hub:
             BundleError: unreadable, unsafe, edited, another source, logits differ. InvalidNameError,
             TaskExistsError: bad or taken name. HubLockedError, HubReadOnlyError: the hub cannot be written.
         """
-        record = import_task(self.artifacts(torch.device("cpu")), bundle, new_name, progress, wait_for_lock)
+        record = import_task(self.artifacts(torch.device("cpu")), bundle, new_name, progress, wait_for_lock,
+                             allow_unsigned=allow_unsigned)
         return self.task(record.name)
+
+    def trust_key(self, public_key: str | Path, comment: str = "") -> TrustedKey:
+        """Trust bundles signed by `public_key` (a PEM file or 64 hex digits): a sealed, append-only registry row.
+
+        Raises:
+            ConfigError: not an Ed25519 public key, or trusted already. HubReadOnlyError: cannot be written.
+        """
+        key = public_key_of(public_key)
+        return trust_key(self.registry, key, key_fingerprint(key), comment)
+
+    def trusted_keys(self) -> list[TrustedKey]:
+        """The keys this hub trusts, in the order they were added (IntegrityError for an edited row)."""
+        return list(trusted_keys(self.registry).values())
 
 
 ImageInput = Path | str | Image.Image | torch.Tensor

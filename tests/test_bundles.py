@@ -90,11 +90,11 @@ def test_bundle_holds_the_task_its_source_identity_and_a_manifest_of_every_membe
 
 
 def test_import_into_a_second_hub_on_the_same_source_then_verify_forgetting(exported, second_hub, trained_hub):
-    result = _cli("import", exported, "--hub", second_hub)
+    result = _cli("import", exported, "--hub", second_hub, "--allow-unsigned")  # signed bundles: test_signing.py
     assert result.exit_code == 0 and "imported task 1 'fashion'" in result.output, result.output
-    taken = _cli("import", exported, "--hub", second_hub)
+    taken = _cli("import", exported, "--hub", second_hub, "--allow-unsigned")
     assert taken.exit_code == 1 and "already exists" in taken.output and "--as NEWNAME" in taken.output
-    renamed = _cli("import", exported, "--as", "fashion_b", "--hub", second_hub, "--json")
+    renamed = _cli("import", exported, "--as", "fashion_b", "--hub", second_hub, "--json", "--allow-unsigned")
     assert renamed.exit_code == 0 and json.loads(renamed.stdout)["seq"] == 2
     check = _cli("verify-forgetting", "--hub", second_hub, "--strict", "--json")
     assert check.exit_code == 0, check.output
@@ -106,6 +106,7 @@ def test_import_into_a_second_hub_on_the_same_source_then_verify_forgetting(expo
         lineage = imported.lineage
         assert (lineage["name"], lineage["seq"], lineage["hub"]) == ("fashion", original.seq, str(trained_hub))
         assert lineage["created_at"] == original.created_at.isoformat() and lineage["imported_from"] == exported.name
+        assert lineage["signer"] == {"unsigned": True}
         assert (imported.class_names, imported.cp_indices, imported.val_top1) == \
             (original.class_names, original.cp_indices, original.val_top1)
         images = hub.artifacts(torch.device("cpu")).probe(imported).images
@@ -167,7 +168,7 @@ def test_a_bad_bundle_is_refused_in_one_line_and_the_hub_is_unchanged(bad_bundle
     path, words = bad_bundles[kind]
     before = snapshot(second_hub)
     extra = ["--as", "no spaces allowed"] if kind == "badname" else []
-    result = _cli("import", path, *extra, "--hub", second_hub)
+    result = _cli("import", path, *extra, "--hub", second_hub, "--allow-unsigned")
     assert result.exit_code == 1 and words in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
     assert snapshot(second_hub) == before
@@ -177,7 +178,7 @@ def test_a_bundle_from_another_source_is_refused_naming_both_hashes(exported, tm
     hub_path = tmp_path / "mobile"
     assert _cli("init", "--source", "mobilenet_v2", "--hub", hub_path).exit_code == 0
     before = snapshot(hub_path)
-    result = _cli("import", exported, "--hub", hub_path)
+    result = _cli("import", exported, "--hub", hub_path, "--allow-unsigned")
     theirs = json.loads(_members(exported)["source.json"])["weights_sha256"]
     with Hub.open(hub_path) as hub:
         ours = hub.source_record().weights_file_sha256
@@ -195,7 +196,7 @@ def test_a_real_zip_bomb_is_refused_before_it_is_unpacked(exported, second_hub, 
     assert bomb.stat().st_size < 2 << 20
     before = snapshot(second_hub)
     with Hub.open(second_hub) as hub, pytest.raises(BundleError, match="over the limit of 16,777,216"):
-        import_task(hub.artifacts(torch.device("cpu")), bomb, limit=16 << 20)
+        import_task(hub.artifacts(torch.device("cpu")), bomb, limit=16 << 20, allow_unsigned=True)
     assert snapshot(second_hub) == before
 
 

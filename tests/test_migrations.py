@@ -65,7 +65,7 @@ def test_there_is_a_fixture_hub_for_every_revision():
     revisions = sorted(rev.revision for rev in _script().walk_revisions())
     assert [h.name for h in HUBS] == [f"hub-{r}" for r in revisions]  # make_hub_fixture.py builds the newest
     for hub in HUBS:  # small enough to keep one per revision in git
-        assert sum(p.stat().st_size for p in hub.rglob("*") if p.is_file()) < 400_000, hub.name
+        assert sum(p.stat().st_size for p in hub.rglob("*") if p.is_file()) < 420_000, hub.name
 
 
 @pytest.mark.parametrize("old_hub", HUBS, ids=[h.name for h in HUBS], indirect=True)
@@ -167,7 +167,7 @@ def test_an_upgrade_does_not_reseal_a_row_edited_before_it(old_hub):
     assert record_problem(untouched, "task") is None
 
 
-@pytest.mark.parametrize("old_hub", HUBS[-2:-1], ids=[h.name for h in HUBS[-2:-1]], indirect=True)
+@pytest.mark.parametrize("old_hub", [h for h in HUBS if h.name == "hub-0004"], ids=["hub-0004"], indirect=True)
 def test_the_typed_seal_upgrade_keeps_an_earlier_edit_caught(old_hub):
     """Migration 0005 re-seals every row in the typed format (snowhub.record.v2), but only rows whose seal held."""
     assert _revision(old_hub / "hub.db") == "0004"
@@ -184,10 +184,10 @@ def test_the_migrations_copy_of_the_seal_agrees_with_the_library():
     from snowhub.store.integrity import KEYS, column_kinds, record_digest
     from snowhub_migrations import _record_v2
 
-    assert _record_v2.KEYS == KEYS
-    for table in KEYS:
+    assert {table: KEYS[table] for table in _record_v2.KEYS} == _record_v2.KEYS  # tables added later seal alike
+    for table in _record_v2.KEYS:
         assert _record_v2.COLUMN_KINDS[table] == column_kinds(table)
     for hub in HUBS[-1:]:
-        for table in KEYS:
+        for table in _record_v2.KEYS:
             for row in _raw(hub / "hub.db", table):
                 assert _record_v2.record_digest(table, row) == record_digest(table, row) == row["record_sha256"]

@@ -286,7 +286,7 @@ def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
 
 
 def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
-    assert hub.revision() == head_revision() == "0005"
+    assert hub.revision() == head_revision() == "0006"
     with hub.connection() as conn:
         db = inspect(conn)
         assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
@@ -310,7 +310,7 @@ def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
         assert reg.tasks() == []
     engine = open_engine(root / "hub.db")
     try:
-        assert current_revision(engine) == head_revision() == "0005"
+        assert current_revision(engine) == head_revision() == "0006"
     finally:
         engine.dispose()
 

@@ -9,6 +9,7 @@ Members (flat, no folders)::
     delta.safetensors   the delta's weights (the hub's file, byte for byte)
     probe.safetensors   the probe set: uint8 images, labels, the logits recorded at registration
     README.md           a card (Hugging Face front matter, what the task is, how to import it)
+    signature.json      optional: an Ed25519 signature of snowtask.json's bytes (:mod:`snowhub.export.signing`)
 
 Reading trusts nothing: only these names (no paths, so no ``..`` or absolute member), each once, stored or
 deflated, unencrypted; declared sizes within :data:`MAX_MEMBER_BYTES` / :data:`MAX_BUNDLE_BYTES` (a zip bomb
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -31,8 +33,10 @@ from snowhub.store.files import atomic_write, sha256_file
 FORMAT = "snowtask/1"
 MANIFEST = "snowtask.json"
 MEMBERS = ("task.json", "source.json", "delta.safetensors", "probe.safetensors", "README.md")
+SIGNATURE = "signature.json"  # not in the manifest: it signs the manifest
 MAX_BUNDLE_BYTES = 2 << 30  # 2 GiB uncompressed, all members together
-MAX_MEMBER_BYTES = {MANIFEST: 1 << 20, "task.json": 64 << 20, "source.json": 1 << 20, "README.md": 4 << 20}
+MAX_MEMBER_BYTES = {MANIFEST: 1 << 20, SIGNATURE: 4 << 10, "task.json": 64 << 20, "source.json": 1 << 20,
+                    "README.md": 4 << 20}
 _CHUNK = 1 << 20
 
 
@@ -47,10 +51,15 @@ class Bundle:
     probe: bytes
     card: str
     sha256: str  # of the whole bundle file
+    manifest_bytes: bytes = b""  # snowtask.json as stored: what a signature signs
+    signature: dict | None = None  # signature.json, when the bundle is signed
 
 
-def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: bytes, card: str) -> dict:
+def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: bytes, card: str,
+                 sign: Callable[[bytes], dict] | None = None) -> dict:
     """Write a bundle to `path` with :func:`~snowhub.store.files.atomic_write`; returns the manifest.
+
+    With `sign` (the manifest's bytes in, ``signature.json``'s content out), the bundle is signed.
 
     Raises:
         BundleError: `path` exists, or cannot be written.
@@ -65,6 +74,8 @@ def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: byte
     try:
         with atomic_write(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(MANIFEST, _json(manifest))
+            if sign is not None:
+                zf.writestr(SIGNATURE, _json(sign(_json(manifest))))
             for name, blob in data.items():
                 # safetensors and probe images compress little; storing them keeps export and import fast
                 method = zipfile.ZIP_STORED if name.endswith(".safetensors") else zipfile.ZIP_DEFLATED
@@ -91,7 +102,7 @@ def _check_entries(where: Path, infos: list[zipfile.ZipInfo], limit: int) -> Non
     for info in infos:
         if _unsafe(info.filename):
             raise BundleError(f"{where} has a member with an unsafe path ({info.filename!r}); refusing the bundle")
-        if info.filename not in (MANIFEST, *MEMBERS):
+        if info.filename not in (MANIFEST, SIGNATURE, *MEMBERS):
             raise BundleError(f"{where} has an unexpected member {info.filename!r}; it is not a snowtask bundle "
                               "or it was edited")
         if info.filename in seen:
@@ -176,6 +187,7 @@ def read_bundle(path: Path | str, limit: int = MAX_BUNDLE_BYTES) -> Bundle:
         card = blobs["README.md"].decode("utf-8")
     except UnicodeDecodeError:
         raise BundleError(f"{where}: README.md is not UTF-8 text; export the task again") from None
+    signature = _load_json(blobs[SIGNATURE], SIGNATURE, where) if SIGNATURE in blobs else None
     return Bundle(manifest, _load_json(blobs["task.json"], "task.json", where),
                   _load_json(blobs["source.json"], "source.json", where), blobs["delta.safetensors"],
-                  blobs["probe.safetensors"], card, sha256)
+                  blobs["probe.safetensors"], card, sha256, blobs[MANIFEST], signature)

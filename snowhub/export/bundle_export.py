@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from snowhub.artifacts import Artifacts
 from snowhub.errors import ConfigError, IntegrityError
-from snowhub.export import card
+from snowhub.export import card, signing
 from snowhub.export.bundle import write_bundle
 from snowhub.names import SOURCE_TASK
 from snowhub.store import SourceRecord, TaskRecord
@@ -22,15 +23,18 @@ TASK_FIELDS = ("class_names", "hyperparams", "cp_indices", "delta_params", "cp_p
 
 @dataclass
 class BundleInfo:
-    """A written bundle: its path, the task, the file's size (bytes), every member's size and sha256."""
+    """A written bundle: its path, the task, the file's size (bytes), every member's size and sha256, and the
+    fingerprint of the key that signed it (None: unsigned)."""
 
     path: Path
     task: str
     size: int
     members: dict
+    signer: str | None = None
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "task": self.task, "size": self.size, "members": self.members}
+        return {"path": str(self.path), "task": self.task, "size": self.size, "members": self.members,
+                "signer": self.signer}
 
 
 def source_identity(source: SourceRecord) -> dict:
@@ -60,17 +64,20 @@ def task_document(record: TaskRecord, hub: Path) -> dict:
                   "lineage": lineage or record.metrics.get("lineage")}
 
 
-def export_task(artifacts: Artifacts, name: str, output: Path | str) -> BundleInfo:
+def export_task(artifacts: Artifacts, name: str, output: Path | str,
+                sign_with: Path | str | None = None) -> BundleInfo:
     """Write task `name` of the hub behind `artifacts` to the new file `output` (a ``.snowtask`` zip).
 
     The delta and probe files go in byte for byte, each checked against its recorded sha256 first, and the
-    task's registry record against its seal.
+    task's registry record against its seal. With `sign_with` (an Ed25519 private key file), the manifest is
+    signed (:mod:`snowhub.export.signing`).
 
     Raises:
         TaskNotFoundError: no such task. ConfigError: `name` is the source's own head (task 0).
         IntegrityError: a record or file changed since registration. BundleError: `output` exists or
-        cannot be written.
+        cannot be written. ConfigError: `sign_with` is not an Ed25519 private key file.
     """
+    key = None if sign_with is None else signing.load_private_key(sign_with)
     registry = artifacts.registry
     if name == SOURCE_TASK and registry.source().head_classes is not None:
         raise ConfigError(f"{SOURCE_TASK!r} is the source's own head (task 0); every hub on this source has it")
@@ -81,5 +88,6 @@ def export_task(artifacts: Artifacts, name: str, output: Path | str) -> BundleIn
     probe = _verified_bytes(artifacts, record.probe_file, record.probe_file_sha256)
     path = Path(output).expanduser().absolute()
     manifest = write_bundle(path, task_document(record, registry.layout.root), source_identity(source), delta, probe,
-                            card.bundle_card(source, record))
-    return BundleInfo(path, name, path.stat().st_size, manifest["members"])
+                            card.bundle_card(source, record), None if key is None else partial(signing.sign, key))
+    signer = None if key is None else signing.fingerprint(signing.sign(key, b"")["public_key"])
+    return BundleInfo(path, name, path.stat().st_size, manifest["members"], signer)

@@ -1,7 +1,10 @@
 """``snowhub import``: append a ``.snowtask`` bundle's task to this hub, only if it provably works here.
 
 In order, each failure one line and the hub unchanged: the bundle is read and every member checked against
-its manifest (:func:`snowhub.export.bundle.read_bundle`); the name is free (or ``--as`` renames); the hub's
+its manifest (:func:`snowhub.export.bundle.read_bundle`); every JSON member is checked against its schema
+(:mod:`snowhub.export.bundle_schema`); its signature is checked and its signer must be a key this hub trusts
+(:func:`check_signer`; ``--allow-unsigned`` lets an unsigned or untrusted bundle in, never a broken
+signature); the name is free (or ``--as`` renames); the hub's
 source has the bundle's weights sha256 and taps; the delta loads into its recorded DeltaShape and holds the
 recorded channel pooling indices; then, under the writer lock, the probe set is re-run on this hub's source
 on the CPU under :func:`~snowhub.numerics.exact_float32` and must give bit-identical logits. Only then is it
@@ -20,6 +23,7 @@ import torch
 from snowhub.artifacts import Artifacts, build_delta
 from snowhub.errors import TaskExistsError
 from snowhub.export.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle
+from snowhub.export import bundle_schema, signing
 from snowhub.export.bundle_export import TASK_FIELDS
 from snowhub.export.errors import BundleError
 from snowhub.models.delta import Delta
@@ -29,9 +33,43 @@ from snowhub.probe import ProbeSet, logits_digest, probe_logits
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import register_trained_delta, remove_orphans
 from snowhub.store import HubReadOnlyError, SourceRecord, TaskRecord, writer_lock
+from snowhub.store.trust import trusted_keys
 
 CPU = torch.device("cpu")
 _HAS_LINEAGE_COLUMN = "lineage" in {f.name for f in fields(TaskRecord)}
+
+
+def validate_members(bundle: Bundle, where: Path) -> None:
+    """Every JSON member of `bundle` against its schema (one-line BundleError for the first value that does not fit)."""
+    for member, value, schema in (("snowtask.json", bundle.manifest, bundle_schema.MANIFEST),
+                                  ("source.json", bundle.source, bundle_schema.SOURCE),
+                                  ("task.json", bundle.task, bundle_schema.TASK),
+                                  ("signature.json", bundle.signature, bundle_schema.SIGNATURE)):
+        if value is not None:
+            bundle_schema.validate(member, value, schema, where)
+
+
+def check_signer(bundle: Bundle, trusted: dict, where: Path, allow_unsigned: bool) -> dict:
+    """Who signed `bundle`, as its lineage records it: ``{"public_key", "fingerprint", "trusted"}``, or
+    ``{"unsigned": True}``.
+
+    Raises:
+        BundleError: a signature that does not match (always); unsigned, or signed by a key not in `trusted`
+            (public key hex → trusted key), unless `allow_unsigned`.
+    """
+    if bundle.signature is None:
+        if not allow_unsigned:
+            raise BundleError(f"{where} is not signed; import only signed bundles from keys this hub trusts "
+                              "(`snowhub export task --sign KEY`, `snowhub trust add PUBKEY`), or pass "
+                              "--allow-unsigned")
+        return {"unsigned": True}
+    public_key = signing.check(bundle.signature, bundle.manifest_bytes, where)
+    known = public_key in trusted
+    if not known and not allow_unsigned:
+        raise BundleError(f"{where} is signed by {signing.fingerprint(public_key)}, a key this hub does not trust; "
+                          f"trust it with `snowhub trust add {public_key}` if you know whose it is, or pass "
+                          "--allow-unsigned")
+    return {"public_key": public_key, "fingerprint": signing.fingerprint(public_key), "trusted": known}
 
 
 def check_source(bundle: Bundle, source: SourceRecord, where: Path) -> None:
@@ -81,7 +119,7 @@ def _probe(bundle: Bundle, where: Path, image_size: int, classes: int) -> ProbeS
     return probe
 
 
-def _fields(bundle: Bundle, where: Path, path: Path) -> dict:
+def _fields(bundle: Bundle, where: Path, path: Path, signer: dict) -> dict:
     task = bundle.task
     try:
         out = {k: task[k] for k in TASK_FIELDS if k not in ("probe_environment", "probe_size", "probe_top1",
@@ -91,7 +129,7 @@ def _fields(bundle: Bundle, where: Path, path: Path) -> dict:
                    "exported_at": task.get("exported_at"), "delta_sha256": task.get("delta_sha256"),
                    "probe_environment": task.get("probe_environment"),
                    "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   "earlier": task.get("lineage")}
+                   "signer": signer, "earlier": task.get("lineage")}
         out["metrics"] = dict(out["metrics"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{where}: task.json lacks or mangles {exc}; the bundle is damaged, export it again") from None
@@ -104,15 +142,19 @@ def _fields(bundle: Bundle, where: Path, path: Path) -> dict:
 
 def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = None,
                 progress: Progress | None = None, wait_for_lock: bool = True,
-                limit: int = MAX_BUNDLE_BYTES) -> TaskRecord:
+                limit: int = MAX_BUNDLE_BYTES, allow_unsigned: bool = False) -> TaskRecord:
     """Append the task in bundle `path` to the hub behind `artifacts` (CPU artifacts), as `new_name` if given.
+
+    The bundle must be signed by a key the hub trusts unless `allow_unsigned`; its signer goes into the
+    task's lineage.
 
     Returns:
         The committed, sealed record.
 
     Raises:
-        BundleError: unreadable, unsafe, oversized (over `limit` bytes unpacked), edited or damaged bundle;
-            another source or other taps; probe logits not bit-identical here.
+        BundleError: unreadable, unsafe, oversized (over `limit` bytes unpacked), edited or damaged bundle (a
+            value that does not fit its schema included); unsigned or untrusted (without `allow_unsigned`), or a
+            signature that does not match; another source or other taps; probe logits not bit-identical here.
         InvalidNameError, TaskExistsError: bad or taken name (``--as NEWNAME``).
         HubLockedError, HubReadOnlyError, HubWriteError: the hub cannot be written now.
         Any failure or interrupt leaves the hub exactly as it was.
@@ -123,6 +165,8 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
     if registry.read_only:
         raise HubReadOnlyError(f"the hub at {registry.layout.root} is read-only; make it writable to import tasks")
     bundle = read_bundle(where, limit)
+    validate_members(bundle, where)
+    signer = check_signer(bundle, trusted_keys(registry), where, allow_unsigned)
     name = new_name if new_name is not None else str(bundle.task.get("name", ""))
     check_task_name(name)
     if registry.has_task(name):
@@ -131,7 +175,7 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
     delta = _delta(bundle, where)
     image_size = int(bundle.task["hyperparams"].get("image_size", 0))
     probe = _probe(bundle, where, image_size, delta.shape.num_classes)
-    record_fields = _fields(bundle, where, where.absolute())
+    record_fields = _fields(bundle, where, where.absolute(), signer)
     with writer_lock(registry, wait=wait_for_lock, progress=progress):  # the lock its database calls for
         remove_orphans(registry)
         if registry.has_task(name):  # another writer may have taken it while we waited

@@ -152,3 +152,22 @@ class HubRow(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False, default=1)
     directory: Mapped[str]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrustedKeyRow(Base):
+    """A public key whose signed task bundles this hub imports (schema 0006; ``snowhub trust add``).
+
+    Append-only and sealed like every row: a key once trusted stays in the record with when it was added.
+    ``public_key`` is the raw Ed25519 key as 64 lowercase hex digits.
+    """
+
+    __tablename__ = "trusted_key"
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    public_key: Mapped[str] = mapped_column(unique=True)
+    fingerprint: Mapped[str]
+    comment: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Seal over every other column as stored (snowhub.store.integrity); set when the row is inserted.
+    record_sha256: Mapped[str | None] = mapped_column(default=None)
