@@ -36,3 +36,42 @@ def test_shape_round_trips_through_the_registry_format():
     spec = get_spec("mobilenet_v2")
     shape = DeltaShape.from_ratios(spec.block, spec.taps, 4, 1 / 16, 5, noise_var=1e-8)
     assert DeltaShape.from_dict(shape.to_dict()) == shape
+
+
+# -- the block-family registry and deltas for taps of any reductions (issue 25) ----------------------------
+
+def test_the_family_is_the_first_whose_source_blocks_appear_else_basic():
+    from torchvision.models import mobilenet_v2, resnet18, resnet50
+
+    from snowhub.models.blocks import DEFAULT_FAMILY, dispatch_family, get_family
+
+    assert dispatch_family(resnet50().modules()) == "bottleneck"
+    assert dispatch_family(resnet18().modules()) == "basic"
+    assert dispatch_family(mobilenet_v2().modules()) == "inverted_residual"
+    assert dispatch_family([torch.nn.Conv2d(3, 8, 3), torch.nn.LayerNorm(8)]) == DEFAULT_FAMILY == "basic"
+    both = [*resnet50().modules(), *mobilenet_v2().modules()]
+    assert dispatch_family(both) == "bottleneck"  # first match wins
+    with pytest.raises(ValueError, match="unknown block family 'mlp'"):
+        get_family("mlp")
+
+
+@pytest.mark.parametrize("strides, size", [((16, 16, 16, 16), 64), ((14, 14, 14), 56), ((4, 8, 16, 32), 64)])
+def test_a_delta_follows_the_taps_reductions_stride_1_stages_for_a_vit(strides, size):
+    from snowhub.models.sources import Tap
+
+    taps = tuple(Tap(f"blocks.{i}", 48, s, 2) for i, s in enumerate(strides))
+    delta = Delta(DeltaShape.from_ratios("basic", taps, 8, 1 / 8, 3)).eval()
+    assert [stage[0].conv1.stride for stage in delta.stages] == [(b // a, b // a) for a, b in zip(strides, strides[1:])]
+    images = torch.randn(2, 3, size, size)
+    maps = [torch.randn(2, 48, size // s, size // s) for s in strides]
+    assert delta(images, maps).shape == (2, 3)
+    assert delta.stem(images).shape[-1] == size // strides[0]  # log2(16) = 4 stride-2 convs, or one 14×14 patchify
+
+
+def test_a_map_that_the_source_rounds_differently_is_pooled_to_the_taps_size():
+    from snowhub.models.sources import Tap
+
+    taps = (Tap("a", 16, 4, 1), Tap("b", 32, 8, 1))
+    delta = Delta(DeltaShape.from_ratios("basic", taps, 8, 1 / 8, 3)).eval()
+    images = torch.randn(1, 3, 36, 36)  # the delta's stride-2 convs give 9 → 5; a 2×2-downsampling source gives 4
+    assert delta(images, [torch.randn(1, 16, 9, 9), torch.randn(1, 32, 4, 4)]).shape == (1, 3)

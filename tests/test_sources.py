@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from snowhub import Hub
 from snowhub.data import eval_transform
 from snowhub.errors import SourceError
-from snowhub.models.sources import LEGACY_EVAL_RESIZE, SOURCES, available_sources, get_spec, imagenet_categories
+from snowhub.artifacts import build_delta
+from snowhub.models.sources import LEGACY_EVAL_RESIZE, available_sources, get_spec, imagenet_categories, recorded_spec
 from snowhub.models.weights import load_source_state, resolve_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +74,36 @@ def _old_hub_source() -> tuple[dict, list[str]]:
     return json.loads(preprocessing), json.loads(head_classes)
 
 
-def test_available_sources_are_every_source_in_their_listed_order():
-    assert available_sources() == ["resnet50", "resnet18", "mobilenet_v2", "efficientnet_lite0"] == list(SOURCES)
+def test_the_built_in_names_are_aliases_every_existing_hub_rebuilds_through():
+    assert available_sources() == ["resnet50", "resnet18", "mobilenet_v2", "efficientnet_lite0"]
+    for name in available_sources():
+        spec = get_spec(name)
+        assert spec.name == name and spec.model_kwargs == () and "model_kwargs" not in spec.preprocessing
+        assert all(set(t.to_dict()) == {"name", "channels", "stride", "blocks"} for t in spec.taps)
+        again = recorded_spec(name, [t.to_dict() for t in spec.taps], spec.preprocessing, spec.head is not None)
+        assert again == dataclasses.replace(spec, eval_resize=spec.eval_sizes())
+    with pytest.raises(SourceError) as caught:
+        get_spec("resnet34")
+    assert all(n in str(caught.value) for n in available_sources()) and "timm:<arch>" in str(caught.value)
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in (ROOT / "tests" / "fixtures").glob("hub-*")))
+def test_every_fixture_hub_rebuilds_its_source_and_deltas_from_what_it_recorded(fixture):
+    """Hubs written by every earlier schema: their recorded source name is still an alias of the same spec,
+    and each stored delta file loads into the delta its recorded shape builds (same modules, same shapes)."""
+    conn = sqlite3.connect(f"file:{ROOT / 'tests' / 'fixtures' / fixture / 'hub.db'}?mode=ro&immutable=1", uri=True)
+    try:
+        name, taps, preprocessing, head = conn.execute("SELECT name, taps, preprocessing, head_classes FROM source").fetchone()
+        tasks = conn.execute("SELECT hyperparams, weights_file FROM task").fetchall()
+    finally:
+        conn.close()
+    spec = recorded_spec(name, json.loads(taps), json.loads(preprocessing), head is not None)
+    assert spec.taps == get_spec(name).taps and spec.block == get_spec(name).block
+    assert tasks
+    for hyperparams, weights_file in tasks:
+        state = load_file(ROOT / "tests" / "fixtures" / fixture / weights_file)
+        delta = build_delta(json.loads(hyperparams)["delta_shape"], state)  # strict load: every key and shape
+        assert delta.shape.block == spec.block
 
 
 def test_head_class_names_come_from_torchvision_metadata_and_equal_those_old_hubs_recorded():

@@ -10,7 +10,7 @@ written out (:mod:`.builtin`); those of any timm or torchvision model are discov
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch

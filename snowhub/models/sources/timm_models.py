@@ -57,19 +57,26 @@ def _cached_weights(arch: str, cfg: Mapping) -> tuple[dict[str, torch.Tensor], s
     import huggingface_hub
     from huggingface_hub import constants
 
-    from snowhub.models.weights import read_weights_file
-
     for filename in ("model.safetensors", "pytorch_model.bin"):
         path = huggingface_hub.try_to_load_from_cache(repo, filename)
         if isinstance(path, str):
-            return read_weights_file(path), f"timm:{repo}"
+            return _read(path), f"timm:{repo}"
     if constants.HF_HUB_OFFLINE:
         return None
     try:
         path = huggingface_hub.hf_hub_download(repo, "model.safetensors")
     except Exception:  # offline, no such file, HTTP errors
         return None
-    return read_weights_file(path), f"timm:{repo}"
+    return _read(path), f"timm:{repo}"
+
+
+def _read(path: str) -> dict[str, torch.Tensor]:
+    """A cached checkpoint: safetensors, or a weights-only torch file (never an arbitrary pickle)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _pick_taps(info: Sequence[Mapping]) -> list[tuple[Mapping, int]]:
