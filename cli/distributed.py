@@ -9,21 +9,19 @@ rank 0 prints the task and every failing rank its own ``error:`` line.
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import torch.distributed
 import typer
 
-from snowhub import Hub, SnowhubError, TrainConfig
+from snowhub import Hub, TrainConfig
 from snowhub.errors import ConfigError
-from snowhub.training import launch_rank, launched
-from snowhub.training._launch import CRASH, INTERRUPT, LAUNCHER_ENV, PEER, USER, write_worker_error
+from snowhub.training import Worker, this_worker
 from snowhub_cli import render
+from snowhub_cli.flags import as_flags
 from snowhub_cli.options import one_line_errors
 from snowhub_cli.progress import RichProgress
 
@@ -55,55 +53,51 @@ def worker_argv(ctx: typer.Context, skip: tuple[str, ...] = ("nproc_per_node", "
     return argv
 
 
+def launched() -> bool:
+    """Whether this process is a worker of a launch (``torchrun``, or ``--nproc-per-node``'s launcher)."""
+    return this_worker().launched
+
+
 @contextmanager
-def _worker_errors(quiet: bool) -> Iterator[None]:
+def _worker_errors(worker: Worker) -> Iterator[None]:
     """A worker's failure: one line in its torchelastic error file (read by the launcher), and on stderr unless
-    `quiet` (started by ``--nproc-per-node``, whose launcher prints it)."""
-    rank = launch_rank()
+    its launcher reports it (started by ``--nproc-per-node``); a crash (a bug) prints its traceback."""
     try:
         yield
-    except SnowhubError as exc:
-        write_worker_error(str(exc), USER)
-        if not quiet:
-            render.problem(str(exc))
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        write_worker_error("interrupted; nothing was changed in the hub", INTERRUPT)
-        if not quiet:
-            render.problem("nothing was changed in the hub", "interrupted")
-        raise typer.Exit(130) from None
-    except (torch.distributed.DistError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        peer = isinstance(exc, torch.distributed.DistError) or "gloo" in str(exc).lower()
-        write_worker_error(first, PEER if peer else CRASH)
-        if not peer:
+    except (Exception, KeyboardInterrupt) as exc:
+        failure = worker.record_failure(exc)
+        if failure.kind == "crash":
             traceback.print_exc()
-        elif not quiet:
-            render.problem(f"rank {rank} lost its peers ({first}); another worker failed, see its error")
-        raise typer.Exit(1) from None
-    except Exception as exc:
-        write_worker_error(f"{type(exc).__name__}: {exc}", CRASH)
-        raise
+        elif worker.launcher_reports:
+            pass
+        elif failure.kind == "interrupt":
+            render.problem("nothing was changed in the hub", "interrupted")
+        elif failure.kind == "peer":
+            render.problem(f"rank {worker.rank} lost its peers ({failure.message}); another worker failed, "
+                           "see its error")
+        else:
+            render.problem(as_flags(failure.message))
+        raise typer.Exit(130 if failure.kind == "interrupt" else 1) from None
 
 
 def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, processes: int | None,
              hub: Path | None, as_json: bool, registry: str | None = None) -> None:
     """``add-task`` with ``--nproc-per-node`` (launch the workers), or inside a launched worker; `registry`
     is ``--registry`` (the workers get it on their command line, :func:`worker_argv`)."""
-    if not launched():
+    worker = this_worker()
+    if not worker.launched:
         command = [sys.executable, "-m", "snowhub_cli", *worker_argv(ctx)]
         with one_line_errors(), Hub.open(hub, registry=registry) as h:
             _print(h.add_task_on_workers(name, data, config, processes, command), as_json)
         return
-    quiet = os.environ.get(LAUNCHER_ENV) == "1"
-    main = launch_rank() == 0
-    with _worker_errors(quiet):
+    with _worker_errors(worker):
         if processes is not None:
             raise ConfigError("--nproc-per-node is for a plain `snowhub add-task`; under torchrun give "
                               "--nproc-per-node to torchrun")
-        with Hub.open(hub, clean=main, registry=registry) as h, (RichProgress(render.err) if main else nullcontext()) as progress:
+        with Hub.open(hub, clean=worker.writes, registry=registry) as h, \
+                (RichProgress(render.err) if worker.writes else nullcontext()) as progress:
             info = h.add_task(name, data, config, progress, distributed=True)
-        if info is not None and not quiet:
+        if info is not None and not worker.launcher_reports:
             _print(info, as_json)
 
 

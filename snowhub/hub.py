@@ -8,7 +8,6 @@ or a server that predicts in a loop reads and hashes each delta once.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,33 +16,22 @@ from PIL import Image
 
 from snowhub.artifacts import Artifacts
 from snowhub.checks import DoctorReport, ForgettingReport, check_hub, verify_hub
-from snowhub.data import discover, fingerprint, load_rgb
+from snowhub.data import load_rgb
 from snowhub.device import pick_device
-from snowhub.errors import ConfigError, DataError, HubReadOnlyError, IntegrityError, TaskExistsError
-from snowhub.faults import crash_point
+from snowhub.errors import ConfigError, DataError, IntegrityError
 from snowhub.export import BundleInfo, OnnxExport, export_onnx, export_task, import_task
 from snowhub.export.signing import fingerprint as key_fingerprint
 from snowhub.export.signing import public_key_of
 from snowhub.store.trust import TrustedKey, trust_key, trusted_keys
 from snowhub.info import TaskInfo, source_task_info, task_info
-from snowhub.names import SOURCE_TASK, check_task_name, default_hub_path
-from snowhub.probe import build_probe_set
+from snowhub.names import SOURCE_TASK, default_hub_path
 from snowhub.progress import Progress, SilentProgress
-from snowhub.registration import create_hub, register_task, remove_orphans
+from snowhub.registration import create_hub, train_and_register, train_on_workers
 from snowhub.serving import ImagePrediction, Predictor
 from snowhub.serving.runtime_select import make_runtime
-from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle, writer_lock
+from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle
 from snowhub.store.copy import CopyReport, copy_registry
-from snowhub.store.files import write_error
-from snowhub.training import (
-    TrainConfig,
-    check_processes,
-    join_process_group,
-    launch_rank,
-    run_workers,
-    train_delta,
-    worker_device_type,
-)
+from snowhub.training import TrainConfig, train_delta
 
 
 class Hub:
@@ -168,7 +156,7 @@ class Hub:
         """Train a delta for the images in `data` and append it as task `name`.
 
         Validate → discover and fingerprint the data → train (under the writer lock) → build the probe
-        set → register (:func:`snowhub.registration.register_task`). Atomic: any failure or interrupt
+        set → register (:func:`snowhub.registration.train_and_register`). Atomic: any failure or interrupt
         (Ctrl-C) leaves the hub exactly as it was. Earlier tasks are never touched.
 
         `distributed`: this process is one worker of ``torchrun`` (or :meth:`add_task_on_workers`): it joins
@@ -184,89 +172,25 @@ class Hub:
             DistributedError: the hub directory is not shared by every rank, or the ranks diverged.
             HubWriteError: the feature cache (``config.feature_cache``) could not be written in ``staging/``.
         """
-        config = config or TrainConfig()
-        check_task_name(name)
-        config.validate()
-        progress = progress or SilentProgress()
-        if self.registry.read_only:  # say so before any training, not at the commit
-            raise HubReadOnlyError(f"the hub at {self.layout.root} is read-only; make it writable to add tasks")
-        if self.registry.has_task(name):
-            raise self._exists(name)
-        crash_point("add-task:start")
-        split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
-        main = not distributed or launch_rank() == 0
-        dataset_fingerprint = fingerprint(split) if main else ""
-        device = pick_device(config.run.device)
-        crash_point("add-task:data-found")
-        lock = writer_lock(self.registry, wait=wait_for_lock and not distributed, progress=progress)
-        with lock if main else contextlib.nullcontext():
-            if main:
-                remove_orphans(self.registry)
-                if self.registry.has_task(name):  # another writer may have taken it while we waited
-                    raise self._exists(name)
-            crash_point("add-task:locked")
-            source = self.artifacts(device).source()
-            if not distributed:
-                try:
-                    result = train_delta(source, split, config, device, progress, cache_dir=self.layout.staging_dir)
-                except OSError as exc:  # only the feature cache writes while training
-                    raise write_error(Path(exc.filename or self.layout.staging_dir), exc) from None
-            else:
-                with join_process_group(device) as group:
-                    group.check_shared_directory(self.layout.staging_dir)
-                    result = train_delta(source, split, config, device, progress, group)
-                if not main:
-                    return None
-            progress.start("building probe set", None)
-            probe = build_probe_set(source, result.delta.to(device), split.val, result.image_size, device,
-                                    config.probe_per_class, config.probe_max)
-            result.delta.cpu()
-            progress.finish()
-            crash_point("add-task:trained")
-            if fingerprint(split) != dataset_fingerprint:
-                raise DataError(f"the images in {split.root} changed while the task was training; nothing was "
-                                "registered: run add-task again once the data stays put")
-            hyperparams = config.to_dict() | {"image_size": result.image_size, "device": result.device,
-                                              "delta_shape": result.delta.shape.to_dict()}
-            if distributed:
-                hyperparams["processes"] = result.processes
-            register_task(self.registry, name, result, probe, split, dataset_fingerprint, hyperparams)
-        return self.task(name)
+        record = train_and_register(self.registry, lambda device: self.artifacts(device).source(), name, data,
+                                    config or TrainConfig(), progress or SilentProgress(), train=train_delta,
+                                    wait_for_lock=wait_for_lock, distributed=distributed)
+        return None if record is None else self.task(name)
 
     def add_task_on_workers(self, name: str, data: Path | str, config: TrainConfig, processes: int,
                             command: Sequence[str]) -> TaskInfo:
         """Add task `name` with `processes` training processes on this machine: check what can be checked here
         (name, options, data, GPUs), then run `command` (e.g. ``python -m snowhub_cli add-task NAME …``, which
         calls :meth:`add_task` with ``distributed=True``) in each, under PyTorch's elastic launcher
-        (:func:`snowhub.training.run_workers`). If any worker fails, the others are stopped and what a killed
-        rank 0 left is removed: the hub is as it was, the lock released.
+        (:func:`snowhub.registration.train_on_workers`). If any worker fails, the others are stopped and what a
+        killed rank 0 left is removed: the hub is as it was, the lock released.
 
         Raises:
             as :meth:`add_task`; ConfigError: more processes than GPUs, or a global batch they cannot share.
             DistributedError: a worker failed or was killed (one line: which, and why).
         """
-        check_task_name(name)
-        config.validate()
-        config.check_single_process()
-        check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
-        if config.batch_size % processes:
-            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "
-                              f"processes; use a multiple of {processes}")
-        if self.registry.read_only:
-            raise HubReadOnlyError(f"the hub at {self.layout.root} is read-only; make it writable to add tasks")
-        if self.registry.has_task(name):
-            raise self._exists(name)
-        discover(data, val_fraction=config.val_fraction, seed=config.seed)
-        try:
-            run_workers(command, processes)
-        except BaseException:
-            clean_if_idle(self.registry)  # a killed rank 0's files; its lock went with it
-            raise
+        train_on_workers(self.registry, name, data, config, processes, command)
         return self.task(name)
-
-    def _exists(self, name: str) -> TaskExistsError:
-        return TaskExistsError(f"a task named {name!r} already exists in {self.layout.root}; "
-                               "tasks are append-only, choose another name")
 
     # -- serving and checking ---------------------------------------------------------------------
 

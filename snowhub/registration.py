@@ -1,4 +1,5 @@
-"""Writing to a hub: creating it around a source, and appending a trained task.
+"""Writing to a hub: creating it around a source, and adding a task (train, probe, register: the add-task
+orchestration of :func:`train_and_register` and :func:`train_on_workers`, behind ``Hub.add_task``).
 
 Both are atomic. ``init`` removes exactly what it created if anything fails. Appending a task follows one
 order, so that a crash at any point leaves either the old hub or the new task, never half of one
@@ -11,18 +12,23 @@ a multi-process training run calls :func:`register_task` from rank 0 only.
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from snowhub._version import __version__
-from snowhub.data import DatasetSplit
+from snowhub.data import DatasetSplit, discover, fingerprint
+from snowhub.device import pick_device
+from snowhub.errors import ConfigError, DataError, HubReadOnlyError, TaskExistsError
 from snowhub.faults import crash_point
 from snowhub.models.frozen import FrozenSource, check_source
 from snowhub.models.sources import get_spec
 from snowhub.models.weights import RANDOM, load_source_state, resolve_weights
-from snowhub.probe import ProbeSet, logits_digest
+from snowhub.names import check_task_name
+from snowhub.probe import ProbeSet, build_probe_set, logits_digest
+from snowhub.progress import Progress
 from snowhub.store import (
     HubLayout,
     Registry,
@@ -30,11 +36,21 @@ from snowhub.store import (
     SourceRecord,
     TaskRecord,
     atomic_save_safetensors,
+    clean_if_idle,
     tensor_digest,
     writer_lock,
 )
+from snowhub.store.files import write_error
 from snowhub.store.recovery import clear_intent, remove_leftovers, remove_new_hub, write_intent
-from snowhub.training import TrainResult
+from snowhub.training import (
+    TrainConfig,
+    TrainResult,
+    check_processes,
+    join_process_group,
+    run_workers,
+    this_worker,
+    worker_device_type,
+)
 
 
 def _library_versions(source: str) -> dict[str, str]:
@@ -188,3 +204,120 @@ def _append(registry: RegistryStore, name: str, delta_state: dict[str, torch.Ten
         raise
     clear_intent(layout, seq)
     return record
+
+
+# -- add-task: train, probe, register -----------------------------------------------------------------
+
+Trainer = Callable[..., TrainResult]
+
+
+def train_and_register(registry: RegistryStore, source_on: Callable[[torch.device], FrozenSource], name: str,
+                       data: Path | str, config: TrainConfig, progress: Progress, *, train: Trainer,
+                       wait_for_lock: bool = True, distributed: bool = False) -> TaskRecord | None:
+    """Add-task: validate → discover and fingerprint the data → train (under the writer lock) → build the probe
+    set → check the data did not change → :func:`register_task`. Atomic: any failure or interrupt leaves the
+    hub exactly as it was (``docs/reliability.md``).
+
+    Args:
+        source_on: the hub's verified frozen source on a device.
+        train: the trainer, :func:`snowhub.training.train_delta` (the facade passes it).
+        distributed: this process is one worker of a launch (``torchrun``, :func:`train_on_workers`): it trains
+            its shard as one rank (``docs/distributed.md``); only rank 0 takes the writer lock (never waiting
+            for it), builds the probe set and registers.
+
+    Returns:
+        The registered record; None on a rank that does not write (rank 1 and up).
+
+    Raises:
+        as :meth:`snowhub.Hub.add_task`.
+    """
+    check_task_name(name)
+    config.validate()
+    check_can_add(registry, name)
+    crash_point("add-task:start")
+    split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
+    writes = not distributed or this_worker().writes
+    dataset_fingerprint = fingerprint(split) if writes else ""
+    device = pick_device(config.run.device)
+    crash_point("add-task:data-found")
+    lock = writer_lock(registry, wait=wait_for_lock and not distributed, progress=progress)
+    with lock if writes else nullcontext():
+        if writes:
+            remove_orphans(registry)
+            check_can_add(registry, name)  # another writer may have taken the name while we waited
+        crash_point("add-task:locked")
+        source = source_on(device)
+        result = _train(train, source, split, config, device, progress, registry.layout.staging_dir, distributed)
+        if result is None:
+            return None
+        progress.start("building probe set", None)
+        probe = build_probe_set(source, result.delta.to(device), split.val, result.image_size, device,
+                                config.probe_per_class, config.probe_max)
+        result.delta.cpu()
+        progress.finish()
+        crash_point("add-task:trained")
+        if fingerprint(split) != dataset_fingerprint:
+            raise DataError(f"the images in {split.root} changed while the task was training; nothing was "
+                            "registered: run add-task again once the data stays put")
+        return register_task(registry, name, result, probe, split, dataset_fingerprint,
+                             _hyperparams(config, result, distributed))
+
+
+def _train(train: Trainer, source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
+           progress: Progress, staging: Path, distributed: bool) -> TrainResult | None:
+    """Train here alone, or as this rank of a launch (None on the ranks that do not write)."""
+    if distributed:
+        with join_process_group(device) as group:
+            group.check_shared_directory(staging)
+            result = train(source, split, config, device, progress, group)
+        return result if group.writes else None
+    try:
+        return train(source, split, config, device, progress, cache_dir=staging)
+    except OSError as exc:  # only the feature cache writes while training
+        raise write_error(Path(exc.filename or staging), exc) from None
+
+
+def _hyperparams(config: TrainConfig, result: TrainResult, distributed: bool) -> dict:
+    """Every option of the run, as recorded with the task: the configuration and what training resolved."""
+    resolved = {"image_size": result.image_size, "device": result.device, "delta_shape": result.delta.shape.to_dict()}
+    return config.to_dict() | resolved | ({"processes": result.processes} if distributed else {})
+
+
+def train_on_workers(registry: RegistryStore, name: str, data: Path | str, config: TrainConfig, processes: int,
+                     command: Sequence[str]) -> None:
+    """Add task `name` with `processes` training processes on this machine: check what can be checked here
+    (name, options, data, GPUs), then run `command` (which calls :func:`train_and_register` with
+    ``distributed=True``) in each, under PyTorch's elastic launcher (:func:`snowhub.training.run_workers`).
+    If any worker fails, the others are stopped and what a killed rank 0 left is removed.
+
+    Raises:
+        as :func:`train_and_register`; ConfigError: more processes than GPUs, or a global batch they cannot
+        share. DistributedError: a worker failed or was killed (one line: which, and why).
+    """
+    check_task_name(name)
+    config.validate()
+    config.check_single_process()
+    check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
+    if config.batch_size % processes:
+        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "
+                          f"processes; use a multiple of {processes}")
+    check_can_add(registry, name)
+    discover(data, val_fraction=config.val_fraction, seed=config.seed)
+    try:
+        run_workers(command, processes)
+    except BaseException:
+        clean_if_idle(registry)  # a killed rank 0's files; its lock went with it
+        raise
+
+
+def check_can_add(registry: RegistryStore, name: str) -> None:
+    """Refuse to add task `name` to a read-only hub, or under a name already taken.
+
+    Raises:
+        HubReadOnlyError, TaskExistsError.
+    """
+    if registry.read_only:  # say so before any training, not at the commit
+        raise HubReadOnlyError(f"the hub at {registry.layout.root} is read-only; make it writable to add tasks")
+    if registry.has_task(name):
+        raise TaskExistsError(f"a task named {name!r} already exists in {registry.layout.root}; "
+                              "tasks are append-only, choose another name")

@@ -38,7 +38,7 @@ from snowhub.errors import HubLockedError
 from snowhub.store import HubLayout, HubWriteError, Registry, writer_lock
 
 # Every module that calls a crash point (each imports the function by name).
-_MODULES = (hub_module, snowhub.registration, snowhub.store.files, snowhub.store.registry, snowhub.data.images,
+_MODULES = (snowhub.registration, snowhub.store.files, snowhub.store.registry, snowhub.data.images,
             snowhub.training.loop, snowhub.evaluation)
 
 

@@ -3,7 +3,8 @@
 Every process (a *rank*) was started by PyTorch's elastic launcher (``torchrun``, or ``snowhub add-task
 --nproc-per-node N``, which runs the same engine) and finds its rank, the world size and the rendezvous in
 its environment. :func:`join_process_group` joins them (NCCL on CUDA, gloo on the CPU); the
-:class:`ProcessGroup` it yields is what :func:`snowhub.training.train_delta` needs to train as one of them:
+:class:`ProcessGroup` it yields is the training strategy (:mod:`snowhub.training.strategy`) that
+:func:`snowhub.training.train_delta` runs through to train as one of them:
 
 - the training images are sharded with a seeded :class:`~torch.utils.data.DistributedSampler`
   (``set_epoch`` every epoch); ``--batch-size`` is the **global** batch, each rank takes batch / world
@@ -39,26 +40,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from snowhub.data import ImageListDataset
+from snowhub.data import ImageListDataset, make_loader
 from snowhub.device import available_cpus
 from snowhub.errors import ConfigError, DistributedError
-from snowhub.evaluation import EvalResult, evaluate
+from snowhub.evaluation import EvalResult, evaluate_forward
 from snowhub.models.channel_pooling import ChannelPooling
 from snowhub.models.delta import Delta
+from snowhub.models.frozen import FrozenSource
+from snowhub.progress import Progress
+from snowhub.training.calibration import calibrate_channel_pooling
+from snowhub.training.config import TrainConfig
+from snowhub.training._launch import launched
+from snowhub.training.strategy import EpochLosses, Forward
 
 # How long a rank waits in a collective for the others (the writer lock is never waited for, see Hub.add_task).
 TIMEOUT = timedelta(minutes=30)
-
-
-def launched() -> bool:
-    """Whether this process is a worker of PyTorch's elastic launcher (``torchrun``, ``torch.distributed.run``,
-    ``snowhub add-task --nproc-per-node``): the launcher sets ``TORCHELASTIC_RUN_ID`` and ``RANK``."""
-    return dist.is_torchelastic_launched() and "RANK" in os.environ
-
-
-def launch_rank() -> int:
-    """This worker's global rank, from the launcher's ``RANK`` (0 outside a launch)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 def check_processes(processes: int, device_type: str, gpus: int) -> None:
@@ -145,7 +141,8 @@ def _to_plain_batchnorm(module: nn.Module) -> nn.Module:
 
 @dataclass
 class ProcessGroup:
-    """This process's place in a multi-process training, once joined (:func:`join_process_group`).
+    """This process's place in a multi-process training, once joined (:func:`join_process_group`): the
+    training strategy (:class:`snowhub.training.strategy.TrainingStrategy`) of one rank.
 
     Attributes:
         rank, world_size: global rank and number of processes; local_rank: rank on this machine.
@@ -159,9 +156,14 @@ class ProcessGroup:
     backend: str
 
     @property
-    def is_main(self) -> bool:
+    def writes(self) -> bool:
         """Rank 0: the only one that shows progress, takes the writer lock and registers the task."""
         return self.rank == 0
+
+    @staticmethod
+    def check(config: TrainConfig, cache_dir: Path | None) -> None:
+        """Refuse what only one process can train with (:meth:`TrainConfig.check_single_process`)."""
+        config.check_single_process()
 
     # -- collectives ------------------------------------------------------------------------------
 
@@ -208,6 +210,17 @@ class ProcessGroup:
         return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                           sampler=DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=seed),
                           pin_memory=self.device.type == "cuda")
+
+    def val_loader(self, samples: Sequence, transform, batch_size: int, seed: int, num_workers: int) -> DataLoader:
+        """This rank's :meth:`shard` of the validation images, in order (:meth:`evaluate` sums the ranks)."""
+        return make_loader(self.shard(samples), transform, batch_size, shuffle=False, seed=seed,
+                           num_workers=num_workers, device=self.device)
+
+    def calibrate(self, source: FrozenSource, delta: Delta, loader: DataLoader, device: torch.device) -> None:
+        """:func:`calibrate_channel_pooling` on this rank's share of the images, the sums all-reduced: every rank
+        stores the statistics of the whole budget."""
+        calibrate_channel_pooling(source, delta, loader, device, max_images=self.share(512),
+                                  reduce=self.all_reduce_sum)
 
     def share(self, images: int) -> int:
         """This rank's part of a budget of `images` spread over the ranks."""
@@ -266,11 +279,26 @@ class ProcessGroup:
             raise DistributedError(f"the deltas of rank(s) {', '.join(map(str, differ))} differ from rank 0's "
                                    f"{when}; nothing was registered (this is a bug: please report it)")
 
-    def evaluate(self, source, delta: Delta, loader: DataLoader, device: torch.device, progress) -> EvalResult:
-        """:func:`snowhub.evaluation.evaluate` over every rank's :meth:`shard` of the validation images, the
-        counts summed: the result is that of the whole validation set, on every rank."""
+    def end_epoch(self, delta: Delta, losses: EpochLosses, epoch: int) -> EpochLosses:
+        """The global batches' losses of `epoch` (each step's averaged over the ranks); rank 0's BatchNorm
+        statistics to every rank; then stop unless every rank holds the same delta.
+
+        Raises:
+            DistributedError: the ranks' deltas differ.
+        """
+        steps = self.mean_losses(losses.steps)
+        images = losses.images * self.world_size
+        self.broadcast_buffers(delta)
+        self.verify_in_sync(delta, f"after epoch {epoch}")
+        return EpochLosses(steps, sum(steps) / max(1, len(steps)) * images, images)
+
+    def evaluate(self, forward: Forward, module: nn.Module, loader: DataLoader, device: torch.device,
+                 progress: Progress) -> EvalResult:
+        """:func:`snowhub.evaluation.evaluate_forward` over every rank's :meth:`shard` of the validation images,
+        the counts summed: the result is that of the whole validation set, on every rank."""
         n_local = len(loader.dataset)
-        local = evaluate(source, delta, loader, device, progress) if n_local else EvalResult(0.0, 0.0, 0.0, 0)
+        local = (evaluate_forward(forward, module, loader, device, progress) if n_local
+                 else EvalResult(0.0, 0.0, 0.0, 0))
         totals = self._gather([round(local.top1 * n_local / 100), round(local.top5 * n_local / 100),
                                local.loss * n_local, n_local]).sum(0)
         top1, top5, loss, n = (float(v) for v in totals)
@@ -296,14 +324,14 @@ class ProcessGroup:
             DistributedError: naming the ranks (and their hosts' count) that do not see it.
         """
         token = torch.zeros(16, dtype=torch.uint8)
-        if self.is_main:
+        if self.writes:
             token = torch.frombuffer(bytearray(os.urandom(16)), dtype=torch.uint8)
         token = token.to(self.device)
         dist.broadcast(token, 0)
         nonce = bytes(token.cpu().tolist()).hex()
         path = directory / f"distributed-{nonce}.token"
         try:
-            if self.is_main:
+            if self.writes:
                 directory.mkdir(exist_ok=True)
                 with open(path, "w", encoding="ascii") as fh:
                     fh.write(nonce)
@@ -317,7 +345,7 @@ class ProcessGroup:
             table = self._gather([float(seen)])
             dist.barrier()
         finally:
-            if self.is_main:
+            if self.writes:
                 path.unlink(missing_ok=True)
         blind = [r for r in range(self.world_size) if table[r, 0] != 1.0]
         if blind:

@@ -7,7 +7,8 @@ the others and the run fails as a whole. A worker started by this launcher (``SN
 a failure as one line in its torchelastic error file and prints nothing; :func:`run_workers` turns the
 failures into one :class:`DistributedError` line, the most telling first (a user error, then a worker killed
 by a signal, then a crash, then the consequences: a worker the agent stopped with SIGTERM, one that only lost
-its peers).
+its peers). In a worker, :func:`this_worker` says where it stands (:class:`Worker`: its rank, whether it writes,
+whether its launcher reports its failure) and :meth:`Worker.record_failure` records a failure for the launcher.
 """
 
 from __future__ import annotations
@@ -20,16 +21,89 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
-from snowhub.training._distributed import DistributedError
+from snowhub.errors import ConfigError, DistributedError, SnowhubError
 
 LAUNCHER_ENV = "SNOWHUB_LAUNCHER"
 # What a worker writes into its error file (see :func:`write_worker_error`), beside torchelastic's fields.
 _KIND = "snowhub_kind"
 # A worker that failed only because another one did: its collective lost its peers.
 PEER, USER, CRASH, INTERRUPT = "peer", "user", "crash", "interrupt"
+
+
+def launched() -> bool:
+    """Whether this process is a worker of PyTorch's elastic launcher (``torchrun``, ``torch.distributed.run``,
+    ``snowhub add-task --nproc-per-node``): the launcher sets ``TORCHELASTIC_RUN_ID`` and ``RANK``."""
+    return dist.is_torchelastic_launched() and "RANK" in os.environ
+
+
+def launch_rank() -> int:
+    """This worker's global rank, from the launcher's ``RANK`` (0 outside a launch)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """Why a worker failed, as recorded for its launcher (:meth:`Worker.record_failure`).
+
+    Attributes:
+        kind: ``"user"`` (a :class:`SnowhubError`: bad input, the hub), ``"interrupt"`` (Ctrl-C, SIGTERM),
+            ``"peer"`` (a collective lost its peers: another worker failed first) or ``"crash"`` (a bug).
+        message: one line saying what happened.
+    """
+
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Worker:
+    """This process's place in a launch by PyTorch's elastic launcher (``torchrun``, or the workers of
+    ``snowhub add-task --nproc-per-node`` started by :func:`run_workers`).
+
+    Attributes:
+        launched: whether a launcher started this process (else it trains alone).
+        rank: its global rank (0 when not launched).
+        launcher_reports: started by :func:`run_workers`, whose launcher prints this worker's failure in one
+            line: the worker itself prints nothing but rank 0's progress.
+    """
+
+    launched: bool
+    rank: int
+    launcher_reports: bool
+
+    @property
+    def writes(self) -> bool:
+        """Rank 0 (or not launched): the process that shows progress, takes the writer lock and registers."""
+        return self.rank == 0
+
+    def record_failure(self, error: BaseException) -> WorkerFailure:
+        """Classify `error` (see :class:`WorkerFailure`) and record it as one line in the error file the
+        launcher reads (nothing outside a launch)."""
+        failure = _failure(error)
+        write_worker_error(failure.message, failure.kind)
+        return failure
+
+
+def this_worker() -> Worker:
+    """This process as a worker of a launch (from the launcher's environment)."""
+    return Worker(launched(), launch_rank(), os.environ.get(LAUNCHER_ENV) == "1")
+
+
+def _failure(error: BaseException) -> WorkerFailure:
+    if isinstance(error, SnowhubError):
+        return WorkerFailure(USER, str(error))
+    if isinstance(error, KeyboardInterrupt):
+        return WorkerFailure(INTERRUPT, "interrupted; nothing was changed in the hub")
+    if isinstance(error, (dist.DistError, RuntimeError)):  # gloo reports a lost peer as a RuntimeError
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        peer = isinstance(error, dist.DistError) or "gloo" in str(error).lower()
+        return WorkerFailure(PEER if peer else CRASH, first)
+    return WorkerFailure(CRASH, f"{type(error).__name__}: {error}")
 
 
 def worker_device_type(requested: str) -> str:
@@ -39,8 +113,6 @@ def worker_device_type(requested: str) -> str:
     Raises:
         ConfigError: ``cuda:N`` (one GPU for every worker): workers take their ``LOCAL_RANK``'s GPU.
     """
-    from snowhub.errors import ConfigError
-
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda:"):

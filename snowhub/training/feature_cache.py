@@ -141,10 +141,7 @@ def build_feature_cache(source: FrozenSource, samples: Sequence[tuple[Path, int]
             arrays = [images.numpy()] + [t.to(torch.float16).cpu().numpy() for t in taps]
             if not files:  # the first batch tells the shapes: check the size, then open the files
                 _check_size(n, arrays, limit_bytes, directory)
-                for i, a in enumerate(arrays):
-                    paths.append(Path(f"{prefix}.{'images' if i == 0 else f'tap{i - 1}'}.npy"))
-                    files.append(open(paths[-1], "xb"))
-                    _write_header(files[-1], (n, *a.shape[1:]), a.dtype)
+                _open_files(prefix, n, arrays, paths, files)
             for f, a in zip(files, arrays):
                 f.write(np.ascontiguousarray(a).data)
             labels[written:written + len(batch_labels)] = batch_labels
@@ -164,6 +161,15 @@ def build_feature_cache(source: FrozenSource, samples: Sequence[tuple[Path, int]
     finally:
         progress.finish()
     return FeatureCache(arrays[0], arrays[1:], labels, paths)
+
+
+def _open_files(prefix: Path, n: int, first: list[np.ndarray], paths: list[Path], files: list) -> None:
+    """Create the ``.npy`` file of the images and of each tap for `n` rows shaped like `first`'s, appending each
+    to `paths` and `files` as soon as it exists (so a failure part-way deletes what was created)."""
+    for i, a in enumerate(first):
+        paths.append(Path(f"{prefix}.{'images' if i == 0 else f'tap{i - 1}'}.npy"))
+        files.append(open(paths[-1], "xb"))
+        _write_header(files[-1], (n, *a.shape[1:]), a.dtype)
 
 
 def _check_size(n: int, first: list[np.ndarray], limit_bytes: int, directory: Path) -> None:

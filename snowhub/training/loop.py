@@ -1,39 +1,43 @@
-"""The training loop of one task's delta and channel pooling scores against the frozen source (SNOW, section
-3.1): :func:`train_delta` and what it returns, :class:`TrainResult`."""
+"""The training loop (SNOW, section 3.1): :func:`run_epochs` trains any module with the product's update rule
+and validates it after every epoch, on one process or as one rank of many (its strategy says which);
+:func:`train_delta` builds one task's delta, its loaders and its forward, and runs them through it.
+
+One loop for every caller: ``add-task`` (one process or each rank of ``--nproc-per-node``), and the
+benchmarks' FO/FE/FT/MP/PN baselines and SNOW variants, which read its hooks
+(:class:`~snowhub.training.hooks.EpochHooks`) for their timings and accuracy curves.
+"""
 
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
-from snowhub.data import DatasetSplit, eval_transform, iterate, make_loader, train_transform
+from snowhub.data import DatasetSplit, eval_transform, iterate, train_transform
 from snowhub.device import default_num_workers
-from snowhub.errors import ConfigError
+from snowhub.evaluation import EvalResult
 from snowhub.faults import crash_point
-from snowhub.evaluation import EvalResult, evaluate
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
-from snowhub.models.staged import StagedForward, source_autocast_dtype
 from snowhub.progress import Progress, SilentProgress
-from snowhub.training.calibration import calibrate_channel_pooling
 from snowhub.training.config import TrainConfig
-from snowhub.training.feature_cache import FeatureCache, build_feature_cache
+from snowhub.training.forwards import TrainingInputs, cached_inputs, live_forward, source_dtype
+from snowhub.training.hooks import EpochHooks, EvalPoint, StepEvent, TrainingClock
 from snowhub.training.optim import SGDSteps, delta_param_groups
-
-# --low-memory runs the frozen source on this many images at a time (ResNet-50, 224 px, batch 64 on this CPU:
-# 1,567 against 1,904 MiB, and 13.0 against 9.8 images/s; benchmarks/results/paper-cpu-20261202-042116).
-LOW_MEMORY_SOURCE_CHUNK = 16
-
-if TYPE_CHECKING:
-    from snowhub.training._distributed import ProcessGroup
+from snowhub.training.strategy import (
+    EpochLosses,
+    GlobalRngNoise,
+    PoolingNoiseSource,
+    SingleProcess,
+    TrainingStrategy,
+)
 
 
 @dataclass
@@ -75,12 +79,155 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# -- the epochs ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRun:
+    """Everything :func:`run_epochs` needs: what trains, on what, for how long, on how many processes.
+
+    Attributes:
+        module: what trains (unwrapped): put in train mode every epoch, in eval mode while validating.
+        train_forward: a batch's inputs → logits ``(B, classes)``, gradients flowing into `module`.
+        eval_forward: uint8 images ``(B, 3, S, S)`` → logits, for validation.
+        param_groups: SGD groups of `module`'s trainable parameters, each with its peak ``lr`` and
+            ``weight_decay`` (:func:`delta_param_groups` for a delta).
+        train_batches: an epoch of ``(inputs, labels (B,))``; ``len`` is the steps per epoch.
+        val_loader: the validation batches ``(uint8 images, labels)``.
+        epochs, warmup_epochs: the schedule's length and its linear warm-up, epochs.
+        device: where `module` runs (AMP on CUDA).
+        strategy: how many processes train (:class:`~snowhub.training.strategy.SingleProcess` or a
+            ``ProcessGroup``).
+        progress: one phase per epoch (steps = batches) and one per end-of-epoch validation.
+        noise: the channel pooling noise, reseeded before every step (a DDP training's; else a no-op).
+        evals_per_epoch: validations per epoch, evenly spaced, the last at the end of the epoch.
+        seconds: training time already spent (a feature cache's source pass), s.
+    """
+
+    module: nn.Module
+    train_forward: Callable[[torch.Tensor], torch.Tensor]
+    eval_forward: Callable[[torch.Tensor], torch.Tensor]
+    param_groups: list[dict]
+    train_batches: Iterable
+    val_loader: Iterable
+    epochs: int
+    warmup_epochs: float
+    device: torch.device
+    strategy: TrainingStrategy
+    progress: Progress = field(default_factory=SilentProgress)
+    noise: PoolingNoiseSource = field(default_factory=GlobalRngNoise)
+    evals_per_epoch: int = 1
+    seconds: float = 0.0
+
+
+@dataclass
+class EpochsResult:
+    """What :func:`run_epochs` measured.
+
+    Attributes:
+        val: the last validation. history: per-epoch dicts (epoch, train_loss, val_top1, val_top5, val_loss,
+            seconds). step_losses: each step's mean cross-entropy over the (global) batch, nats.
+        train_seconds, cpu_seconds: wall-clock and CPU seconds of training, validations excluded (the
+            wall-clock includes `EpochRun.seconds`).
+        images: training images processed by every process together.
+    """
+
+    val: EvalResult
+    history: list[dict]
+    step_losses: list[float]
+    train_seconds: float
+    cpu_seconds: float
+    images: int
+
+
+@dataclass
+class _Totals:
+    """The running state of :func:`run_epochs` across epochs."""
+
+    clock: TrainingClock
+    history: list[dict] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    images: int = 0
+    step: int = 0
+    val: EvalResult | None = None
+
+
+def run_epochs(run: EpochRun, hooks: EpochHooks | None = None) -> EpochsResult:
+    """Train `run.module` for `run.epochs` epochs with :class:`SGDSteps` (SGD, momentum 0.9, linear warm-up
+    then cosine decay per step) and validate it after every epoch (and `run.evals_per_epoch` - 1 more times
+    within each).
+
+    Raises:
+        DataError: an image cannot be read. DistributedError: the ranks' models differ after an epoch.
+    """
+    hooks = hooks or EpochHooks()
+    steps = len(run.train_batches)
+    sgd = SGDSteps(run.param_groups, steps * run.epochs, max(1, round(run.warmup_epochs * steps)), run.device)
+    eval_at = {round(steps * (k + 1) / run.evals_per_epoch) for k in range(run.evals_per_epoch - 1)} - {steps}
+    totals = _Totals(TrainingClock(run.device, run.seconds))
+    for epoch in range(1, run.epochs + 1):
+        _run_epoch(run, hooks, sgd, totals, epoch, eval_at)
+    return EpochsResult(val=totals.val, history=totals.history, step_losses=totals.step_losses,
+                        train_seconds=totals.clock.seconds, cpu_seconds=totals.clock.cpu_seconds,
+                        images=totals.images)
+
+
+def _run_epoch(run: EpochRun, hooks: EpochHooks, sgd: SGDSteps, totals: _Totals, epoch: int,
+               eval_at: set[int]) -> None:
+    """One epoch of :func:`run_epochs`: the steps (validating mid-way at the steps in `eval_at`), the
+    strategy's end of epoch, and the end-of-epoch validation."""
+    run.module.train()
+    run.strategy.set_epoch(run.train_batches, epoch)
+    steps = len(run.train_batches)
+    run.progress.start(f"epoch {epoch}/{run.epochs}", steps)
+    losses = EpochLosses()
+    before = totals.clock.seconds
+    totals.clock.start()
+    for i, (inputs, labels) in enumerate(iterate(run.train_batches), start=1):
+        inputs, labels = inputs.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        run.noise.reseed(totals.step)
+        value = sgd.step(run.train_forward, inputs, labels)
+        losses.add(value, len(labels))
+        totals.step += 1
+        run.progress.advance(1, loss=value)
+        images = totals.images + losses.images * run.strategy.world_size
+        hooks.on_step(StepEvent(totals.step, epoch, value, images, totals.clock))
+        crash_point("train-step")
+        if i in eval_at:
+            _validate_mid_epoch(run, hooks, totals, epoch - 1 + i / steps, images)
+    totals.clock.stop()
+    seconds = totals.clock.seconds - before
+    losses = run.strategy.end_epoch(run.module, losses, epoch)  # the global batches' losses
+    totals.step_losses += losses.steps
+    totals.images += losses.images
+    run.progress.finish()
+    run.progress.start("validating", len(run.val_loader))
+    val = run.strategy.evaluate(run.eval_forward, run.module, run.val_loader, run.device, run.progress)
+    run.progress.finish(f"epoch {epoch}: val top-1 {val.top1:.2f} %")
+    totals.val = val
+    totals.history.append({"epoch": epoch, "train_loss": losses.mean, "val_top1": val.top1, "val_top5": val.top5,
+                           "val_loss": val.loss, "seconds": seconds})
+    hooks.on_eval(EvalPoint(float(epoch), totals.images, totals.clock.seconds, val))
+
+
+def _validate_mid_epoch(run: EpochRun, hooks: EpochHooks, totals: _Totals, epoch: float, images: int) -> None:
+    """A validation within an epoch (the benchmarks' accuracy curves), its time left out of the training's."""
+    totals.clock.stop()
+    val = run.strategy.evaluate(run.eval_forward, run.module, run.val_loader, run.device, SilentProgress())
+    run.progress.advance(0, val_top1=f"{val.top1:.2f} %")
+    hooks.on_eval(EvalPoint(epoch, images, totals.clock.seconds, val))
+    totals.clock.start()
+
+
+# -- one task's delta ---------------------------------------------------------------------------------
+
+
 def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
-                progress: Progress | None = None, group: ProcessGroup | None = None,
+                progress: Progress | None = None, strategy: TrainingStrategy | None = None,
                 on_step: Callable[[int, Delta], None] | None = None, cache_dir: Path | None = None) -> TrainResult:
     """Train a new delta for the classes of `split` on `device`.
 
-    With `group` (:func:`snowhub.training.join_process_group`) this process is one rank of a
+    With a `strategy` from :func:`snowhub.training.join_process_group` this process is one rank of a
     DistributedDataParallel training: it trains on its shard with batch ``config.batch_size / world size``,
     the gradients averaged over the ranks, so every rank ends with the same delta (see
     :mod:`snowhub.training._distributed`); every rank must call this with the same arguments.
@@ -91,7 +238,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         config: hyper-parameters; validated here.
         device: where to train (``config.run.device`` resolved by the caller); AMP is used on CUDA.
         progress: receives one phase per epoch (steps = batches) and one per evaluation.
-        group: this rank's process group, or None to train in this process alone.
+        strategy: how many processes train (default: :class:`SingleProcess`, this one alone).
         on_step: called after every optimiser step with the step number (from 1) and the delta.
         cache_dir: where ``config.feature_cache`` writes its files (the hub's ``staging/``); they are deleted
             before this returns or raises. Required with ``feature_cache``.
@@ -106,155 +253,77 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
         OSError: the feature cache could not be written (its partial files are deleted).
     """
     config.validate()
-    if group is not None:
-        config.check_single_process()
-    elif config.feature_cache and cache_dir is None:
-        raise ConfigError("feature_cache needs a cache_dir")
+    strategy = strategy or SingleProcess(device)
+    strategy.check(config, cache_dir)
     progress = progress or SilentProgress()
     seed_everything(config.seed)
-    size = config.image_size or source.spec.image_size
-    workers = default_num_workers(device) if config.run.num_workers is None else config.run.num_workers
-    arch = config.delta
-    shape = DeltaShape.from_ratios(source.spec.block, source.taps, arch.width_divisor, arch.k_ratio,
-                                   len(split.class_names), arch.noise_var, arch.head_k_ratio)
-    delta = Delta(shape).to(device)
-    evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
-    augmentation = train_transform(size, config.hflip)
-    if group is None:
-        train_loader = None if config.feature_cache else make_loader(  # a cache makes its own batches, below
-            split.train, augmentation, config.batch_size, shuffle=True, seed=config.seed, num_workers=workers,
-            device=device, drop_last=True)
-        val_loader = make_loader(split.val, evaluation, config.batch_size, shuffle=False,
-                                 seed=config.seed, num_workers=workers, device=device)
-        # Read once: its workers would otherwise sit idle through the whole training.
-        calib_loader = make_loader(split.train, evaluation, config.batch_size, shuffle=True,
-                                   seed=config.seed + 1, num_workers=workers, device=device, persistent_workers=False)
-    else:
-        batch = group.per_rank_batch(config.batch_size)
-        train_loader = group.train_loader(split.train, augmentation, batch, config.seed, workers)
-        val_loader = make_loader(group.shard(split.val), evaluation, batch, shuffle=False, seed=config.seed,
-                                 num_workers=workers, device=device)
-        calib_loader = group.calibration_loader(split.train, evaluation, batch, config.seed + 1, workers)
+    delta = _new_delta(source, split, config).to(device)
+    data = _loaders(strategy, source, split, config, device)
     progress.start("measuring source statistics", None)
-    if group is None:
-        calibrate_channel_pooling(source, delta, calib_loader, device)
-    else:
-        calibrate_channel_pooling(source, delta, calib_loader, device, max_images=group.share(512),
-                                  reduce=group.all_reduce_sum)
+    strategy.calibrate(source, delta, data.calibration, device)
     progress.finish()
-    model = delta if group is None else group.wrap(delta)  # DDP: the delta only, never the source
-    noise = None if group is None else group.pooling_noise(delta, config.seed, device)
-    # --low-memory, one process: stage by stage, each tap freed once pooled, the source in chunks (the same logits
-    # and gradients up to float rounding, less memory, one more delta forward per step; snowhub.models.staged).
-    # DDP must see its wrapper called, so it keeps task_logits.
-    # --source-precision bfloat16, one process: the same staged forward with the source under bfloat16 autocast.
-    dtype = _source_dtype(config.source_precision, device)
-    if (config.run.low_memory or dtype is not None) and model is delta:
-        forward = StagedForward(source, delta, dtype, recompute=config.run.low_memory,
-                                source_chunk=LOW_MEMORY_SOURCE_CHUNK if config.run.low_memory else None)
-    else:
-        forward = lambda x: task_logits(source, model, x)  # noqa: E731
-    if not config.feature_cache:
-        return _train(source, config, device, progress, group, on_step, delta, model, forward, train_loader,
-                      val_loader, noise, 0.0)
-    start = time.perf_counter()
-    with build_feature_cache(source, split.train, evaluation, config.batch_size, cache_dir,
-                             round(config.run.cache_limit_gib * (1 << 30)), device, workers, progress) as cache:
-        cache_seconds = time.perf_counter() - start
-        forward = lambda idx: delta(*_cached_inputs(source, cache, idx, device))  # noqa: E731
-        return _train(source, config, device, progress, group, on_step, delta, model, forward,
-                      _CachedBatches(cache, config.batch_size, config.seed), val_loader, noise, cache_seconds)
-
-
-def _source_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The source's training autocast dtype for ``--source-precision`` (None: float32)."""
-    if precision == "float32":
-        return None
-    dtype = source_autocast_dtype(device)
-    if dtype is None:
-        raise ConfigError(f"--source-precision bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
-                          "of compute capability 8.0+, or a CPU with AVX-512 BF16 or AMX): use float32")
-    return dtype
-
-
-class _CachedBatches:
-    """A feature cache's epochs as a loader: ``len`` batches of ``(indices, labels)``, reshuffled each pass."""
-
-    def __init__(self, cache: FeatureCache, batch_size: int, seed: int):
-        self.cache, self.batch_size = cache, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return self.cache.steps(self.batch_size)
-
-    def __iter__(self):
-        return self.cache.batches(self.batch_size, self.generator)
-
-
-def _cached_inputs(source: FrozenSource, cache: FeatureCache, idx: torch.Tensor, device: torch.device):
-    images, taps = cache.read(idx.cpu(), device)
-    return source.normalizer(images), taps
-
-
-def _train(source, config, device, progress, group, on_step, delta, model, forward, train_loader, val_loader,
-           noise, cache_seconds: float) -> TrainResult:
-    """The epochs of :func:`train_delta`, once its delta, loaders and forward are built."""
-    size = config.image_size or source.spec.image_size
-    steps_per_epoch = len(train_loader)
-    sgd = SGDSteps(delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
-                   steps_per_epoch * config.epochs, max(1, round(config.warmup_epochs * steps_per_epoch)), device)
-
-    history: list[dict] = []
-    step_losses: list[float] = []
-    train_seconds, seen, step = cache_seconds, 0, 0  # the source pass that filled a cache is training time
-    val = None
-    for epoch in range(1, config.epochs + 1):
-        delta.train()
-        if group is not None:
-            group.set_epoch(train_loader, epoch)
-        progress.start(f"epoch {epoch}/{config.epochs}", steps_per_epoch)
-        epoch_loss, epoch_n, losses = 0.0, 0, []
-        start = time.perf_counter()
-        for images, labels in iterate(train_loader):
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if noise is not None:
-                noise.reseed(step)
-            value = sgd.step(forward, images, labels)
-            epoch_loss += value * len(labels)
-            epoch_n += len(labels)
-            losses.append(value)
-            step += 1
-            progress.advance(1, loss=value)
-            if on_step is not None:
-                on_step(step, delta)
-            crash_point("train-step")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        if group is not None:  # the global batch's losses; rank 0's BatchNorm statistics everywhere
-            losses = group.mean_losses(losses)
-            epoch_n *= group.world_size
-            epoch_loss = sum(losses) / max(1, len(losses)) * epoch_n
-            group.broadcast_buffers(delta)
-            group.verify_in_sync(delta, f"after epoch {epoch}")
-        step_losses += losses
-        train_seconds += seconds
-        seen += epoch_n
-        progress.finish()
-        progress.start("validating", len(val_loader))
-        val = (evaluate(source, delta, val_loader, device, progress) if group is None
-               else group.evaluate(source, delta, val_loader, device, progress))
-        progress.finish(f"epoch {epoch}: val top-1 {val.top1:.2f} %")
-        history.append({"epoch": epoch, "train_loss": epoch_loss / max(1, epoch_n), "val_top1": val.top1,
-                        "val_top5": val.top5, "val_loss": val.loss, "seconds": seconds})
-
-    if group is not None:
-        noise.detach()
-        delta = group.unwrap(delta)
+    model = strategy.wrap(delta)  # DDP: the delta only, never the source
+    noise = strategy.pooling_noise(delta, config.seed, device)
+    with _training_inputs(source, delta, model, split, config, device, data, cache_dir, progress) as inputs:
+        run = EpochRun(module=delta, train_forward=inputs.forward,
+                       eval_forward=lambda images: task_logits(source, delta, images),
+                       param_groups=delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
+                       train_batches=inputs.batches, val_loader=data.val, epochs=config.epochs,
+                       warmup_epochs=config.warmup_epochs, device=device, strategy=strategy, progress=progress,
+                       noise=noise, seconds=inputs.cache_seconds)
+        epochs = run_epochs(run, EpochHooks(on_step=lambda event: on_step(event.step, delta)) if on_step else None)
+    noise.detach()
+    delta = strategy.unwrap(delta)
     delta.eval()
     cp_indices = delta.freeze_channel_pooling()
     # Frozen indices equal the deterministic top-K used by the last evaluation, so `val` still holds.
-    return TrainResult(delta=delta.cpu(), cp_indices=cp_indices, val=val, train_seconds=train_seconds,
-                       images_per_s=seen / train_seconds if train_seconds else 0.0, image_size=size,
-                       device=str(device), history=history, step_losses=step_losses,
-                       processes=1 if group is None else group.world_size, cache_seconds=cache_seconds)
+    return TrainResult(delta=delta.cpu(), cp_indices=cp_indices, val=epochs.val, train_seconds=epochs.train_seconds,
+                       images_per_s=epochs.images / epochs.train_seconds if epochs.train_seconds else 0.0,
+                       image_size=data.size, device=str(device), history=epochs.history,
+                       step_losses=epochs.step_losses, processes=strategy.world_size,
+                       cache_seconds=inputs.cache_seconds)
+
+
+@dataclass
+class _Loaders:
+    """A delta training's data: resolution, loader workers, the evaluation transform and this process's loaders
+    (no training loader when a feature cache makes the batches)."""
+
+    size: int
+    workers: int
+    evaluation: Callable
+    train: Iterable | None
+    val: Iterable
+    calibration: Iterable
+
+
+def _loaders(strategy: TrainingStrategy, source: FrozenSource, split: DatasetSplit, config: TrainConfig,
+             device: torch.device) -> _Loaders:
+    size = config.image_size or source.spec.image_size
+    workers = default_num_workers(device) if config.run.num_workers is None else config.run.num_workers
+    evaluation = eval_transform(size, source.spec.eval_resize_ratio)  # the recipe the hub serves with
+    batch = strategy.per_rank_batch(config.batch_size)
+    train = None if config.feature_cache else strategy.train_loader(
+        split.train, train_transform(size, config.hflip), batch, config.seed, workers)
+    return _Loaders(size, workers, evaluation, train,
+                    strategy.val_loader(split.val, evaluation, batch, config.seed, workers),
+                    strategy.calibration_loader(split.train, evaluation, batch, config.seed + 1, workers))
+
+
+def _training_inputs(source: FrozenSource, delta: Delta, model: nn.Module, split: DatasetSplit, config: TrainConfig,
+                     device: torch.device, data: _Loaders, cache_dir: Path | None,
+                     progress: Progress) -> AbstractContextManager[TrainingInputs]:
+    """The training's batches and forward (:mod:`snowhub.training.forwards`): the source's taps from a feature
+    cache, or images through the source every step (staged for --low-memory and a bfloat16 source)."""
+    dtype = source_dtype(config.source_precision, device)
+    if config.feature_cache:
+        return cached_inputs(source, delta, split.train, data.evaluation, config, device, data.workers, cache_dir,
+                             progress)
+    return nullcontext(TrainingInputs(data.train, live_forward(source, delta, model, dtype, config.run.low_memory)))
+
+
+def _new_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig) -> Delta:
+    """A new delta for `split`'s classes, shaped by ``config.delta`` against `source`'s taps."""
+    arch = config.delta
+    return Delta(DeltaShape.from_ratios(source.spec.block, source.taps, arch.width_divisor, arch.k_ratio,
+                                        len(split.class_names), arch.noise_var, arch.head_k_ratio))

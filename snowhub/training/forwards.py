@@ -1,0 +1,115 @@
+"""The training forward of a delta and the batches it reads (SNOW, section 3.1): images through the frozen
+source and the delta every step, or the source's taps read back from a feature cache.
+
+- plain: ``task_logits(source, model, images)`` (a DDP-wrapped delta must see its wrapper called);
+- staged (one process, ``--low-memory`` or ``--source-precision bfloat16``): :class:`StagedForward`, stage by
+  stage, each tap freed once pooled, the source in chunks and/or under bfloat16 autocast (the same logits and
+  gradients up to float rounding, less memory);
+- cached (``--cache-features``): the source ran once over the unaugmented images; each step reads their
+  taps from the cache (:mod:`snowhub.training.feature_cache`) and runs the delta only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from snowhub.errors import ConfigError
+from snowhub.models.delta import Delta
+from snowhub.models.frozen import FrozenSource
+from snowhub.models.network import task_logits
+from snowhub.models.staged import StagedForward, source_autocast_dtype
+from snowhub.progress import Progress
+from snowhub.training.config import TrainConfig
+from snowhub.training.feature_cache import FeatureCache, build_feature_cache
+
+# --low-memory runs the frozen source on this many images at a time (ResNet-50, 224 px, batch 64 on this CPU:
+# 1,567 against 1,904 MiB, and 13.0 against 9.8 images/s; benchmarks/results/paper-cpu-20261202-042116).
+LOW_MEMORY_SOURCE_CHUNK = 16
+
+
+@dataclass
+class TrainingInputs:
+    """What each training step reads and runs.
+
+    Attributes:
+        batches: an epoch of ``(inputs, labels (B,))``; inputs are uint8 images ``(B, 3, S, S)``, or cached
+            image indices ``(B,)``.
+        forward: inputs → logits ``(B, classes)``, gradients flowing into the delta.
+        cache_seconds: time spent filling the feature cache, s (0 without one).
+    """
+
+    batches: Iterable
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    cache_seconds: float = 0.0
+
+
+def source_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The source's training autocast dtype for ``source_precision`` (None: float32).
+
+    Raises:
+        ConfigError: bfloat16 on a device without bfloat16 arithmetic.
+    """
+    if precision == "float32":
+        return None
+    dtype = source_autocast_dtype(device)
+    if dtype is None:
+        raise ConfigError(f"--source-precision bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
+                          "of compute capability 8.0+, or a CPU with AVX-512 BF16 or AMX): use float32")
+    return dtype
+
+
+def live_forward(source: FrozenSource, delta: Delta, model: nn.Module, dtype: torch.dtype | None,
+                 low_memory: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward of uint8 images ``(B, 3, S, S)`` → logits: staged when asked for and `model` is the delta
+    itself (not a DDP wrapper, which must see its own forward called), else ``task_logits``."""
+    if (low_memory or dtype is not None) and model is delta:
+        return StagedForward(source, delta, dtype, recompute=low_memory,
+                             source_chunk=LOW_MEMORY_SOURCE_CHUNK if low_memory else None)
+    return lambda images: task_logits(source, model, images)
+
+
+@contextmanager
+def cached_inputs(source: FrozenSource, delta: Delta, samples: Sequence[tuple[Path, int]], transform,
+                  config: TrainConfig, device: torch.device, workers: int, cache_dir: Path,
+                  progress: Progress) -> Iterator[TrainingInputs]:
+    """Run the frozen source once over `samples` (unaugmented: `transform` is the evaluation transform) into
+    a feature cache in `cache_dir` (``config.run.cache_limit_gib`` at most), and train on it: batches of
+    cached image indices, the forward running the delta alone. The cache's files are deleted when the
+    ``with`` block ends, however it ends.
+
+    Raises:
+        ConfigError: the cache would pass its limit or the free disk. OSError: it could not be written.
+    """
+    start = time.perf_counter()
+    with build_feature_cache(source, samples, transform, config.batch_size, cache_dir,
+                             round(config.run.cache_limit_gib * (1 << 30)), device, workers, progress) as cache:
+        yield TrainingInputs(CachedBatches(cache, config.batch_size, config.seed),
+                             lambda idx: delta(*_cached_inputs(source, cache, idx, device)),
+                             time.perf_counter() - start)
+
+
+class CachedBatches:
+    """A feature cache's epochs as a loader: ``len`` batches of ``(indices (B,), labels (B,))``, reshuffled
+    each pass from `seed`."""
+
+    def __init__(self, cache: FeatureCache, batch_size: int, seed: int):
+        self.cache, self.batch_size = cache, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.cache.steps(self.batch_size)
+
+    def __iter__(self):
+        return self.cache.batches(self.batch_size, self.generator)
+
+
+def _cached_inputs(source: FrozenSource, cache: FeatureCache, idx: torch.Tensor, device: torch.device):
+    images, taps = cache.read(idx.cpu(), device)
+    return source.normalizer(images), taps
