@@ -49,10 +49,12 @@ def images_dir(tmp_path_factory) -> Path:
     return root
 
 
-def test_snow_job_follows_the_product_trainer(pretrained, images_dir):
-    """SNOW in the shared loop draws the same random numbers as ``snowhub.training.train_delta``: same losses."""
+def test_snow_job_trains_through_the_product_loop_and_measures_its_curve(pretrained, images_dir):
+    """The SNOW job's model is the product's (same losses and accuracy as ``train_delta`` with the same seed),
+    and what it reports is read off the product loop's hooks: a validation point every half epoch, the images
+    and training seconds at each."""
     config = CONFIGS["smoke"].replace(image_size=32, batch_size=8, epochs=2, max_train_per_class=None,
-                                      max_val_per_class=None, device="cpu")
+                                      max_val_per_class=None, device="cpu", evals_per_epoch=2, skip_steps=1)
     dataset = DatasetSpec("toy", str(images_dir))
     ours = run_training(config, Job("train", "SNOW", "toy"), dataset, images_dir, pretrained,
                         torch.device("cpu"), SilentProgress())
@@ -64,8 +66,15 @@ def test_snow_job_follows_the_product_trainer(pretrained, images_dir):
                     delta=DeltaConfig(k_ratio=1 / 8, width_divisor=8, noise_var=config.noise_var),
                     run=RunOptions(device="cpu", num_workers=0)),
         torch.device("cpu"))
-    assert ours["loop"]["epoch_losses"] == pytest.approx([h["train_loss"] for h in product.history], rel=1e-6)
-    assert ours["top1"] == pytest.approx(product.val.top1)
+    loop = ours["loop"]
+    assert loop["epoch_losses"] == [h["train_loss"] for h in product.history]
+    assert loop["step_losses"] == product.step_losses[:20]
+    # 36 training images, batch 8: 4 steps per epoch; validations after steps 2 and 4 of each epoch.
+    assert [(p["epoch"], p["images"]) for p in loop["curve"]] == [(0.5, 16), (1.0, 32), (1.5, 48), (2.0, 64)]
+    assert [p["top1"] for p in loop["curve"][1::2]] == [h["val_top1"] for h in product.history]
+    assert ours["top1"] == product.val.top1 and loop["images"] == 64
+    seconds = [p["train_seconds"] for p in loop["curve"]]
+    assert seconds == sorted(seconds) and seconds[-1] == loop["train_seconds"]
 
 
 def test_fe_suffix_continues_the_source(pretrained):
