@@ -299,7 +299,8 @@ def test_bad_registry_urls_are_one_line_and_write_nothing(fresh_database, postgr
     new = tmp_path / "new"
     for url, says in [(unreachable, "cannot reach the PostgreSQL server 127.0.0.1:1"),
                       (wrong_password, "password authentication failed"),
-                      ("mysql://u@h/db", "snowhub keeps registries in SQLite or PostgreSQL")]:
+                      ("mysql://u@h/db", "snowhub keeps registries in SQLite or PostgreSQL"),
+                      ("garbage://nope", "not garbage")]:
         for argv in (["init", "--source", "efficientnet_lite0"], ["list"]):
             result = CliRunner().invoke(app, [*argv, "--hub", str(new), "--registry", url])
             line = assert_one_line_error(result, says)

@@ -45,7 +45,9 @@ def onnx_example() -> str:
     return f'''import json, numpy as np, onnxruntime as ort
 from PIL import Image, ImageOps
 pre, labels = json.load(open("preprocessing.json")), json.load(open("labels.json"))
-image = ImageOps.exif_transpose(Image.open("{EXAMPLE_IMAGE}")).convert("RGB")
+image = ImageOps.exif_transpose(Image.open("{EXAMPLE_IMAGE}"))  # 16-bit grey: its top 8 bits, as predict reads it
+image = (Image.fromarray((np.asarray(image).clip(0, 65535) >> 8).astype(np.uint8)) if image.mode.startswith("I")
+         else image).convert("RGB")
 w, h, r, s = *image.size, pre["resize"], pre["size"]
 image = image.resize((r, int(r * h / w)) if w <= h else (int(r * w / h), r), Image.BILINEAR)
 left, top = round((image.width - s) / 2), round((image.height - s) / 2)

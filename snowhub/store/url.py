@@ -33,7 +33,9 @@ def parse(url: str | URL) -> URL:
             f"{_shown(str(url))} is not a database URL; use sqlite:////path/hub.db or "
             "postgresql+psycopg://user:password@host:5432/database"
         ) from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    # the driver from the name itself: get_driver_name() imports the dialect, and an unknown one ("garbage://")
+    # raised SQLAlchemy's NoSuchModuleError with a traceback
+    backend, driver = parsed.get_backend_name(), parsed.drivername.partition("+")[2]
     if backend == "postgresql":
         if parsed.drivername == "postgresql":  # SQLAlchemy's default would be psycopg2, which snowhub does not use
             parsed = parsed.set(drivername="postgresql+psycopg")
