@@ -246,3 +246,12 @@ def test_timm_pretrained_weights_come_from_the_hugging_face_cache_offline(tmp_pa
         assert h.source_record().head_classes[:1] == ["tench"]
         state = h.artifacts(torch.device("cpu")).source().backbone_state_dict()
     assert torch.equal(state["fc.bias"], torch.full((1000,), 0.25))
+
+
+def test_add_task_at_a_size_the_source_refuses_is_one_line_and_leaves_the_hub_as_it_was(small_data, tmp_path):
+    with Hub.init(tmp_path / "hub", "timm:vit_tiny_patch16_224", weights="random", image_size=SIZE) as hub:
+        config = TrainConfig(**(FAST | {"epochs": 1, "image_size": 40}))
+        with pytest.raises(SourceError, match=r"^timm:vit_tiny_patch16_224 does not take 40x40 px images \(Input "
+                                              r"height \(40\) should be divisible by patch size \(16\)\.\)"):
+            hub.add_task("shoes", small_data, config)
+        assert hub.tasks() == [] and not any((tmp_path / "hub" / "tasks").glob("*"))

@@ -115,6 +115,7 @@ class FrozenSource(nn.Module):
             self.extractor = create_feature_extractor(backbone, return_nodes=nodes)
         except Exception:  # data-dependent control flow (e.g. dynamic "same" padding) cannot be traced
             self.extractor = _HookExtractor(backbone, nodes)
+        self._sizes_seen: set[tuple[int, int]] = set()  # image sizes the model has taken (see _extract)
         self.requires_grad_(False)
         self.eval()
 
@@ -129,9 +130,28 @@ class FrozenSource(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         with torch.no_grad():
-            out = self.extractor(x)
+            out = self._extract(x)
         height, width = x.shape[-2:]
         return [tap.to_map(out[tap.name], height, width) for tap in self.spec.taps], out.get("logits")
+
+    def _extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The extractor's outputs; the first pass at each image size (outside compilation and export) turns
+        the model's refusal of that size (a ViT's patch grid, a fixed-size Swin) into one SourceError line."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return self.extractor(x)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        if size in self._sizes_seen:
+            return self.extractor(x)
+        try:
+            out = self.extractor(x)
+        except (AssertionError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SourceError(f"{self.spec.name} does not take {size[0]}x{size[1]} px images ({first}); "
+                              "choose another --image-size") from None
+        self._sizes_seen.add(size)
+        return out
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The parameters and buffers in use, under the backbone's own key names (those of its weights
