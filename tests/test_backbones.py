@@ -1,8 +1,7 @@
 """Any timm or torchvision backbone as the source (issue 25): a matrix of architectures from different families
 at random weights and 32 px, each through `snowhub init` → `add-task` (one epoch on real Fashion-MNIST
-images) → `predict --all` → `verify-forgetting`; four of them (a ViT, an NHWC model, a torchvision model,
-ConvNeXt) also through `export onnx` checked by ONNX Runtime and a bundle exported and imported into a
-second hub. Then what the taps are, `--taps`, `--weights FILE`, and every bad input in one line."""
+images) → `predict --all` → `verify-forgetting`; two of them (a ViT and a torchvision model) through the CLI
+and also `export onnx` checked by ONNX Runtime and a bundle exported and imported into a second hub. Then what the taps are, `--taps`, `--weights FILE`, and every bad input in one line."""
 
 from __future__ import annotations
 
@@ -139,6 +138,10 @@ def test_torchvision_taps_are_the_last_block_output_at_each_stride():
         ("relu", 2, 1), ("layer1.1.relu_1", 4, 2), ("layer2.1.relu_1", 8, 2), ("layer3.1.relu_1", 16, 2),
         ("layer4.1.relu_1", 32, 2)]
     assert spec.block == "basic" and spec.head == "fc" and spec.torchvision_weights == "ResNet18_Weights.IMAGENET1K_V1"
+    regnet = get_spec("torchvision:regnet_x_400mf", image_size=64)  # blocks named block1-0, block1-1, …
+    assert [(t.name, t.stride, t.blocks) for t in regnet.taps] == [
+        ("stem", 2, 1), ("trunk_output.block1.block1-0.activation", 4, 1), ("trunk_output.block2.block2-1.activation", 8, 2),
+        ("trunk_output.block3.block3-6.activation", 16, 7), ("trunk_output.block4.block4-11.activation", 32, 12)]
 
 
 def test_taps_named_on_the_command_line_replace_the_discovered_ones(tmp_path):

@@ -9,6 +9,7 @@ Only NCHW maps are found (torchvision's Swin and ViT keep NHWC maps or tokens: u
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from snowhub.models.sources._spec import SourceSpec, Tap
 SCHEME = "torchvision"
 HOW = "torchvision.models.list_models() lists every name (e.g. torchvision:resnet18, torchvision:regnet_x_400mf)"
 _MAX_STRIDE = 32
+_INDEX = re.compile(r"\d+|.*-\d+")  # a block's place in its stage: ``2`` (Sequential), ``block1-0`` (RegNet)
 
 
 def _names() -> list[str]:
@@ -62,9 +64,10 @@ def _block_count(nodes: Sequence[str], strides: Mapping[str, int]) -> dict[int, 
 
 
 def _block_of(node: str) -> str | None:
-    """The block a node belongs to: its path up to the first index (``layer1.2.relu_2`` → ``layer1.2``)."""
+    """The block a node belongs to: its path up to the first index (``layer1.2.relu_2`` → ``layer1.2``; RegNet's
+    ``trunk_output.block1.block1-0.f.a`` → ``trunk_output.block1.block1-0``)."""
     parts = node.split(".")
-    index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    index = next((i for i, p in enumerate(parts) if _INDEX.fullmatch(p)), None)
     return None if index is None else ".".join(parts[:index + 1])
 
 
