@@ -18,7 +18,7 @@ FLAGS = {
     "low_memory": "--low-memory", "cache_limit_gib": "--cache-limit", "processes": "--nproc-per-node",
     "device": "--device", "opset": "--opset", "output": "--output", "top": "--top", "tasks": "--task",
     "new_name": "--as", "strict": "--strict", "registry": "--registry", "data": "--data", "weights": "--weights",
-    "taps": "--taps", "source_head": "--source-head", "path": "--hub",
+    "taps": "--taps", "source_head": "--source-head", "path": "--hub", "runtime": "--runtime",
 }
 _NAME = re.compile(r"`([a-z_]+)`")
 

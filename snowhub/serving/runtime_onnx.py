@@ -33,7 +33,7 @@ from snowhub.artifacts import Artifacts
 from snowhub.errors import IntegrityError
 from snowhub.export.artifact_graphs import DEFAULT_OPSET, LOGITS, export_delta_graph, export_source_graph, tap_names
 from snowhub.export.graph_cache import CACHE_DIR, CachedGraph, GraphCache
-from snowhub.export.onnx_file import ATOL, INPUT_NAME, RTOL
+from snowhub.export.onnx_file import ATOL, INPUT_NAME, RTOL, within_tolerance
 from snowhub.serving.runtime import Runtime, RuntimeTask, TorchRuntime
 
 GRAPHS = 1  # the layout of the per-artifact graphs; part of every cache key
@@ -70,16 +70,13 @@ def _run(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _logits_problem(got: np.ndarray, want: np.ndarray, what: str) -> str | None:
-    """Why logits `got` ``(B, classes)`` are not `want`'s, or None: every logit within ``ATOL + RTOL × the
-    image's largest |logit|`` (the export tolerance, relative to the image's logit scale: a float32 logit's
-    error follows the size of the sums behind it, which a logit near 0 shares with the others) and the
-    same top-1 for every image."""
+    """Why logits `got` ``(B, classes)`` are not `want`'s, or None: every logit within the export tolerance
+    (:func:`~snowhub.export.onnx_file.within_tolerance`) and the same top-1 for every image."""
     if got.shape != want.shape:
         return f"{what}: logits of shape {got.shape}, expected {want.shape}"
-    diff = np.abs(got - want)
-    bound = ATOL + RTOL * np.abs(want).max(axis=1, keepdims=True)
-    if (diff > bound).any():
-        return f"{what}: logits differ by up to {float(diff.max()):.3g} (> atol {ATOL} + rtol {RTOL}·largest |logit|)"
+    if not within_tolerance(got, want):
+        return (f"{what}: logits differ by up to {float(np.abs(got - want).max()):.3g} "
+                f"(> atol {ATOL} + rtol {RTOL}·largest |logit|)")
     if not np.array_equal(got.argmax(1), want.argmax(1)):
         return f"{what}: another top-1 on {int((got.argmax(1) != want.argmax(1)).sum())} images"
     return None
