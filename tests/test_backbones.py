@@ -30,11 +30,11 @@ TRAIN = ["--epochs", "1", "--image-size", str(SIZE), "--batch-size", "8", "--see
 FULL = [
     ("timm:vit_tiny_patch16_224", "basic", "NLC"),
     ("torchvision:mobilenet_v3_small", "inverted_residual", "NCHW"),
+    ("timm:convnext_atto", "basic", "NCHW"),
 ]
 SHORT = [
     ("timm:resnet10t", "basic", "NCHW"),
     ("timm:regnetx_002", "bottleneck", "NCHW"),
-    ("timm:convnext_atto", "basic", "NCHW"),
     ("timm:tf_efficientnetv2_b0", "inverted_residual", "NCHW"),
     ("timm:ghostnet_050", "basic", "NCHW"),
     ("timm:mambaout_femto", "basic", "NHWC"),

@@ -138,6 +138,12 @@ def verify_graph(path: Path, network: ExportNetwork, images: torch.Tensor,
     return Verification((1, large_batch), len(images), worst, True)
 
 
+def _example_batch(images: torch.Tensor) -> torch.Tensor:
+    """Two images to export from: with a batch of one, torch.export specialises the batch dimension of
+    models such as ConvNeXt to 1 and then refuses the dynamic batch ("Constraints violated (batch)")."""
+    return images[torch.arange(2) % len(images)].contiguous()
+
+
 def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor, opset: int,
                      extras: Callable[[Verification], Mapping[str, str]]) -> Verification:
     """Write ``model.onnx`` (verified, see :func:`verify_graph`) and the text files ``extras(verification)``
@@ -153,7 +159,7 @@ def write_export_dir(output: Path, network: ExportNetwork, images: torch.Tensor,
         raise ExportError(f"{output.parent} does not exist; create it first or choose another `output`")
     try:
         with atomic_write(output, directory=True) as tmp:
-            export_graph(network, images[:1].contiguous(), opset, tmp / MODEL_FILE)
+            export_graph(network, _example_batch(images), opset, tmp / MODEL_FILE)
             verification = verify_graph(tmp / MODEL_FILE, network, images)
             for name, text in extras(verification).items():
                 (tmp / name).write_text(text, encoding="utf-8")
