@@ -19,10 +19,17 @@ FLAGS = {
     "device": "--device", "opset": "--opset", "output": "--output", "top": "--top", "tasks": "--task",
     "new_name": "--as", "strict": "--strict", "registry": "--registry", "data": "--data", "weights": "--weights",
     "taps": "--taps", "source_head": "--source-head", "path": "--hub", "runtime": "--runtime",
+    "source": "--source", "allow_unsigned": "--allow-unsigned",
+    # snowhub serve (ServeConfig)
+    "max_batch_size": "--max-batch-size", "max_wait_ms": "--max-wait-ms", "max_image_bytes": "--max-image-bytes",
+    "max_images": "--max-images", "max_image_pixels": "--max-image-pixels",
+    "max_request_pixels": "--max-request-pixels", "max_queue": "--max-queue", "threads": "--threads",
 }
+# a command whose flag for a parameter differs from FLAGS' (serve takes `tasks` as one --tasks list)
+SERVE_FLAGS = {**FLAGS, "tasks": "--tasks"}
 _NAME = re.compile(r"`([a-z_]+)`")
 
 
-def as_flags(message: str) -> str:
-    """`message` with every backticked parameter name that has a flag replaced by the flag."""
-    return _NAME.sub(lambda m: FLAGS.get(m.group(1), m.group(0)), message)
+def as_flags(message: str, flags: dict[str, str] = FLAGS) -> str:
+    """`message` with every backticked parameter name that has a flag in `flags` replaced by the flag."""
+    return _NAME.sub(lambda m: flags.get(m.group(1), m.group(0)), message)

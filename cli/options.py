@@ -16,7 +16,7 @@ import typer
 
 from snowhub import SnowhubError
 from snowhub_cli import render
-from snowhub_cli.flags import as_flags
+from snowhub_cli.flags import FLAGS, as_flags
 
 HubOption = Annotated[Optional[Path], typer.Option(
     "--hub", help="Hub directory (default: $SNOWHUB_HOME, else ./.snowhub).", show_default=False)]
@@ -37,13 +37,13 @@ class Runtime(str, Enum):
 
 
 @contextmanager
-def one_line_errors() -> Iterator[None]:
+def one_line_errors(flags: dict[str, str] = FLAGS) -> Iterator[None]:
     """Turn snowhub's errors and Ctrl-C into one line and an exit status, never a traceback; the parameters an
-    error names become their flags (:func:`snowhub_cli.flags.as_flags`)."""
+    error names become their flags in `flags` (:func:`snowhub_cli.flags.as_flags`)."""
     try:
         yield
     except SnowhubError as exc:
-        render.problem(as_flags(str(exc)))
+        render.problem(as_flags(str(exc), flags))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         render.problem("nothing was changed in the hub", "interrupted")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from snowhub.errors import SnowhubError
+from snowhub_cli.flags import SERVE_FLAGS
 from snowhub_cli.options import DeviceOption, HubOption, RegistryOption, Runtime, one_line_errors
 
 
@@ -48,7 +49,7 @@ def serve(
     Inference Protocol v2), POST /v1/predict (image uploads; the JSON of `snowhub predict --json`),
     /metrics (Prometheus) and /docs. SIGTERM or Ctrl-C finishes the requests in flight, then exits 0.
     """
-    with one_line_errors():
+    with one_line_errors(SERVE_FLAGS):
         try:
             from snowhub.serving.http import ServeConfig
             from snowhub.serving.http import serve as run

@@ -43,7 +43,7 @@ def cuda_index(requested: int | None, device_count: int, environ: Mapping[str, s
     environ = os.environ if environ is None else environ
     if requested is not None:
         if not 0 <= requested < device_count:
-            raise ConfigError(f"--device cuda:{requested} was asked for but this process sees "
+            raise ConfigError(f"`device` cuda:{requested} was asked for but this process sees "
                               f"{device_count} CUDA GPU(s) (cuda:0 to cuda:{device_count - 1})")
         return requested
     local_rank = environ.get("LOCAL_RANK")
@@ -58,7 +58,7 @@ def cuda_index(requested: int | None, device_count: int, environ: Mapping[str, s
     if device_count == 1 and rank >= 0:
         return 0  # each rank sees only its own GPU (CUDA_VISIBLE_DEVICES set per rank)
     raise ConfigError(f"LOCAL_RANK={rank} but this process sees {device_count} CUDA GPU(s); start at most one "
-                      f"process per GPU, or pass --device cuda:N")
+                      f"process per GPU, or pass `device` cuda:N")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -81,7 +81,7 @@ def pick_device(requested: str = "auto") -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {requested!r}; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        raise ConfigError("`device` cuda was asked for but no CUDA GPU is available; use `device` cpu")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {requested!r}; use auto, cpu or cuda[:N]")
     if device.type == "cuda":

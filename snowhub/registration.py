@@ -299,7 +299,7 @@ def train_on_workers(registry: RegistryStore, name: str, data: Path | str, confi
     config.check_single_process()
     check_processes(processes, worker_device_type(config.run.device), torch.cuda.device_count())
     if config.batch_size % processes:
-        raise ConfigError(f"--batch-size {config.batch_size} (the global batch) does not divide into {processes} "
+        raise ConfigError(f"`batch_size` {config.batch_size} (the global batch) does not divide into {processes} "
                           f"processes; use a multiple of {processes}")
     check_can_add(registry, name)
     discover(data, val_fraction=config.val_fraction, seed=config.seed)

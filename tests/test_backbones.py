@@ -193,7 +193,7 @@ def test_weights_that_do_not_fit_name_the_first_bad_tensor_and_its_shape(tmp_pat
     line = _refused(tmp_path, "--source", "timm:resnet10t", "--weights", tmp_path / "bad.safetensors")
     assert "'conv1.0.weight' is (24, 3, 5, 5) in the file, (24, 3, 3, 3) in the model" in line
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # tests never download
-    with pytest.raises(SourceError, match="no pretrained weights for timm:resnet10t: .*--weights random"):
+    with pytest.raises(SourceError, match="no pretrained weights for timm:resnet10t: .*`weights` random"):
         Hub.init(tmp_path / "c", "timm:resnet10t")  # nothing in the Hugging Face cache
     assert not (tmp_path / "c").exists()
 

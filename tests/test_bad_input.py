@@ -85,7 +85,8 @@ def test_empty_data_folder(hub, tmp_path):
 
 def test_data_folder_that_is_a_file(hub, tmp_path):
     (tmp_path / "file").write_text("x")
-    assert_one_line_error(cli("add-task", "t", "--data", tmp_path / "file", "--hub", hub), "is a file")
+    assert_one_line_error(cli("add-task", "t", "--data", tmp_path / "file", "--hub", hub),
+                          "is a file; pass --data the directory")
 
 
 def test_a_single_class(hub, tmp_path):

@@ -93,7 +93,7 @@ def test_import_into_a_second_hub_on_the_same_source_then_verify_forgetting(expo
     result = _cli("import", exported, "--hub", second_hub, "--allow-unsigned")  # signed bundles: test_signing.py
     assert result.exit_code == 0 and "imported task 1 'fashion'" in result.output, result.output
     taken = _cli("import", exported, "--hub", second_hub, "--allow-unsigned")
-    assert taken.exit_code == 1 and "already exists" in taken.output and "--as NEWNAME" in taken.output
+    assert taken.exit_code == 1 and "already exists" in taken.output and "(--as)" in taken.output
     renamed = _cli("import", exported, "--as", "fashion_b", "--hub", second_hub, "--json", "--allow-unsigned")
     assert renamed.exit_code == 0 and json.loads(renamed.stdout)["seq"] == 2
     check = _cli("verify-forgetting", "--hub", second_hub, "--strict", "--json")

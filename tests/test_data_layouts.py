@@ -241,7 +241,7 @@ def test_missing_path(tmp_path):
 def test_file_instead_of_directory(tmp_path):
     file = write_image(tmp_path / "one.png")
     message = _error(file)
-    assert str(file) in message and "is a file" in message
+    assert str(file) in message and "is a file; pass `data` the directory" in message
 
 
 def test_empty_directory(tmp_path):

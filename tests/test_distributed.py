@@ -158,7 +158,7 @@ def test_launch_errors_are_one_line_before_any_worker_starts(empty_hub, fashion_
 
 
 def test_more_processes_than_gpus_is_refused():
-    with pytest.raises(ConfigError, match="--nproc-per-node 4 but this machine has 2 CUDA GPU"):
+    with pytest.raises(ConfigError, match="`processes` is 4 but this machine has 2 CUDA GPU"):
         check_processes(4, "cuda", 2)
     check_processes(2, "cuda", 2)
     check_processes(8, "cpu", 0)  # on the CPU the processes share the cores

@@ -163,7 +163,7 @@ def test_a_graph_that_disagrees_with_pytorch_is_refused_and_leaves_nothing(expor
 @pytest.mark.parametrize("args, message", [
     (["fashion", "imagenet"], "served at different sizes (fashion at 32 px; imagenet at 224 px)"),
     (["nope"], "no task named 'nope'"),
-    (["--all", "--opset", "11"], "too old for the dynamo exporter"),
+    (["--all", "--opset", "11"], "--opset 11 is too old for the dynamo exporter"),
 ])
 def test_bad_export_requests_are_one_line_and_write_nothing(trained_hub, tmp_path, args, message):
     result = _cli("export", "onnx", *args, "--output", tmp_path / "out", "--hub", trained_hub)

@@ -80,7 +80,8 @@ def test_a_cache_over_its_limit_is_refused_before_anything_is_written(source, fa
     with pytest.raises(ConfigError) as caught:
         _build(source, discover(fashion_dir).train, tmp_path, limit=100 << 10)
     message = str(caught.value)
-    assert "--cache-limit" in message and "120 images" in message and "\n" not in message
+    assert "over `cache_limit_gib`" in message and "--" not in message
+    assert "120 images" in message and "\n" not in message
     assert list(tmp_path.iterdir()) == []
 
 

@@ -127,11 +127,28 @@ def test_library_errors_name_parameters_and_the_cli_alone_shows_flags(config, na
     assert FLAGS[name] in as_flags(message) and "`" not in as_flags(message)
 
 
+def test_serve_and_launch_errors_name_parameters_and_serve_prints_its_own_flags():
+    from snowhub.serving.http import ServeConfig
+    from snowhub.training import check_processes
+    from snowhub_cli.flags import SERVE_FLAGS, as_flags
+
+    cases = [(lambda: ServeConfig(threads=0).validate(), "threads", "--threads"),
+             (lambda: ServeConfig(max_image_pixels=0).validate(), "max_image_pixels", "--max-image-pixels"),
+             (lambda: ServeConfig(tasks=()).validate(), "tasks", "--tasks"),
+             (lambda: check_processes(0, "cpu", 0), "processes", "--nproc-per-node")]
+    for call, name, flag in cases:
+        with pytest.raises(ConfigError) as caught:
+            call()
+        message = str(caught.value)
+        assert f"`{name}`" in message and "--" not in message
+        assert as_flags(message, SERVE_FLAGS).startswith(f"{flag} ")
+
+
 def test_every_flag_the_cli_maps_to_is_an_option_it_has():
     import click
     import typer
 
-    from snowhub_cli.flags import FLAGS
+    from snowhub_cli.flags import FLAGS, SERVE_FLAGS
     from snowhub_cli.main import app
 
     def options(command: click.Command) -> set[str]:
@@ -140,4 +157,4 @@ def test_every_flag_the_cli_maps_to_is_an_option_it_has():
             found |= options(sub)
         return found
 
-    assert set(FLAGS.values()) - options(typer.main.get_command(app)) == set()
+    assert (set(FLAGS.values()) | set(SERVE_FLAGS.values())) - options(typer.main.get_command(app)) == set()

@@ -365,5 +365,5 @@ def test_the_forward_passes_leave_one_cpu_to_the_event_loop():
 
     assert [ServeConfig().intra_op_threads(cpus) for cpus in (1, 2, 16)] == [1, 1, 15]
     assert ServeConfig(threads=4).intra_op_threads(2) == 4
-    with pytest.raises(ConfigError, match="--threads must be at least 1"):
+    with pytest.raises(ConfigError, match="`threads` must be at least 1"):
         ServeConfig(threads=0).validate()

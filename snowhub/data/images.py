@@ -120,7 +120,7 @@ def _fit(im: Image.Image, name: str, max_pixels: int, min_side: int | None) -> t
         im.draft(im.mode, (min_side, min_side))  # the largest DCT scale-down keeping both sides >= min_side
     if im.size[0] * im.size[1] > max_pixels:
         raise ImageBudgetError(f"image {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
-                               f"{max_pixels:,} decoded pixels per image (--max-image-pixels); send it smaller")
+                               f"{max_pixels:,} decoded pixels per image (`max_image_pixels`); send it smaller")
     return im.size
 
 

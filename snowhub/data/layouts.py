@@ -73,9 +73,9 @@ def discover(root: Path | str, val_fraction: float = 0.1, seed: int = 0) -> Data
         raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     path = Path(root).expanduser()
     if not path.exists():
-        raise DataError(f"dataset path {path} does not exist; pass --data an existing directory")
+        raise DataError(f"dataset path {path} does not exist; pass `data` an existing directory")
     if not path.is_dir():
-        raise DataError(f"dataset path {path} is a file; pass --data the directory that holds the class folders")
+        raise DataError(f"dataset path {path} is a file; pass `data` the directory that holds the class folders")
     path = path.resolve()
 
     cub_root = _find_cub_root(path)

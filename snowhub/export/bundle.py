@@ -66,7 +66,7 @@ def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: byte
     """
     path = Path(path).expanduser().absolute()
     if path.exists():
-        raise BundleError(f"{path} already exists; choose another --output file or remove it")
+        raise BundleError(f"{path} already exists; choose another `output` file or remove it")
     data = {"task.json": _json(task), "source.json": _json(source), "delta.safetensors": delta,
             "probe.safetensors": probe, "README.md": card.encode("utf-8")}
     manifest = {"format": FORMAT, "snowhub": __version__,
@@ -82,7 +82,7 @@ def write_bundle(path: Path, task: dict, source: dict, delta: bytes, probe: byte
                 zf.writestr(name, blob, compress_type=method)
     except OSError as exc:
         raise BundleError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another "
-                          "--output") from None
+                          "`output`") from None
     return manifest
 
 

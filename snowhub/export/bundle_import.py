@@ -61,14 +61,14 @@ def check_signer(bundle: Bundle, trusted: dict, where: Path, allow_unsigned: boo
         if not allow_unsigned:
             raise BundleError(f"{where} is not signed; import only signed bundles from keys this hub trusts "
                               "(`snowhub export task --sign KEY`, `snowhub trust add PUBKEY`), or pass "
-                              "--allow-unsigned")
+                              "`allow_unsigned`")
         return {"unsigned": True}
     public_key = signing.check(bundle.signature, bundle.manifest_bytes, where)
     known = public_key in trusted
     if not known and not allow_unsigned:
         raise BundleError(f"{where} is signed by {signing.fingerprint(public_key)}, a key this hub does not trust; "
                           f"trust it with `snowhub trust add {public_key}` if you know whose it is, or pass "
-                          "--allow-unsigned")
+                          "`allow_unsigned`")
     return {"public_key": public_key, "fingerprint": signing.fingerprint(public_key), "trusted": known}
 
 
@@ -194,4 +194,4 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
 
 def _taken(name: str, root: Path) -> TaskExistsError:
     return TaskExistsError(f"a task named {name!r} already exists in {root}; import it under another name "
-                           "with --as NEWNAME")
+                           "(`new_name`)")

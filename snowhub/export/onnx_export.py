@@ -95,7 +95,7 @@ def export_onnx(artifacts: Artifacts, tasks: Sequence[str] | None, output: Path 
         raise ConfigError(f"the hub at {registry.layout.root} has no tasks to export yet; add one with "
                           "`snowhub add-task NAME --data DIR`")
     if opset < 18:
-        raise ConfigError(f"--opset {opset} is too old for the dynamo exporter; use 18 or later")
+        raise ConfigError(f"`opset` {opset} is too old for the dynamo exporter; use 18 or later")
     records = [registry.get_task(n) for n in names]
     sizes = ({SOURCE_TASK: int(source_record.preprocessing["image_size"])} if head else {}) | \
             {r.name: r.image_size for r in records}

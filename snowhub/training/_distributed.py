@@ -65,10 +65,10 @@ def check_processes(processes: int, device_type: str, gpus: int) -> None:
         ConfigError: with what to pass instead.
     """
     if processes < 1:
-        raise ConfigError("--nproc-per-node must be at least 1")
+        raise ConfigError(f"`processes` must be at least 1, got {processes}")
     if device_type == "cuda" and processes > gpus:
-        raise ConfigError(f"--nproc-per-node {processes} but this machine has {gpus} CUDA GPU(s): start at most "
-                          f"{gpus} (one process per GPU), or train on the CPU with --device cpu")
+        raise ConfigError(f"`processes` is {processes} but this machine has {gpus} CUDA GPU(s): start at most "
+                          f"{gpus} (one process per GPU), or train on the CPU with `device` cpu")
 
 
 def _mix(*values: int) -> int:
@@ -188,7 +188,7 @@ class ProcessGroup:
     def per_rank_batch(self, batch_size: int) -> int:
         """Each rank's share of the global `batch_size`. Raises ConfigError unless it divides evenly."""
         if batch_size % self.world_size:
-            raise ConfigError(f"--batch-size {batch_size} (the global batch) does not divide into {self.world_size} "
+            raise ConfigError(f"`batch_size` {batch_size} (the global batch) does not divide into {self.world_size} "
                               f"processes; use a multiple of {self.world_size}")
         return batch_size // self.world_size
 

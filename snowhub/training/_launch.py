@@ -116,7 +116,7 @@ def worker_device_type(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda:"):
-        raise ConfigError(f"--device {requested} would put every process on one GPU; give --device cuda (or auto): "
+        raise ConfigError(f"`device` {requested} would put every process on one GPU; give `device` cuda (or auto): "
                           "each process takes its own GPU (LOCAL_RANK)")
     return "cuda" if requested == "cuda" else "cpu"
 

@@ -178,8 +178,8 @@ def _check_size(n: int, first: list[np.ndarray], limit_bytes: int, directory: Pa
     free = shutil.disk_usage(directory).free
     what = f"the feature cache needs {total / _GIB:.2f} GiB ({n:,} images × {per_image / 1024:,.0f} KiB)"
     if total > limit_bytes:
-        raise ConfigError(f"{what}, over --cache-limit {limit_bytes / _GIB:g} GiB: raise the limit or train "
-                          "without --cache-features")
+        raise ConfigError(f"{what}, over `cache_limit_gib` {limit_bytes / _GIB:g} GiB: raise the limit or train "
+                          "without `feature_cache`")
     if total + _HEADROOM > free:
         raise ConfigError(f"{what}, but {directory} has only {free / _GIB:.2f} GiB free: free some disk space "
-                          "or train without --cache-features")
+                          "or train without `feature_cache`")

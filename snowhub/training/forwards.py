@@ -60,7 +60,7 @@ def source_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     dtype = source_autocast_dtype(device)
     if dtype is None:
-        raise ConfigError(f"--source-precision bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
+        raise ConfigError(f"`source_precision` bfloat16 needs bfloat16 arithmetic, which {device} lacks (a CUDA GPU "
                           "of compute capability 8.0+, or a CPU with AVX-512 BF16 or AMX): use float32")
     return dtype
 

@@ -107,7 +107,7 @@ def get_spec(name: str, image_size: int | None = None, taps: Sequence[str] | Non
     provider, arch = split_name(name)
     if provider is None:
         if taps or image_size:
-            raise SourceError(f"{name} is a built-in source with fixed taps and size; use --taps / --image-size "
+            raise SourceError(f"{name} is a built-in source with fixed taps and size; use `taps` / `image_size` "
                               "with a timm:<arch> or torchvision:<arch> source")
         return SOURCES[name]
     return provider.discover(arch, image_size, taps)

@@ -28,7 +28,7 @@ def unknown(kind: str, arch: str, known: Iterable[str], how: str) -> SourceError
 def refused(source: str, image_size: int, exc: BaseException) -> SourceError:
     """The model raised on a dummy image of `image_size` px: one line naming the size."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return SourceError(f"{source} does not take {image_size} px images ({first}); choose another --image-size")
+    return SourceError(f"{source} does not take {image_size} px images ({first}); choose another `image_size`")
 
 
 def hooked_forward(model: nn.Module, names: Sequence[str], image_size: int, source: str
@@ -45,7 +45,7 @@ def hooked_forward(model: nn.Module, names: Sequence[str], image_size: int, sour
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:
-        raise SourceError(f"{source} has no module {missing[0]!r} to tap; name modules of the model in --taps")
+        raise SourceError(f"{source} has no module {missing[0]!r} to tap; name modules of the model in `taps`")
     outputs: dict[str, torch.Tensor] = {}
     first_call: dict[str, int] = {}
     done_at: dict[str, int] = {}
@@ -87,7 +87,7 @@ def layout_of(out: object, channels: int | None, model_format: str | None, sourc
         out = out[0]
     if not isinstance(out, torch.Tensor) or out.dim() not in (3, 4):
         raise SourceError(f"{source} cannot be tapped at {name!r}: its output is not a feature map "
-                          "(B, C, H, W) or tokens (B, L, C); name other modules with --taps")
+                          "(B, C, H, W) or tokens (B, L, C); name other modules in `taps`")
     if out.dim() == 3:
         return "NLC", out.shape[2], 0
     nchw = out.shape[1] == channels if channels else out.shape[2] == out.shape[3]
@@ -124,7 +124,7 @@ def check_taps(taps: Sequence[Tap], source: str) -> tuple[Tap, ...]:
         SourceError: otherwise (one line naming the first bad tap).
     """
     if not taps:
-        raise SourceError(f"{source} cannot be tapped: no feature maps found; name modules with --taps")
+        raise SourceError(f"{source} cannot be tapped: no feature maps found; name modules in `taps`")
     for before, tap in zip(taps, taps[1:]):
         if tap.stride < before.stride or tap.stride % before.stride:
             raise SourceError(f"{source}: tap {tap.name!r} (stride {tap.stride}) cannot follow {before.name!r} "

@@ -98,7 +98,7 @@ def _discover_taps(model: nn.Module, arch: str, image_size: int, names: Sequence
     if names:
         chosen = [({"module": n}, 0) for n in names]
     elif not info:
-        raise SourceError(f"{source} cannot be tapped: timm gives it no feature_info; name its taps with --taps")
+        raise SourceError(f"{source} cannot be tapped: timm gives it no feature_info; name its taps in `taps`")
     else:
         chosen = _pick_taps(info)
     modules = [str(d["module"]) for d, _ in chosen]
@@ -168,7 +168,7 @@ def recorded(arch: str, taps: Sequence[Tap], image_size: int, kwargs: tuple[tupl
         eval_resize=(round(image_size / crop_pct), image_size), model_kwargs=tuple(kwargs),
         interpolation=cfg.get("interpolation"), optional_prefixes=optional,
         no_weights_hint=(f"timm's pretrained weights ({cfg.get('hf_hub_id') or 'none published'}) are not in the "
-                         "Hugging Face cache and could not be downloaded; pass --weights FILE or --weights random"),
+                         "Hugging Face cache and could not be downloaded; pass `weights` FILE or `weights` random"),
     )
 
 

@@ -161,7 +161,7 @@ def _base(arch: str, weights: str | None, taps: Sequence[Tap], image_size: int |
         name=f"{SCHEME}:{arch}", block=block, taps=tuple(taps), head=head, mean=mean, std=std, image_size=size,
         build=functools.partial(_build, arch), torchvision_weights=weights,
         eval_resize=(round(size / crop_pct), size), interpolation=interpolation, optional_prefixes=optional,
-        no_weights_hint=None if weights else "torchvision publishes no weights for it; pass --weights FILE or --weights random",
+        no_weights_hint=None if weights else "torchvision publishes no weights for it; pass `weights` FILE or `weights` random",
     )
 
 

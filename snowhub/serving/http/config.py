@@ -50,18 +50,18 @@ class ServeConfig:
     runtime: str = "torch"
 
     def validate(self) -> "ServeConfig":
-        """Return self. Raises ConfigError (one line, naming the flag) for a value out of range."""
-        checks = [(self.max_batch_size >= 1, "--max-batch-size must be at least 1"),
-                  (self.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
-                  (self.max_image_bytes >= 1, "--max-image-bytes must be at least 1"),
-                  (self.max_images >= 1, "--max-images must be at least 1"),
+        """Return self. Raises ConfigError (one line, naming the parameter) for a value out of range."""
+        checks = [(self.max_batch_size >= 1, "`max_batch_size` must be at least 1"),
+                  (self.max_wait_ms >= 0, "`max_wait_ms` must be 0 or more"),
+                  (self.max_image_bytes >= 1, "`max_image_bytes` must be at least 1"),
+                  (self.max_images >= 1, "`max_images` must be at least 1"),
                   (self.poll_s > 0, "the registry poll interval must be positive"),
-                  (self.threads is None or self.threads >= 1, "--threads must be at least 1"),
-                  (self.max_image_pixels >= 1, "--max-image-pixels must be at least 1"),
-                  (self.max_request_pixels >= 1, "--max-request-pixels must be at least 1"),
-                  (self.max_queue >= 1, "--max-queue must be at least 1"),
-                  (self.runtime in ("auto", "torch", "onnxruntime"), "--runtime must be auto, torch or onnxruntime"),
-                  (self.tasks is None or len(self.tasks) > 0, "--tasks names no task; leave it out to serve all")]
+                  (self.threads is None or self.threads >= 1, "`threads` must be at least 1"),
+                  (self.max_image_pixels >= 1, "`max_image_pixels` must be at least 1"),
+                  (self.max_request_pixels >= 1, "`max_request_pixels` must be at least 1"),
+                  (self.max_queue >= 1, "`max_queue` must be at least 1"),
+                  (self.runtime in ("auto", "torch", "onnxruntime"), "`runtime` must be auto, torch or onnxruntime"),
+                  (self.tasks is None or len(self.tasks) > 0, "`tasks` names no task; leave it out to serve all")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
