@@ -176,4 +176,4 @@ def check_source(source: FrozenSource, image_size: int) -> None:
     for tap, out in zip(source.spec.taps, taps):
         if out.dim() != 4 or out.shape[1] != tap.channels or min(out.shape[2:]) < 1:
             raise SourceError(f"{name}: tap {tap.name!r} gives {tuple(out.shape)} at {image_size} px, not "
-                              f"(1, {tap.channels}, h, w); name other `taps`")
+                              f"(1, {tap.channels}, h, w); name other taps in `taps`")
