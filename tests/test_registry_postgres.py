@@ -27,6 +27,7 @@ from fixtures.hubkit import FAST_ARGS, assert_one_line_error, run_cli, small_dat
 from registry_helpers import admin, dump, pg
 from snowhub.errors import HubLockedError, SnowhubError, TaskExistsError
 from snowhub.store import Registry, SourceRecord, TaskRecord
+from snowhub.store.database import head_revision
 from snowhub_cli.main import app
 
 # -- synthetic records (no training: the registry alone) -----------------------------------------------------
@@ -332,14 +333,14 @@ def test_a_newer_schema_and_files_elsewhere_are_refused(pg_hub, tmp_path):
                                   "written by a newer snowhub (schema 0099_future)")
         assert dump(url) == before
     finally:
-        pg(url, "UPDATE alembic_version SET version_num = '0005'")
+        pg(url, f"UPDATE alembic_version SET version_num = '{head_revision()}'")
 
 
 def test_an_older_schema_on_postgres_is_upgraded_by_the_same_migrations(fresh_database, tmp_path):
     from alembic import command
     from sqlalchemy import create_engine
 
-    from snowhub.store.database import _alembic_config, head_revision
+    from snowhub.store.database import _alembic_config
 
     engine = create_engine(fresh_database)
     config = _alembic_config()
@@ -349,5 +350,5 @@ def test_an_older_schema_on_postgres_is_upgraded_by_the_same_migrations(fresh_da
     engine.dispose()
     (tmp_path / "hub").mkdir()
     with Registry.open(tmp_path / "hub", fresh_database) as registry:
-        assert registry.revision() == head_revision() == "0005"
+        assert registry.revision() == head_revision() == "0006"
         assert registry.integrity_check() == []  # the migrated schema is the ORM's

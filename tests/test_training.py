@@ -61,7 +61,8 @@ def test_learns_real_fashion_mnist_classes_well_above_chance(trained):
 def test_out_of_range_options_are_refused(field, value):
     architecture = field in {f.name for f in dataclasses.fields(DeltaConfig)}
     config = TrainConfig(delta=DeltaConfig(**{field: value})) if architecture else TrainConfig(**{field: value})
-    with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must"):
+    # The library names the parameter as Python spells it; the CLI maps it to its flag (cli/flags.py).
+    with pytest.raises(ConfigError, match=f"^`{field}` must"):
         config.validate()
 
 
