@@ -6,7 +6,8 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +71,11 @@ def load_rgb_bytes(data: bytes, name: str, max_pixels: int | None = None, min_si
         DataError: ``cannot read image <name>: <reason>`` for zero bytes, a truncated or huge image, or data
             that is not an image in one of :data:`FORMATS`. ImageBudgetError: over `max_pixels`.
     """
-    if not data:
-        raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=FORMATS) as im:
-                im.seek(0)
-                if max_pixels is not None:
-                    _fit(im, name, max_pixels, min_side)
-                im.load()
-                return _to_rgb8(_upright(im))
-    except ImageBudgetError:
-        raise
-    except Exception as exc:  # as in load_rgb
-        raise DataError(f"cannot read image {name}: {_reason('', exc)}") from None
+    with _opened(data, name) as im:
+        if max_pixels is not None:
+            _fit(im, name, max_pixels, min_side)
+        im.load()
+        return _to_rgb8(_upright(im))
 
 
 def image_header(data: bytes, name: str, max_pixels: int, min_side: int | None = None) -> tuple[int, int]:
@@ -99,6 +90,15 @@ def image_header(data: bytes, name: str, max_pixels: int, min_side: int | None =
     Raises:
         DataError: not an image (as :func:`load_rgb_bytes`). ImageBudgetError: over `max_pixels`.
     """
+    with _opened(data, name) as im:
+        return _fit(im, name, max_pixels, min_side)
+
+
+@contextmanager
+def _opened(data: bytes, name: str) -> Iterator[Image.Image]:
+    """`data` opened as an image (first frame, nothing decoded yet); anything that goes wrong while the caller
+    reads it, except a budget refusal, becomes ``DataError("cannot read image <name>: <reason>")`` as in
+    :func:`load_rgb`."""
     if not data:
         raise DataError(f"cannot read image {name}: file is empty (0 bytes)")
     try:
@@ -106,7 +106,7 @@ def image_header(data: bytes, name: str, max_pixels: int, min_side: int | None =
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=FORMATS) as im:
                 im.seek(0)
-                return _fit(im, name, max_pixels, min_side)
+                yield im
     except ImageBudgetError:
         raise
     except Exception as exc:
