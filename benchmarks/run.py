@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser, suite: str = "methods") -> None:
     p.add_argument("--no-serving", action="store_true", help="skip the serving measurements")
     p.add_argument("--weights", choices=("pretrained", "random"),
                    help="source weights: pretrained, or random (speed and memory only; paper-cpu's default)")
+    p.add_argument("--source", help="the source instead of the configuration's: a built-in name or timm:<arch> / "
+                   "torchvision:<arch> (docs/sources.md); FE is left out of serving for a discovered source")
     p.add_argument("--product", default="worktree",
                    help="which snowhub/ to measure: worktree (default, as on disk at the start) or a git revision")
 
@@ -84,7 +86,27 @@ def configure(args: argparse.Namespace) -> BenchConfig:
         changes["weights"] = args.weights
     if args.no_variants:
         changes["variants"] = ()
+    if getattr(args, "source", None):
+        changes |= _source_changes(config, args.source)
     return config.replace(**changes)
+
+
+def _source_changes(config: BenchConfig, source: str) -> dict:
+    """The configuration's changes for `source` (checked here, so a bad name stops the run before any job).
+    FE's serving split (``benchmarks.backbones.suffix_after_tap``) exists for the built-in sources only, so a
+    discovered source is served without FE (FE still trains in the speed and train jobs)."""
+    from snowhub.errors import SnowhubError
+    from snowhub.models.sources import get_spec
+
+    try:
+        get_spec(source)
+    except SnowhubError as error:
+        raise SystemExit(f"--source {source}: {error}") from None
+    changes: dict = {"source": source}
+    if ":" in source:
+        changes |= {"serve_methods": tuple(m for m in config.serve_methods if m != "FE"),
+                    "serve_table_methods": tuple(m for m in config.serve_table_methods if m != "FE")}
+    return changes
 
 
 def prepare_offline_data(config: BenchConfig, data: Path, console: Console) -> None:
