@@ -19,7 +19,7 @@ FLAGS = {
     "device": "--device", "opset": "--opset", "output": "--output", "top": "--top", "tasks": "--task",
     "new_name": "--as", "strict": "--strict", "registry": "--registry", "data": "--data", "weights": "--weights",
     "taps": "--taps", "source_head": "--source-head", "path": "--hub", "runtime": "--runtime",
-    "source": "--source", "allow_unsigned": "--allow-unsigned",
+    "source": "--source", "allow_unsigned": "--allow-unsigned", "new_version": "--new-version",
     # snowhub serve (ServeConfig)
     "max_batch_size": "--max-batch-size", "max_wait_ms": "--max-wait-ms", "max_image_bytes": "--max-image-bytes",
     "max_images": "--max-images", "max_image_pixels": "--max-image-pixels",

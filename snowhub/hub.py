@@ -24,6 +24,7 @@ from snowhub.export.signing import fingerprint as key_fingerprint
 from snowhub.export.signing import public_key_of
 from snowhub.store.trust import TrustedKey, trust_key, trusted_keys
 from snowhub.info import TaskInfo, source_task_info, task_info
+from snowhub.lifecycle import LifecycleMethods, matches_tags
 from snowhub.names import SOURCE_TASK, default_hub_path
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, train_and_register, train_on_workers
@@ -34,10 +35,11 @@ from snowhub.store.copy import CopyReport, copy_registry
 from snowhub.training import TrainConfig, train_delta
 
 
-class Hub:
-    """A hub directory: its registry, its source model and its task deltas.
+class Hub(LifecycleMethods):
+    """A hub directory: its registry, its source model and its task deltas, each task in versions.
 
     Open with :meth:`open` (or create with :meth:`init`); use as a context manager or call :meth:`close`.
+    A task's life (references, aliases, retiring, tags, history) is in :class:`snowhub.lifecycle.LifecycleMethods`.
     """
 
     def __init__(self, registry: RegistryStore):
@@ -123,23 +125,38 @@ class Hub:
         """What the registry records about the source."""
         return self.registry.source()
 
-    def tasks(self) -> list[TaskInfo]:
-        """Every task in append order, task 0 (the source's own head) first when the source has one.
+    def tasks(self, all: bool = False, tags: Sequence[str] = ()) -> list[TaskInfo]:  # noqa: A002 -- `list --all`
+        """Every task version in append order, task 0 (the source's own head) first when the source has one;
+        retired versions only with `all`; with `tags` (``KEY=VALUE`` each) only the tasks that have them all.
 
         A task whose registry record does not match its seal is still listed, with the reason in
         :attr:`TaskInfo.record_problem`: what it shows may have been edited (see ``snowhub doctor``).
+
+        Raises:
+            ConfigError: a tag without ``=``. IntegrityError: the lifecycle events were tampered with.
         """
         source = self.registry.source()
-        head = [] if source.head_classes is None else [source_task_info(source, self._record_problem(source))]
-        return head + [task_info(t, source.parameter_count, problem) for t, problem in self.registry.checked_tasks()]
+        state = self.registry.lifecycle()
+        head = [] if source.head_classes is None or tags else [source_task_info(source, self._record_problem(source))]
+        infos = [task_info(t, source.parameter_count, problem, state=state)
+                 for t, problem in self.registry.checked_tasks()]
+        return head + [i for i in infos if (all or not i.retired) and matches_tags(i.tags, list(tags))]
 
     def task(self, name: str) -> TaskInfo:
-        """One task by name (``imagenet`` is task 0). Raises TaskNotFoundError listing the known names."""
+        """One task by reference (``birds``, ``birds@2``, ``birds@staging``; ``imagenet`` is task 0), with its
+        versions, aliases, tags and description. Raises TaskNotFoundError listing the known names."""
         source = self.registry.source()
         if name == SOURCE_TASK and source.head_classes is not None:  # the name is reserved for task 0
             return source_task_info(source, self._record_problem(source))
-        record = self.registry.get_task(name)
-        return task_info(record, source.parameter_count, self._record_problem(record), full=True)
+        record = self.registry.resolve(name, retired=True)
+        state = self.registry.lifecycle()
+        info = task_info(record, source.parameter_count, self._record_problem(record), full=True, state=state)
+        info.details["versions"] = [
+            {"version": r.version, "seq": r.seq, "created_at": r.created_at.isoformat(), "val_top1": r.val_top1,
+             "retired": state.is_retired(r.name, r.version),
+             "aliases": [a for a, v in state.aliases_of(r.name).items() if v == r.version]}
+            for r in self.registry.versions(record.name)]
+        return info
 
     def _record_problem(self, record: SourceRecord | TaskRecord) -> str | None:
         try:
@@ -152,8 +169,9 @@ class Hub:
 
     def add_task(self, name: str, data: Path | str, config: TrainConfig | None = None,
                  progress: Progress | None = None, wait_for_lock: bool = True,
-                 distributed: bool = False) -> TaskInfo | None:
-        """Train a delta for the images in `data` and append it as task `name`.
+                 distributed: bool = False, new_version: bool = False) -> TaskInfo | None:
+        """Train a delta for the images in `data` and append it as task `name` (with `new_version`: as the next
+        version of the existing task `name`, its earlier versions untouched; ``docs/lifecycle.md``).
 
         Validate → discover and fingerprint the data → train (under the writer lock) → build the probe
         set → register (:func:`snowhub.registration.train_and_register`). Atomic: any failure or interrupt
@@ -166,6 +184,7 @@ class Hub:
 
         Raises:
             InvalidNameError, TaskExistsError: bad or taken name (checked before any training).
+            TaskNotFoundError: `new_version` for a name that has no task.
             DataError: missing/empty/single-class data, an unreadable image, or data changed during training.
             ConfigError: an option out of range.
             HubLockedError: another process is writing and `wait_for_lock` is False (or `distributed`).
@@ -174,11 +193,11 @@ class Hub:
         """
         record = train_and_register(self.registry, lambda device: self.artifacts(device).source(), name, data,
                                     config or TrainConfig(), progress or SilentProgress(), train=train_delta,
-                                    wait_for_lock=wait_for_lock, distributed=distributed)
-        return None if record is None else self.task(name)
+                                    wait_for_lock=wait_for_lock, distributed=distributed, new_version=new_version)
+        return None if record is None else self.task(record.reference)
 
     def add_task_on_workers(self, name: str, data: Path | str, config: TrainConfig, processes: int,
-                            command: Sequence[str]) -> TaskInfo:
+                            command: Sequence[str], new_version: bool = False) -> TaskInfo:
         """Add task `name` with `processes` training processes on this machine: check what can be checked here
         (name, options, data, GPUs), then run `command` (e.g. ``python -m snowhub_cli add-task NAME …``, which
         calls :meth:`add_task` with ``distributed=True``) in each, under PyTorch's elastic launcher
@@ -189,8 +208,8 @@ class Hub:
             as :meth:`add_task`; ConfigError: more processes than GPUs, or a global batch they cannot share.
             DistributedError: a worker failed or was killed (one line: which, and why).
         """
-        train_on_workers(self.registry, name, data, config, processes, command)
-        return self.task(name)
+        train_on_workers(self.registry, name, data, config, processes, command, new_version)
+        return self.task(self.registry.versions(name)[-1].reference)
 
     # -- serving and checking ---------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import torch
 from snowhub._version import __version__
 from snowhub.data import DatasetSplit, discover, fingerprint
 from snowhub.device import pick_device
-from snowhub.errors import ConfigError, DataError, HubReadOnlyError, TaskExistsError
+from snowhub.errors import ConfigError, DataError, HubReadOnlyError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point
 from snowhub.models.frozen import FrozenSource, check_source
 from snowhub.models.sources import get_spec
@@ -125,7 +125,7 @@ def remove_orphans(registry: RegistryStore) -> list[Path]:
 
 
 def register_task(registry: RegistryStore, name: str, trained: TrainResult, probe: ProbeSet, split: DatasetSplit,
-                  dataset_fingerprint: str, hyperparams: dict) -> TaskRecord:
+                  dataset_fingerprint: str, hyperparams: dict, new_version: bool = False) -> TaskRecord:
     """Append the trained task `name` to the hub; the caller holds the writer lock.
 
     Args:
@@ -133,12 +133,14 @@ def register_task(registry: RegistryStore, name: str, trained: TrainResult, prob
         probe: the probe set built with that delta.
         split, dataset_fingerprint: the data it was trained on, fingerprinted when it was discovered.
         hyperparams: every option of the run, recorded with the task.
+        new_version: append the next version of the existing task `name` (schema 0007) instead of a new task.
 
     Returns:
         The committed, sealed record.
 
     Raises:
-        TaskExistsError: the name was taken meanwhile. HubWriteError: a file or the registry cannot be written.
+        TaskExistsError: the name was taken meanwhile (TaskNotFoundError with `new_version`: it is gone).
+        HubWriteError: a file or the registry cannot be written.
         Any failure or interrupt removes what was written: the hub is left exactly as it was.
     """
     delta_params, cp_params = trained.delta.parameter_counts()
@@ -153,11 +155,11 @@ def register_task(registry: RegistryStore, name: str, trained: TrainResult, prob
         dataset_summary={"root": str(split.root), "layout": split.layout, "val_source": split.val_source,
                          "train_images": len(split.train), "val_images": len(split.val)},
     )
-    return _append(registry, name, trained.delta.state_dict(), probe, fields)
+    return _append(registry, name, trained.delta.state_dict(), probe, fields, new_version)
 
 
 def register_trained_delta(registry: RegistryStore, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
-                           fields: dict) -> TaskRecord:
+                           fields: dict, new_version: bool = False) -> TaskRecord:
     """Append an already-trained delta as task `name` (e.g. imported from a task bundle); the caller holds the
     writer lock and has checked the delta against this hub's source (its probe logits re-run here).
 
@@ -166,14 +168,15 @@ def register_trained_delta(registry: RegistryStore, name: str, delta_state: dict
         fields: every :class:`~snowhub.store.TaskRecord` field except ``seq``, ``name``, the file names and
             hashes and the probe summary (``probe_size``, ``probe_top1``, ``probe_logits_sha256``), which are
             set here exactly as for a trained task.
+        new_version: append it as the next version of the existing task `name`.
 
     Returns, raises and leaves the hub as :func:`register_task` does (one write path for both).
     """
-    return _append(registry, name, delta_state, probe, fields)
+    return _append(registry, name, delta_state, probe, fields, new_version)
 
 
 def _append(registry: RegistryStore, name: str, delta_state: dict[str, torch.Tensor], probe: ProbeSet,
-            fields: dict) -> TaskRecord:
+            fields: dict, new_version: bool = False) -> TaskRecord:
     """seq → intent → delta + probe files (atomic) → sealed row → clear intent; undone on any failure."""
     layout = registry.layout
     seq = registry.next_seq()
@@ -193,7 +196,7 @@ def _append(registry: RegistryStore, name: str, delta_state: dict[str, torch.Ten
             probe_size=len(probe.labels), probe_top1=probe.top1(), probe_logits_sha256=logits_digest(probe.logits),
             probe_environment=probe.environment,
         )
-        registry.add_task(record)
+        registry.add_task(record, new_version)
     except BaseException:
         # Remove what no committed row refers to (both files, unless the commit went through just before
         # an interrupt: then they belong to a registered task and must stay).
@@ -213,7 +216,8 @@ Trainer = Callable[..., TrainResult]
 
 def train_and_register(registry: RegistryStore, source_on: Callable[[torch.device], FrozenSource], name: str,
                        data: Path | str, config: TrainConfig, progress: Progress, *, train: Trainer,
-                       wait_for_lock: bool = True, distributed: bool = False) -> TaskRecord | None:
+                       wait_for_lock: bool = True, distributed: bool = False,
+                       new_version: bool = False) -> TaskRecord | None:
     """Add-task: validate → discover and fingerprint the data → train (under the writer lock) → build the probe
     set → check the data did not change → :func:`register_task`. Atomic: any failure or interrupt leaves the
     hub exactly as it was (``docs/reliability.md``).
@@ -224,6 +228,7 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
         distributed: this process is one worker of a launch (``torchrun``, :func:`train_on_workers`): it trains
             its shard as one rank (``docs/distributed.md``); only rank 0 takes the writer lock (never waiting
             for it), builds the probe set and registers.
+        new_version: train the next version of the existing task `name` (its earlier versions stay as they are).
 
     Returns:
         The registered record; None on a rank that does not write (rank 1 and up).
@@ -233,7 +238,7 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
     """
     check_task_name(name)
     config.validate()
-    check_can_add(registry, name)
+    check_can_add(registry, name, new_version)
     crash_point("add-task:start")
     split = discover(data, val_fraction=config.val_fraction, seed=config.seed)
     writes = not distributed or this_worker().writes
@@ -244,7 +249,7 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
     with lock if writes else nullcontext():
         if writes:
             remove_orphans(registry)
-            check_can_add(registry, name)  # another writer may have taken the name while we waited
+            check_can_add(registry, name, new_version)  # another writer may have taken the name while we waited
         crash_point("add-task:locked")
         source = source_on(device)
         result = _train(train, source, split, config, device, progress, registry.layout.staging_dir, distributed)
@@ -260,7 +265,7 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
             raise DataError(f"the images in {split.root} changed while the task was training; nothing was "
                             "registered: run add-task again once the data stays put")
         return register_task(registry, name, result, probe, split, dataset_fingerprint,
-                             _hyperparams(config, result, distributed))
+                             _hyperparams(config, result, distributed), new_version)
 
 
 def _train(train: Trainer, source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,
@@ -284,7 +289,7 @@ def _hyperparams(config: TrainConfig, result: TrainResult, distributed: bool) ->
 
 
 def train_on_workers(registry: RegistryStore, name: str, data: Path | str, config: TrainConfig, processes: int,
-                     command: Sequence[str]) -> None:
+                     command: Sequence[str], new_version: bool = False) -> None:
     """Add task `name` with `processes` training processes on this machine: check what can be checked here
     (name, options, data, GPUs), then run `command` (which calls :func:`train_and_register` with
     ``distributed=True``) in each, under PyTorch's elastic launcher (:func:`snowhub.training.run_workers`).
@@ -301,7 +306,7 @@ def train_on_workers(registry: RegistryStore, name: str, data: Path | str, confi
     if config.batch_size % processes:
         raise ConfigError(f"`batch_size` {config.batch_size} (the global batch) does not divide into {processes} "
                           f"processes; use a multiple of {processes}")
-    check_can_add(registry, name)
+    check_can_add(registry, name, new_version)
     discover(data, val_fraction=config.val_fraction, seed=config.seed)
     try:
         run_workers(command, processes)
@@ -310,14 +315,19 @@ def train_on_workers(registry: RegistryStore, name: str, data: Path | str, confi
         raise
 
 
-def check_can_add(registry: RegistryStore, name: str) -> None:
-    """Refuse to add task `name` to a read-only hub, or under a name already taken.
+def check_can_add(registry: RegistryStore, name: str, new_version: bool = False) -> None:
+    """Refuse to add task `name` to a read-only hub, under a name already taken, or (`new_version`) as a new
+    version of a task that does not exist.
 
     Raises:
-        HubReadOnlyError, TaskExistsError.
+        HubReadOnlyError, TaskExistsError, TaskNotFoundError.
     """
     if registry.read_only:  # say so before any training, not at the commit
         raise HubReadOnlyError(f"the hub at {registry.layout.root} is read-only; make it writable to add tasks")
-    if registry.has_task(name):
-        raise TaskExistsError(f"a task named {name!r} already exists in {registry.layout.root}; "
-                              "tasks are append-only, choose another name")
+    exists = registry.has_task(name)
+    if exists and not new_version:
+        raise TaskExistsError(f"a task named {name!r} already exists in {registry.layout.root}; tasks are "
+                              "append-only: choose another name, or train its next version (`new_version`)")
+    if new_version and not exists:
+        raise TaskNotFoundError(f"no task named {name!r} to add a version to in {registry.layout.root}; add it as "
+                                "a new task (without `new_version`)")

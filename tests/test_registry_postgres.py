@@ -350,5 +350,5 @@ def test_an_older_schema_on_postgres_is_upgraded_by_the_same_migrations(fresh_da
     engine.dispose()
     (tmp_path / "hub").mkdir()
     with Registry.open(tmp_path / "hub", fresh_database) as registry:
-        assert registry.revision() == head_revision() == "0006"
+        assert registry.revision() == head_revision() == "0007"
         assert registry.integrity_check() == []  # the migrated schema is the ORM's

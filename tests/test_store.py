@@ -286,7 +286,7 @@ def test_wal_mode_and_busy_timeout(tmp_path: Path) -> None:
 
 
 def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
-    assert hub.revision() == head_revision() == "0006"
+    assert hub.revision() == head_revision() == "0007"
     with hub.connection() as conn:
         db = inspect(conn)
         assert set(db.get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
@@ -296,7 +296,7 @@ def test_migrations_produce_the_orm_schema(hub: Registry) -> None:
             for column in table.columns:
                 assert columns[column.name]["nullable"] == column.nullable, (name, column.name)
             assert db.get_pk_constraint(name)["constrained_columns"] == [c.name for c in table.primary_key]
-        assert [u["column_names"] for u in db.get_unique_constraints("task")] == [["name"]]
+        assert [u["column_names"] for u in db.get_unique_constraints("task")] == [["name", "version"]]
         # Alembic's own diff of the migrated DB against the models must be empty.
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
@@ -310,7 +310,7 @@ def test_open_upgrades_an_unmigrated_db(tmp_path: Path) -> None:
         assert reg.tasks() == []
     engine = open_engine(root / "hub.db")
     try:
-        assert current_revision(engine) == head_revision() == "0006"
+        assert current_revision(engine) == head_revision() == "0007"
     finally:
         engine.dispose()
 

@@ -126,6 +126,7 @@ def _check(registry: RegistryStore, report: DoctorReport) -> None:
     report.tasks = len(audit.tasks)
     for expected, row in enumerate(audit.tasks, 1):
         _check_task(layout, row, expected, report)
+    report.problems += audit.event_problems()  # an edited, deleted or reordered lifecycle event
     _check_files(registry, report)
 
 

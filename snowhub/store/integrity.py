@@ -31,7 +31,7 @@ from sqlalchemy import JSON, Connection, text
 RECORD_COLUMN = "record_sha256"
 _TAG = "snowhub.record.v2"
 # The primary key of each sealed table.
-KEYS = {"source": "id", "task": "seq", "trusted_key": "seq"}
+KEYS = {"source": "id", "task": "seq", "trusted_key": "seq", "task_event": "id"}
 
 
 @cache

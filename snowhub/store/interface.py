@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from snowhub.store.files import HubLayout
-from snowhub.store.records import RegistryAudit, SourceRecord, TaskRecord
+from snowhub.store.records import EventRecord, RegistryAudit, SourceRecord, TaskRecord
 
 if TYPE_CHECKING:
     from snowhub.progress import Progress
@@ -58,23 +58,45 @@ class RegistryStore(ABC):
 
     @abstractmethod
     def tasks(self) -> list[TaskRecord]:
-        """Every task in ``seq`` order."""
+        """Every task row (every version, retired ones included) in ``seq`` order."""
 
     @abstractmethod
     def get_task(self, name: str) -> TaskRecord:
-        """One task by name (TaskNotFoundError naming the known ones)."""
+        """The task a reference names now (:meth:`resolve`; TaskNotFoundError naming the known ones)."""
+
+    @abstractmethod
+    def resolve(self, reference: str, retired: bool = False) -> TaskRecord:
+        """The task row ``birds``, ``birds@2`` or ``birds@staging`` names now (:mod:`snowhub.store.references`)."""
+
+    @abstractmethod
+    def active_tasks(self) -> list[TaskRecord]:
+        """Every task row that is not retired, in ``seq`` order."""
+
+    @abstractmethod
+    def current_tasks(self) -> list[TaskRecord]:
+        """For each task name, the version its bare name resolves to (what is served)."""
 
     @abstractmethod
     def has_task(self, name: str) -> bool:
-        """Whether a task of that name exists."""
+        """Whether a task of that name exists (any version)."""
+
+    @abstractmethod
+    def events(self, name: str | None = None) -> list[EventRecord]:
+        """Every lifecycle event in order (of task `name` only, if given), each with its problem."""
+
+    @abstractmethod
+    def append_event(self, kind: str, name: str | None, version: int | None,
+                     payload: dict | None = None) -> EventRecord:
+        """Append one sealed event in its own transaction (:mod:`snowhub.store.events`)."""
 
     @abstractmethod
     def next_seq(self) -> int:
         """The ``seq`` the next task gets."""
 
     @abstractmethod
-    def add_task(self, record: TaskRecord) -> None:
-        """Append one task in one transaction (TaskExistsError for a taken name; the registry is then unchanged)."""
+    def add_task(self, record: TaskRecord, new_version: bool = False) -> None:
+        """Append one task in one transaction (TaskExistsError for a taken name unless `new_version`; the
+        registry is then unchanged)."""
 
     # -- seals and checks ---------------------------------------------------------------------------
 

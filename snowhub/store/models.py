@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, MetaData, TypeDecorator
+from sqlalchemy import JSON, CheckConstraint, DateTime, MetaData, TypeDecorator, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -97,14 +97,17 @@ class TaskRow(Base):
 
     ``seq`` starts at 1 and is never reused (tasks are append-only). File paths are relative to the hub
     directory; every file has a recorded sha256. Accuracies are percentages (0-100); ``train_seconds``
-    is wall-clock seconds.
+    is wall-clock seconds. ``version`` (schema 0007) numbers the tasks of one name 1, 2, …: a name and a
+    version name one row.
     """
 
     __tablename__ = "task"
-    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),
+                      CheckConstraint("version >= 1", name="version_positive"),
+                      UniqueConstraint("name", "version", name="uq_task_name_version"))
 
     seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    name: Mapped[str] = mapped_column(unique=True)
+    name: Mapped[str]
     class_names: Mapped[list[Any]]
     hyperparams: Mapped[dict[str, Any]]
     cp_indices: Mapped[dict[str, Any]]  # tap name -> list of channel indices
@@ -134,9 +137,11 @@ class TaskRow(Base):
     # Where an imported task came from (hub, original seq, original created_at); None for a task trained
     # in this hub and for every task before schema 0005.
     lineage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True, default=None)
+    # The version of the task called `name` (schema 0007; every earlier task is version 1).
+    version: Mapped[int] = mapped_column(default=1, server_default="1")
 
     def __repr__(self) -> str:
-        return f"TaskRow(seq={self.seq!r}, name={self.name!r})"
+        return f"TaskRow(seq={self.seq!r}, name={self.name!r}, version={self.version!r})"
 
 
 class HubRow(Base):
@@ -170,4 +175,28 @@ class TrustedKeyRow(Base):
     comment: Mapped[str]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Seal over every other column as stored (snowhub.store.integrity); set when the row is inserted.
+    record_sha256: Mapped[str | None] = mapped_column(default=None)
+
+
+class TaskEventRow(Base):
+    """One change in a task's life (schema 0007): added, a new version, an alias set or deleted, retired,
+    restored, tagged, described, evaluated, imported, the registry copied.
+
+    Append-only and sealed like every row; the state of aliases, retirements, tags and descriptions is derived
+    from these rows in ``id`` order (:mod:`snowhub.store.events`), never stored. ``id`` runs 1, 2, … without a
+    gap and ``previous_sha256`` is the seal of the event before, so a deleted or reordered event is caught.
+    """
+
+    __tablename__ = "task_event"
+    __table_args__ = (CheckConstraint("id >= 1", name="id_positive"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    username: Mapped[str]
+    hostname: Mapped[str]
+    kind: Mapped[str]
+    task: Mapped[str | None] = mapped_column(nullable=True)  # the task's name; None for a hub-wide event
+    version: Mapped[int | None] = mapped_column(nullable=True)
+    payload: Mapped[dict[str, Any]]
+    previous_sha256: Mapped[str | None] = mapped_column(nullable=True)  # None for the first event
     record_sha256: Mapped[str | None] = mapped_column(default=None)

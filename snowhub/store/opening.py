@@ -115,7 +115,7 @@ def discard(registry: Registry) -> None:
         return  # recovery.remove_new_hub deletes hub.db itself
     try:
         with registry.connection() as conn, conn.begin():
-            for table in ("task", "source", "hub", "alembic_version"):
+            for table in ("task_event", "trusted_key", "task", "source", "hub", "alembic_version"):
                 conn.execute(text(f'DROP TABLE IF EXISTS "{table}"'))
     finally:
         registry.close()

@@ -7,7 +7,7 @@ relative to the hub directory. Accuracies are %, times seconds, throughput image
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,8 @@ class TaskRecord:
         dataset_fingerprint, dataset_summary: what the task was trained on.
         lineage: where an imported task came from (e.g. the hub, its original ``seq`` and ``created_at``);
             None for a task trained in this hub (and every task before schema 0005). Sealed like the rest.
+        version: which version of the task called ``name`` this is (1, 2, …; schema 0007): ``add-task
+            --new-version`` appends the next one, the earlier ones stay as they are.
     """
 
     seq: int | None
@@ -84,6 +86,7 @@ class TaskRecord:
     dataset_summary: dict[str, Any]
     probe_environment: dict[str, Any] | None = None
     lineage: dict[str, Any] | None = None
+    version: int = 1
     created_at: datetime | None = None  # set by the registry
     record_sha256: str | None = None  # the seal, set by the registry
 
@@ -91,6 +94,44 @@ class TaskRecord:
     def image_size(self) -> int:
         """The resolution the task was trained at and is served at, px."""
         return int(self.hyperparams["image_size"])
+
+    @property
+    def reference(self) -> str:
+        """``name@version``: the reference that pins this very row (:mod:`snowhub.store.references`)."""
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One sealed change in a task's life (``task_event``, schema 0007; :mod:`snowhub.store.events`).
+
+    Attributes:
+        id: its place in the hub's one sequence of events (1, 2, … without a gap).
+        at: when it was recorded (UTC). user, host: who recorded it, and on which machine.
+        kind: one of :data:`snowhub.store.events.EVENT_KINDS` (``alias_set``, ``retired``, …).
+        task, version: the task's name and version it concerns (None where it concerns no task or version).
+        payload: what else it records (``{"alias": "production"}``, ``{"key": "team", "value": "vision"}``,
+            an evaluation's numbers, …).
+        record_sha256: its seal. problem: why it cannot be trusted (its seal or the chain of seals does not
+            hold), None when it can.
+    """
+
+    id: int
+    at: datetime
+    user: str
+    host: str
+    kind: str
+    task: str | None
+    version: int | None
+    payload: dict[str, Any]
+    record_sha256: str | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``at`` as ISO 8601; ``problem`` only when there is one)."""
+        out = {"id": self.id, "at": self.at.isoformat(), "user": self.user, "host": self.host, "kind": self.kind,
+               "task": self.task, "version": self.version, "payload": self.payload}
+        return out | ({"problem": self.problem} if self.problem else {})
 
 
 @dataclass(frozen=True)
@@ -106,7 +147,7 @@ class RecordAudit:
 
     key: int
     name: str | None
-    record: SourceRecord | TaskRecord | None
+    record: SourceRecord | TaskRecord | EventRecord | None
     problem: str | None
 
 
@@ -117,16 +158,24 @@ class RegistryAudit:
     Attributes:
         source: the source's row, None when ``init`` never finished.
         tasks: every task's row in ``seq`` order (gaps included: a deleted row is simply absent).
+        events: every ``task_event`` row in ``id`` order (schema 0007; ``name`` is the event's kind), its
+            problem saying also when the chain of seals breaks before it.
     """
 
     source: RecordAudit | None
     tasks: list[RecordAudit]
+    events: list[RecordAudit] = field(default_factory=list)
+
+    def event_problems(self) -> list[str]:
+        """``"event <id> (<kind>): <problem>"`` for every event that cannot be trusted."""
+        return [f"event {e.key} ({e.name}): {e.problem}" for e in self.events if e.problem]
 
     def problems(self) -> list[str]:
-        """``"source: <problem>"`` / ``"task <seq> '<name>': <problem>"`` for every row whose seal does not hold."""
+        """``"source: <problem>"`` / ``"task <seq> '<name>': <problem>"`` / ``"event <id> (<kind>): <problem>"`` for
+        every row whose seal does not hold."""
         rows = [("source", self.source)] if self.source else []
         rows += [(f"task {t.key} {t.name!r}", t) for t in self.tasks]
-        return [f"{what}: {row.problem}" for what, row in rows if row.problem]
+        return [f"{what}: {row.problem}" for what, row in rows if row.problem] + self.event_problems()
 
 
 def field_names(record_type: type) -> list[str]:

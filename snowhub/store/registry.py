@@ -23,13 +23,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from snowhub.errors import HubExistsError, HubNotFoundError, HubReadOnlyError, IntegrityError, SnowhubError
-from snowhub.errors import TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point
 from snowhub.store.database import current_revision, dialect_for, session_factory
 from snowhub.store.files import HubLayout
-from snowhub.store.integrity import KEYS, record_problem, seal
+from snowhub.store.events import audit_events
+from snowhub.store.integrity import KEYS, decoded, record_problem, seal
 from snowhub.store.interface import RegistryStore
-from snowhub.store.models import HubRow, SourceRow
+from snowhub.store.lifecycle import TaskLifecycle
+from snowhub.store.models import HubRow, SourceRow, TaskEventRow
 from snowhub.store.records import RecordAudit, RegistryAudit, SourceRecord, TaskRecord
 from snowhub.store.rows import record_from_raw as _record
 from snowhub.store.rows import require_complete as _require_complete
@@ -39,8 +40,6 @@ from snowhub.store.url import default_url, in_directory, redacted
 
 if TYPE_CHECKING:
     from snowhub.progress import Progress
-
-_MAX_LISTED = 20
 
 
 def _writable(layout: HubLayout) -> bool:
@@ -57,12 +56,7 @@ def _audit(table: str, row: dict[str, object]) -> RecordAudit:
     return RecordAudit(int(row[KEYS[table]]), row.get("name"), record, problem)
 
 
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
-
-
-class Registry(RegistryStore):
+class Registry(TaskLifecycle, RegistryStore):
     """A hub's registry: its source model and its append-only list of tasks.
 
     Get one with :meth:`create` or :meth:`open`, and :meth:`close` it (or use it as a context manager).
@@ -219,7 +213,9 @@ class Registry(RegistryStore):
         its seal does not hold; for checkers that must keep going past a tampered row."""
         with self._reading() as session:
             sources, tasks = self._rows(session, "source"), self._rows(session, "task")
-        return RegistryAudit(_audit("source", sources[0]) if sources else None, [_audit("task", r) for r in tasks])
+            events = self._rows(session, "task_event")
+        return RegistryAudit(_audit("source", sources[0]) if sources else None, [_audit("task", r) for r in tasks],
+                             audit_events(events))
 
     def integrity_check(self) -> list[str]:
         """The database's soundness check (SQLite: ``PRAGMA integrity_check``; PostgreSQL: the schema is snowhub's)."""
@@ -291,78 +287,11 @@ class Registry(RegistryStore):
             row = session.get(HubRow, 1)
             return None if row is None else row.directory
 
-    # -- tasks -------------------------------------------------------------------------------------
+    # -- copying ---------------------------------------------------------------------------------
 
-    def tasks(self) -> list[TaskRecord]:
-        """All registered tasks, in ``seq`` (append) order."""
-        with self._reading() as session:
-            return [_record("task", row) for row in self._rows(session, "task")]
-
-    def checked_tasks(self) -> list[tuple[TaskRecord, str | None]]:
-        """Every task with the message of its broken seal (None when it holds), from one query."""
-        with self._reading() as session:
-            rows = self._rows(session, "task")
-            records = [_record("task", row) for row in rows]
-        return [(record, self.untrusted(record, problem) if (problem := record_problem(row, "task")) else None)
-                for record, row in zip(records, rows, strict=True)]
-
-    def get_task(self, name: str) -> TaskRecord:
-        """The task called ``name``. Raises :class:`~snowhub.errors.TaskNotFoundError` naming the known ones."""
-        with self._reading() as session:
-            rows = self._rows(session, "task", "WHERE name = :name", name=name)
-            if rows:
-                return _record("task", rows[0])
-            names = list(session.scalars(text("SELECT name FROM task ORDER BY seq")))
-        if not names:
-            raise TaskNotFoundError(
-                f"no task named {name!r}: the hub at {self._layout.root} has no tasks yet; "
-                "add one with `snowhub add-task`"
-            )
-        raise TaskNotFoundError(f"no task named {name!r}; known tasks: {_names(names)}")
-
-    def has_task(self, name: str) -> bool:
-        """Whether a task called ``name`` is registered."""
-        with self._reading() as session:
-            return session.scalar(text("SELECT seq FROM task WHERE name = :name"), {"name": name}) is not None
-
-    def next_seq(self) -> int:
-        """The ``seq`` the next added task will get: 1 + the largest so far, or 1 for an empty hub."""
-        with self._reading() as session:
-            return (session.scalar(text("SELECT max(seq) FROM task")) or 0) + 1
-
-    def add_task(self, record: TaskRecord) -> None:
-        """Append a task in one transaction. ``record.seq`` may be None (it is then assigned).
-
-        Raises :class:`~snowhub.errors.TaskExistsError` if the name is taken (the hub is unchanged),
-        :class:`~snowhub.errors.HubNotFoundError` if the hub has no source yet,
-        :class:`~snowhub.errors.SnowhubError` if ``record.seq`` is set but is not the next one (another
-        process appended meanwhile), and ``ValueError`` if a required field of `record` is None.
-        """
-        try:
-            with self._writing() as session:
-                if session.get(SourceRow, 1) is None:
-                    raise self._no_source()
-                taken = session.scalar(text("SELECT seq FROM task WHERE name = :name"), {"name": record.name})
-                if taken is not None:
-                    raise self._task_exists(record.name, taken)
-                expected = (session.scalar(text("SELECT max(seq) FROM task")) or 0) + 1
-                if record.seq is None:
-                    record.seq = expected
-                elif record.seq != expected:
-                    raise SnowhubError(
-                        f"task {record.name!r} was prepared as number {record.seq} but the next is {expected} "
-                        "(another process added a task meanwhile); add it again"
-                    )
-                self._seal(session, record)
-            crash_point("registry:after-commit")
-        except sa_exc.IntegrityError as error:
-            # Backstop for the check above; never let a SQL trace reach the user.
-            if self._dialect.is_unique_violation(error, "task.name"):
-                raise self._task_exists(record.name, None) from None
-            raise
-
-    def copy_in(self, source: SourceRecord, tasks: list[TaskRecord]) -> None:
-        """Insert records exactly as another registry holds them, seals and times included, in one transaction.
+    def copy_in(self, source: SourceRecord, tasks: list[TaskRecord], events: list[dict[str, object]] = ()) -> None:
+        """Insert records exactly as another registry holds them, seals and times included, in one transaction;
+        `events` are the other registry's raw ``task_event`` rows (:meth:`raw_events`).
 
         For :mod:`snowhub.store.copy` into a new, empty registry only (the seals are not recomputed: they must
         hold as they are). Raises HubExistsError if this registry already has a source.
@@ -372,13 +301,14 @@ class Registry(RegistryStore):
                 raise HubExistsError(f"{self._location} already holds a hub; copy into an empty database")
             for record in (source, *tasks):
                 session.add(_to_row(record))
+            session.flush()
+            for row in events:
+                session.execute(TaskEventRow.__table__.insert().values(**decoded("task_event", row)))
 
-    def _task_exists(self, name: str, seq: int | None) -> TaskExistsError:
-        where = f" (task {seq})" if seq is not None else ""
-        return TaskExistsError(
-            f"a task named {name!r} already exists in {self._layout.root}{where}; "
-            "tasks are append-only, choose another name"
-        )
+    def raw_events(self) -> list[dict[str, object]]:
+        """Every ``task_event`` row as the database returns it, in ``id`` order (for :meth:`copy_in`)."""
+        with self._reading() as session:
+            return self._rows(session, "task_event")
 
     # -- the writer lock ---------------------------------------------------------------------------
 
