@@ -23,6 +23,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "registry": ("benchmarks.registry", "list/show on 1,000 and 10,000 tasks, SQLite and PostgreSQL"),
     "distributed": ("benchmarks.distributed", "one add-task on 1, 2, ... processes (DistributedDataParallel)"),
     "feature-cache": ("benchmarks.feature_cache", "FT/FE/FO and SNOW with and without --cache-features, in one process"),
+    "evaluate": ("benchmarks.evaluate", "snowhub evaluate against the in-process Predictor and Hub.predict on "
+                                        "1,000 labelled images, and the CLI's start-up (issues 26, 29)"),
     "report": ("benchmarks.report", "re-render a methods run's results.md and figures from its results.json"),
     "experiment": ("benchmarks.research.experiments", "research: SNOW with one candidate product change patched in"),
     "seeds": ("benchmarks.research.seeds", "research: several seeds side by side (mean, spread, time to accuracy)"),

@@ -15,6 +15,7 @@ import typer
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
 from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
+from snowhub_cli import evaluate as evaluate_command
 from snowhub_cli import registry as registry_commands
 from snowhub_cli import trust as trust_commands
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, Runtime, one_line_errors
@@ -225,6 +226,7 @@ def doctor(hub: HubOption = None, registry: RegistryOption = None, as_json: Json
 
 
 app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
+app.command("evaluate")(evaluate_command.evaluate)  # snowhub evaluate (cli/evaluate.py)
 app.add_typer(export.app, name="export")  # snowhub export onnx|task (cli/export.py)
 app.add_typer(registry_commands.app, name="registry")  # snowhub registry copy (cli/registry.py)
 app.command("import")(export.import_bundle)

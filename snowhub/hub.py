@@ -28,7 +28,9 @@ from snowhub.lifecycle import LifecycleMethods, matches_tags
 from snowhub.names import SOURCE_TASK, default_hub_path
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, train_and_register, train_on_workers
+from snowhub.evaluation.plot import plot_confusion, require_matplotlib
 from snowhub.serving import ImagePrediction, Predictor
+from snowhub.serving.evaluating import Evaluation, evaluate_folder, record_evaluation
 from snowhub.serving.runtime_select import make_runtime
 from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle
 from snowhub.store.copy import CopyReport, copy_registry
@@ -256,6 +258,29 @@ class Hub(LifecycleMethods):
         names = list(names) if names is not None else [
             str(image) if isinstance(image, (str, Path)) else f"image {i}" for i, image in enumerate(images)]
         return self.predictor(device, runtime).predict(pictures, names, tasks, top)
+
+    def evaluate(self, task: str, data: Path | str, batch_size: int = 32, device: str = "auto",
+                 runtime: str = "auto", plot: Path | str | None = None, progress: Progress | None = None,
+                 record: bool = True) -> Evaluation:
+        """Score `task` on the labelled folder `data` (one sub-folder per class, named as the task's classes):
+        top-1, top-5, per-class accuracy, precision and recall, and the confusion matrix, from the very labels
+        :meth:`predict` answers (:func:`snowhub.serving.evaluating.evaluate_folder`, `batch_size` images per
+        forward pass). `plot`: a folder to draw the confusion matrix in, as ``<task>-v<version>-confusion.png``.
+        `record`: append an ``evaluated`` event (dataset fingerprint and summary, numbers) to the registry.
+
+        Raises:
+            DataError: no images, an unreadable one, or classes the task does not know (nothing is written).
+            ConfigError: `batch_size` below 1; `plot` without matplotlib. TaskNotFoundError, IntegrityError.
+        """
+        if plot is not None:
+            require_matplotlib()  # before any image is read
+        result = evaluate_folder(self.predictor(device, runtime), task, data, batch_size, progress)
+        if plot is not None:
+            target = Path(plot) / f"{result.task}-v{result.version}-confusion.png"
+            result.plot = str(plot_confusion(result.metrics, target, f"{result.reference} on {result.data}"))
+        if record:
+            result.event = record_evaluation(self.registry, result)
+        return result
 
     def verify_forgetting(self, device: str = "auto", progress: Progress | None = None,
                           strict: bool = False) -> ForgettingReport:
