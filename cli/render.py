@@ -111,6 +111,10 @@ def task_details(info: TaskInfo) -> None:
             value = "; ".join(f"{tap}: {len(idx)} channels" for tap, idx in value.items())
         elif key == "metrics":
             value = "; ".join(f"epoch {e['epoch']}: top-1 {e['val_top1']:.2f} %" for e in value.get("history", []))
+        elif key == "evaluations":  # snowhub evaluate's records, oldest first
+            value = "\n".join(f"{e['at'][:16].replace('T', ' ')} v{e['version']} on {e['data']} ({e['images']} images,"
+                              f" {e['fingerprint'][:12]}): top-1 {pct(e['top1'])}, top-5 {pct(e['top5'])}"
+                              for e in value) or "—"
         elif isinstance(value, dict):
             value = json.dumps(value, default=str)
         table.add_row(key, str(value))

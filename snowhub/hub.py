@@ -30,7 +30,7 @@ from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import create_hub, train_and_register, train_on_workers
 from snowhub.evaluation.plot import plot_confusion, require_matplotlib
 from snowhub.serving import ImagePrediction, Predictor
-from snowhub.serving.evaluating import Evaluation, evaluate_folder, record_evaluation
+from snowhub.serving.evaluating import Evaluation, evaluate_folder, record_evaluation, recorded_evaluations
 from snowhub.serving.runtime_select import make_runtime
 from snowhub.store import HubLayout, Registry, RegistryStore, SourceRecord, TaskRecord, clean_if_idle
 from snowhub.store.copy import CopyReport, copy_registry
@@ -158,6 +158,7 @@ class Hub(LifecycleMethods):
              "retired": state.is_retired(r.name, r.version),
              "aliases": [a for a, v in state.aliases_of(r.name).items() if v == r.version]}
             for r in self.registry.versions(record.name)]
+        info.details["evaluations"] = recorded_evaluations(state.evaluations, record.name)
         return info
 
     def _record_problem(self, record: SourceRecord | TaskRecord) -> str | None:

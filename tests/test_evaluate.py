@@ -87,6 +87,13 @@ def test_cli_json_shape_and_a_subset_of_the_classes(hub_copy, fashion_dir, tmp_p
     assert len(metrics["confusion"]["matrix"]) == 3 and metrics["confusion"]["classes"][0] == "Bag"
     text = _cli("evaluate", "fashion", "--data", subset, "--device", "cpu", hub=hub_copy)
     assert text.exit_code == 0 and "top-1" in text.stdout and "Trouser" in text.stdout
+    # show lists both evaluations, oldest first
+    shown = json.loads(_cli("show", "fashion", "--json", hub=hub_copy).stdout)["evaluations"]
+    assert [e["event"] for e in shown][-2:][0] == out["event"] and len(shown) == 2
+    assert shown[0]["top1"] == pytest.approx(metrics["top1"]) and shown[0]["fingerprint"] == out["dataset"]["fingerprint"]
+    assert shown[0]["version"] == 1 and shown[0]["images"] == 24 and shown[0]["data"] == str(subset.resolve())
+    table = _cli("show", "fashion", hub=hub_copy)
+    assert table.exit_code == 0 and "evaluations" in table.stdout and "24 images" in table.stdout
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -28,6 +28,7 @@ from snowhub.serving.predictor import Predictor
 from snowhub.serving.preprocessing import to_batch
 from snowhub.serving.runtime import RuntimeTask
 from snowhub.store import RegistryStore
+from snowhub.store.records import EventRecord
 
 
 @dataclass
@@ -83,6 +84,20 @@ def record_evaluation(registry: RegistryStore, evaluation: Evaluation) -> int:
         HubLockedError, HubReadOnlyError: the registry cannot be written now.
     """
     return registry.append_event("evaluated", evaluation.task, evaluation.version, evaluation.summary()).id
+
+
+def recorded_evaluations(events: Sequence[EventRecord], name: str) -> list[dict]:
+    """The ``evaluated`` events of the task called `name` (every version), oldest first, as ``show`` lists them:
+    event id, when, by whom, version, test set (path, fingerprint, images) and top-1 / top-5 / macro numbers."""
+    rows = []
+    for e in events:
+        if e.kind == "evaluated" and e.task == name:
+            data, m = e.payload.get("dataset", {}), e.payload.get("metrics", {})
+            rows.append({"event": e.id, "at": e.at.isoformat(), "user": e.user, "host": e.host,
+                         "version": e.version, "data": data.get("path"), "fingerprint": data.get("fingerprint"),
+                         "images": m.get("images"), "top1": m.get("top1"), "top5": m.get("top5"),
+                         "macro_precision": m.get("macro_precision"), "macro_recall": m.get("macro_recall")})
+    return rows
 
 
 def default_workers() -> int:
