@@ -81,14 +81,15 @@ def _worker_errors(worker: Worker) -> Iterator[None]:
 
 
 def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, processes: int | None,
-             hub: Path | None, as_json: bool, registry: str | None = None) -> None:
+             hub: Path | None, as_json: bool, registry: str | None = None, new_version: bool = False) -> None:
     """``add-task`` with ``--nproc-per-node`` (launch the workers), or inside a launched worker; `registry`
-    is ``--registry`` (the workers get it on their command line, :func:`worker_argv`)."""
+    is ``--registry`` and `new_version` ``--new-version`` (the workers get both on their command line,
+    :func:`worker_argv`)."""
     worker = this_worker()
     if not worker.launched:
         command = [sys.executable, "-m", "snowhub_cli", *worker_argv(ctx)]
         with one_line_errors(), Hub.open(hub, registry=registry) as h:
-            _print(h.add_task_on_workers(name, data, config, processes, command), as_json)
+            _print(h.add_task_on_workers(name, data, config, processes, command, new_version), as_json)
         return
     with _worker_errors(worker):
         if processes is not None:
@@ -96,7 +97,7 @@ def add_task(ctx: typer.Context, name: str, data: Path, config: TrainConfig, pro
                               "--nproc-per-node to torchrun")
         with Hub.open(hub, clean=worker.writes, registry=registry) as h, \
                 (RichProgress(render.err) if worker.writes else nullcontext()) as progress:
-            info = h.add_task(name, data, config, progress, distributed=True)
+            info = h.add_task(name, data, config, progress, distributed=True, new_version=new_version)
         if info is not None and not worker.launcher_reports:
             _print(info, as_json)
 

@@ -16,6 +16,7 @@ from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, avai
 from snowhub.models.sources import PROVIDERS
 from snowhub_cli import distributed, export, render
 from snowhub_cli import evaluate as evaluate_command
+from snowhub_cli import lifecycle as lifecycle_commands
 from snowhub_cli import registry as registry_commands
 from snowhub_cli import trust as trust_commands
 from snowhub_cli.options import DeviceOption, HubOption, JsonOption, RegistryOption, Runtime, one_line_errors
@@ -83,7 +84,7 @@ def sources() -> None:
 @app.command("add-task")
 def add_task(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Unique task name (letters, digits, '_' or '-').")],
+    name: Annotated[str, typer.Argument(help="Task name (letters, digits, '_' or '-'); a new one unless --new-version.")],
     data: Annotated[Path, typer.Option("--data", help="ImageFolder tree, one with train/ and val/ (or test/), "
                                                       "or the CUB-200-2011 release folder.")],
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = _DEFAULTS["epochs"],
@@ -109,11 +110,15 @@ def add_task(
     cache_limit: Annotated[float, typer.Option("--cache-limit", help="Most disk the feature cache may take, GiB.")] = _RUN_DEFAULTS["cache_limit_gib"],
     source_precision: Annotated[str, typer.Option("--source-precision", help="float32, or bfloat16: the source's training "
                                                   "forward in bfloat16 where the device has it (faster; serving stays float32).")] = _DEFAULTS["source_precision"],
+    new_version: Annotated[bool, typer.Option("--new-version", help="Train the next version of the existing task "
+                                              "NAME (e.g. on more data); its earlier versions stay as they are, "
+                                              "and a bare NAME follows the new one unless alias 'production' is "
+                                              "set.")] = False,
     hub: HubOption = None,
     registry: RegistryOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train a new task's delta against the frozen source and append it to the hub."""
+    """Train a new task's delta (or a task's next version) against the frozen source and append it to the hub."""
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
                          hflip=not cache_features if hflip is None else hflip, val_fraction=val_fraction, seed=seed,
                          feature_cache=cache_features, source_precision=source_precision,
@@ -122,9 +127,10 @@ def add_task(
                          run=RunOptions(device=device, num_workers=workers, low_memory=low_memory,
                                         cache_limit_gib=cache_limit))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)
-        return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json, registry=registry)
+        return distributed.add_task(ctx, name, data, config, nproc_per_node, hub, as_json, registry=registry,
+                                    new_version=new_version)
     with one_line_errors(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
-        info = h.add_task(name, data, config, progress)
+        info = h.add_task(name, data, config, progress, new_version=new_version)
         if as_json:
             render.print_json(info.to_dict())
         else:
@@ -132,10 +138,15 @@ def add_task(
 
 
 @app.command("list")
-def list_tasks(hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
-    """List the hub's tasks in append order."""
+def list_tasks(
+    all_versions: Annotated[bool, typer.Option("--all", help="Retired versions too.")] = False,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", metavar="KEY=VALUE",
+                                                     help="Only tasks with this tag (repeatable: all of them).")] = None,
+    hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False,
+) -> None:
+    """List the hub's task versions in append order (retired ones with --all)."""
     with one_line_errors(), Hub.open(hub, registry=registry) as h:
-        tasks, source = h.tasks(), h.source_record().name
+        tasks, source = h.tasks(all=all_versions, tags=tag or ()), h.source_record().name
         if as_json:
             render.print_json({"hub": str(h.layout.root), "source": source,
                                "tasks": [{k: v for k, v in t.to_dict().items() if k != "classes"} for t in tasks]})
@@ -144,7 +155,8 @@ def list_tasks(hub: HubOption = None, registry: RegistryOption = None, as_json: 
 
 
 @app.command()
-def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the source's head).")],
+def show(name: Annotated[str, typer.Argument(help="Task: NAME, NAME@VERSION or NAME@ALIAS (imagenet = the "
+                                                  "source's head).")],
          hub: HubOption = None, registry: RegistryOption = None, as_json: JsonOption = False) -> None:
     """Show everything recorded about one task."""
     with one_line_errors(), Hub.open(hub, registry=registry) as h:
@@ -158,7 +170,8 @@ def show(name: Annotated[str, typer.Argument(help="Task name (imagenet = the sou
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="Image files.")],
-    task: Annotated[Optional[list[str]], typer.Option("--task", help="Task to answer (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Task to answer: NAME, NAME@VERSION or "
+                                                      "NAME@ALIAS (repeatable).")] = None,
     all_tasks: Annotated[bool, typer.Option("--all", help="Answer every task (the default without --task).")] = False,
     top: Annotated[int, typer.Option("--top", help="Labels per task.", min=1)] = 5,
     device: DeviceOption = "auto",
@@ -226,6 +239,9 @@ def doctor(hub: HubOption = None, registry: RegistryOption = None, as_json: Json
 
 
 app.command("serve")(_serve)  # snowhub serve (cli/serve.py)
+app.add_typer(lifecycle_commands.alias, name="alias")  # snowhub alias set|delete (cli/lifecycle.py)
+for _command in ("retire", "restore", "tag", "describe", "history"):  # a task's life (cli/lifecycle.py)
+    app.command(_command)(getattr(lifecycle_commands, _command))
 app.command("evaluate")(evaluate_command.evaluate)  # snowhub evaluate (cli/evaluate.py)
 app.add_typer(export.app, name="export")  # snowhub export onnx|task (cli/export.py)
 app.add_typer(registry_commands.app, name="registry")  # snowhub registry copy (cli/registry.py)

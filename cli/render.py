@@ -73,7 +73,7 @@ _RIGHT = {"seq", "classes", "K", "parameters", "val top-1"}
 
 def task_table(root: str, source_name: str, tasks: list[TaskInfo]) -> None:
     title = f"{root}  (source: {source_name})"
-    rows = [(str(t.seq), t.name + (" (!)" if t.record_problem else ""), str(len(t.classes)), str(t.k_total) if t.k_total else "—",
+    rows = [(str(t.seq), _listed_name(t), str(len(t.classes)), str(t.k_total) if t.k_total else "—",
              params(t.source_params) + " (source)" if t.seq == 0 else params(t.delta_params), pct(t.val_top1),
              t.created_at[:16].replace("T", " ")) for t in tasks]
     if len(rows) > _RICH_ROWS:
@@ -91,6 +91,13 @@ def task_table(root: str, source_name: str, tasks: list[TaskInfo]) -> None:
             table.add_row(*row)
         out.print(table)
     untrusted(tasks)
+
+
+def _listed_name(t: TaskInfo) -> str:
+    """``birds``, ``birds@2 [production]``, ``birds@1 (retired)``: a version after the first, its aliases."""
+    name = t.name + (f"@{t.version}" if t.version > 1 else "")
+    name += (f" [{', '.join(t.aliases)}]" if t.aliases else "") + (" (retired)" if t.retired else "")
+    return name + (" (!)" if t.record_problem else "")
 
 
 def untrusted(tasks: list[TaskInfo]) -> None:
@@ -111,6 +118,12 @@ def task_details(info: TaskInfo) -> None:
             value = "; ".join(f"{tap}: {len(idx)} channels" for tap, idx in value.items())
         elif key == "metrics":
             value = "; ".join(f"epoch {e['epoch']}: top-1 {e['val_top1']:.2f} %" for e in value.get("history", []))
+        elif key == "versions":  # every version of the task, its aliases, which are retired
+            value = "; ".join(f"{v['version']} (task {v['seq']}, top-1 {pct(v['val_top1'])}"
+                              + "".join(f", {a}" for a in v["aliases"]) + (", retired" if v["retired"] else "") + ")"
+                              for v in value)
+        elif key == "aliases":
+            value = ", ".join(value) or "—"
         elif key == "evaluations":  # snowhub evaluate's records, oldest first
             value = "\n".join(f"{e['at'][:16].replace('T', ' ')} v{e['version']} on {e['data']} ({e['images']} images,"
                               f" {e['fingerprint'][:12]}): top-1 {pct(e['top1'])}, top-5 {pct(e['top5'])}"

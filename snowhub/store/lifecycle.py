@@ -246,7 +246,8 @@ class TaskLifecycle:
         def check(records: list[TaskRecord], state: LifecycleState) -> tuple[str, int, dict]:
             record = resolve(records, state, TaskReference(name, int(version)))
             previous = state.aliases.get((name, alias))
-            return name, record.version, {"alias": alias} | ({"previous": previous} if previous else {})
+            moved = {"previous": previous} if previous and previous != record.version else {}
+            return name, record.version, {"alias": alias} | moved
 
         return self._change("alias_set", check)
 
