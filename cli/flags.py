@@ -14,7 +14,7 @@ FLAGS = {
     "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "image_size": "--image-size",
     "val_fraction": "--val-fraction", "hflip": "--hflip", "seed": "--seed", "feature_cache": "--cache-features",
     "source_precision": "--source-precision", "k_ratio": "--k-ratio", "head_k_ratio": "--head-k-ratio",
-    "width_divisor": "--width-divisor", "noise_var": "--noise-var", "num_workers": "--workers",
+    "width_divisor": "--width-divisor", "noise_var": "--noise-var", "budget": "--budget", "num_workers": "--workers",
     "low_memory": "--low-memory", "cache_limit_gib": "--cache-limit", "processes": "--nproc-per-node",
     "device": "--device", "opset": "--opset", "output": "--output", "top": "--top", "tasks": "--task",
     "new_name": "--as", "strict": "--strict", "registry": "--registry", "data": "--data", "weights": "--weights",

@@ -81,6 +81,23 @@ def sources() -> None:
         render.line(f"{provider.scheme}:<arch>  any {provider.scheme} model; {provider.how}")
 
 
+def _parameters(text: str | None) -> int | None:
+    """``--budget``'s value: ``500k`` → 500000, ``2M`` / ``2.5m`` → 2000000 / 2500000, ``140000`` as is."""
+    if text is None:
+        return None
+    scale = {"k": 1_000, "m": 1_000_000}.get(text.strip()[-1:].lower(), 1)
+    try:
+        return round(float(text.strip()[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number of parameters (e.g. 500k, 2M)", param_hint="--budget") from None
+
+
+def _given(ctx: typer.Context, *names: str) -> tuple[str, ...]:
+    """The options among `names` the user set (on the command line or from the environment), not defaulted."""
+    sources = {n: ctx.get_parameter_source(n) for n in names}  # Typer's own click: compare the enum by name
+    return tuple(n for n, source in sources.items() if source is not None and source.name != "DEFAULT")
+
+
 @app.command("add-task")
 def add_task(
     ctx: typer.Context,
@@ -93,6 +110,9 @@ def add_task(
     k_ratio: Annotated[float, typer.Option(help="K/N: share of each tap's channels the delta's stages subscribe to.")] = _DEFAULTS["k_ratio"],
     head_k_ratio: Annotated[float, typer.Option(help="K/N of the last tap, read by the classifier only (the paper: 0.125).")] = _DEFAULTS["head_k_ratio"],
     width_divisor: Annotated[float, typer.Option(help="The delta is the source narrowed by this factor.")] = _DEFAULTS["width_divisor"],
+    budget: Annotated[Optional[str], typer.Option(
+        "--budget", metavar="PARAMS", help="Most parameters the task may add, e.g. 500k or 2M: picks --width-divisor "
+        "and --k-ratio for the largest delta that fits (either, when given, is kept).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resolution in pixels (default: the source's, 224).")] = None,
     noise_var: Annotated[float, typer.Option(help="σ² of the channel pooling selection noise.")] = _DEFAULTS["noise_var"],
     hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips (off for digits, text) [default: on, off with --cache-features].", show_default=False)] = None,
@@ -123,7 +143,8 @@ def add_task(
                          hflip=not cache_features if hflip is None else hflip, val_fraction=val_fraction, seed=seed,
                          feature_cache=cache_features, source_precision=source_precision,
                          delta=DeltaConfig(k_ratio=k_ratio, head_k_ratio=head_k_ratio, width_divisor=width_divisor,
-                                           noise_var=noise_var),
+                                           noise_var=noise_var, budget=_parameters(budget),
+                                           budget_keeps=_given(ctx, "width_divisor", "k_ratio")),
                          run=RunOptions(device=device, num_workers=workers, low_memory=low_memory,
                                         cache_limit_gib=cache_limit))
     if nproc_per_node is not None or distributed.launched():  # several processes (docs/distributed.md)

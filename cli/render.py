@@ -63,6 +63,9 @@ def task_added(info: TaskInfo) -> None:
          f"top-5 {pct(info.val_top5)}; trained in {d['train_seconds']:.1f} s at {d['train_images_per_s']:.1f} "
          f"images/s; delta {params(info.delta_params)} parameters "
          f"({100 * info.delta_params / info.source_params:.1f} % of the source), K = {info.k_total}")
+    if (h := info.details.get("hyperparams", {})).get("budget") is not None:  # add-task --budget: what it chose
+        line(f"budget {params(h['budget'])}: width divisor {h['width_divisor']:g}, K ratio {h['k_ratio']:g} → "
+             f"{params(h['budget_params'])} parameters")
 
 
 # Above this many rows Rich's per-cell layout takes seconds; the same columns as plain aligned text take ms.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from snowhub.data import DatasetSplit, discover, fingerprint
 from snowhub.device import pick_device
 from snowhub.errors import ConfigError, DataError, HubReadOnlyError, TaskExistsError, TaskNotFoundError
 from snowhub.faults import crash_point
+from snowhub.models.budget import delta_parameters, fit_budget
 from snowhub.models.frozen import FrozenSource, check_source
 from snowhub.models.sources import get_spec
 from snowhub.models.weights import RANDOM, load_source_state, resolve_weights
@@ -252,6 +254,7 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
             check_can_add(registry, name, new_version)  # another writer may have taken the name while we waited
         crash_point("add-task:locked")
         source = source_on(device)
+        config = fit_to_budget(config, source, len(split.class_names))
         result = _train(train, source, split, config, device, progress, registry.layout.staging_dir, distributed)
         if result is None:
             return None
@@ -282,9 +285,30 @@ def _train(train: Trainer, source: FrozenSource, split: DatasetSplit, config: Tr
         raise write_error(Path(exc.filename or staging), exc) from None
 
 
+def fit_to_budget(config: TrainConfig, source: FrozenSource, num_classes: int) -> TrainConfig:
+    """`config` with ``delta.width_divisor`` and ``delta.k_ratio`` chosen for ``delta.budget`` (issue 28): the
+    largest delta of at most that many serving parameters (:func:`snowhub.models.budget.fit_budget`), keeping
+    the knobs named in ``delta.budget_keeps``; `config` itself when it has no budget.
+
+    Raises:
+        ConfigError: no delta of this source and `num_classes` fits the budget.
+    """
+    arch = config.delta
+    if arch.budget is None:
+        return config
+    keeps = set(arch.budget_keeps)
+    choice = fit_budget(source.spec.block, source.taps, num_classes, arch.budget, head_k_ratio=arch.head_k_ratio,
+                        noise_var=arch.noise_var, width_divisor=arch.width_divisor if "width_divisor" in keeps else None,
+                        k_ratio=arch.k_ratio if "k_ratio" in keeps else None)
+    return replace(config, delta=replace(arch, width_divisor=choice.width_divisor, k_ratio=choice.k_ratio))
+
+
 def _hyperparams(config: TrainConfig, result: TrainResult, distributed: bool) -> dict:
-    """Every option of the run, as recorded with the task: the configuration and what training resolved."""
+    """Every option of the run, as recorded with the task: the configuration and what training resolved (with
+    a `budget`, the delta's serving parameters as ``budget_params``)."""
     resolved = {"image_size": result.image_size, "device": result.device, "delta_shape": result.delta.shape.to_dict()}
+    if config.delta.budget is not None:
+        resolved["budget_params"] = delta_parameters(result.delta.shape)
     return config.to_dict() | resolved | ({"processes": result.processes} if distributed else {})
 
 

@@ -33,12 +33,18 @@ class DeltaConfig:
             :meth:`~snowhub.models.delta.DeltaShape.from_ratios`].
         width_divisor: the delta is the source narrowed by this factor [8].
         noise_var: σ² of the channel pooling selection noise [1e-3].
+        budget: most serving parameters the delta may have (``add-task --budget``); add-task then sets
+            `width_divisor` and `k_ratio` to the largest delta that fits
+            (:func:`snowhub.models.budget.fit_budget`), except those named in `budget_keeps`. None: as given.
+        budget_keeps: ``"width_divisor"`` and/or ``"k_ratio"``: knobs the caller set, kept under a `budget`.
     """
 
     k_ratio: float = 1 / 8
     head_k_ratio: float = 1.0
     width_divisor: float = 8.0
     noise_var: float = 1e-3
+    budget: int | None = None
+    budget_keeps: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raises ConfigError naming the first option that is out of range (by its parameter name, in
@@ -48,6 +54,10 @@ class DeltaConfig:
             (0 < self.head_k_ratio <= 1, f"`head_k_ratio` must be in (0, 1], got {self.head_k_ratio}"),
             (1 <= self.width_divisor <= 64, f"`width_divisor` must be in [1, 64], got {self.width_divisor}"),
             (self.noise_var >= 0, f"`noise_var` must be >= 0, got {self.noise_var}"),
+            (self.budget is None or self.budget > 0,
+             f"`budget` must be a positive number of parameters, got {self.budget}"),
+            (set(self.budget_keeps) <= {"width_divisor", "k_ratio"},
+             f"`budget_keeps` names width_divisor and/or k_ratio, got {list(self.budget_keeps)}"),
         ])
 
 
