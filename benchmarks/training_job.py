@@ -150,7 +150,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
     num_classes = len(split.class_names)
     size, batch = config.image_size, config.batch_size
     workers = default_num_workers(device) if config.num_workers is None else config.num_workers
-    source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN") else None
+    source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN", "FE-paper") else None
 
     seed_everything(config.seed)
     delta = None
