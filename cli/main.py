@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from snowhub import DeltaConfig, Hub, RunOptions, TrainConfig, __version__, available_sources
 from snowhub.models.sources import PROVIDERS
@@ -98,7 +99,18 @@ def _given(ctx: typer.Context, *names: str) -> tuple[str, ...]:
     return tuple(n for n, source in sources.items() if source is not None and source.name != "DEFAULT")
 
 
-@app.command("add-task")
+class _LowMemoryCommand(TyperCommand):
+    """add-task's parser: ``--low-memory`` takes auto, on or off, and alone (the former flag) means on."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--low-memory" and (i + 1 == len(args) or args[i + 1] not in ("auto", "on", "off")):
+                args.insert(i + 1, "on")
+        return super().parse_args(ctx, args)
+
+
+@app.command("add-task", cls=_LowMemoryCommand)
 def add_task(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Task name (letters, digits, '_' or '-'); a new one unless --new-version.")],
@@ -121,9 +133,12 @@ def add_task(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader workers (default: 0 on a 2-core CPU, more with CUDA).")] = None,
     device: DeviceOption = "auto",
     nproc_per_node: Annotated[Optional[int], typer.Option("--nproc-per-node", help=distributed.NPROC_HELP)] = None,
-    low_memory: Annotated[bool, typer.Option("--low-memory", help="Train stage by stage, the source 16 images at a "
-                                             "time, recomputing the delta in backward: the same delta (up to float "
-                                             "rounding), less memory, slower at small images (one process).")] = False,
+    low_memory: Annotated[str, typer.Option(
+        "--low-memory", metavar="[auto|on|off]",
+        help="Train stage by stage, the source a few images at a time, recomputing the delta in backward: the "
+             "same delta (up to float rounding), far less memory at large images, slower at small ones (one "
+             "process). auto: on when the source's taps for one batch reach 64 MiB (ResNet-50 at 224 px: on; "
+             "64 px quickstart: off); --low-memory alone: on.")] = _RUN_DEFAULTS["low_memory"],
     cache_features: Annotated[bool, typer.Option("--cache-features", help="Run the source once over the training "
                                                  "images and train every epoch on its cached float16 taps: much "
                                                  "faster epochs, no augmentation, disk in the hub's staging/ (one process).")] = False,

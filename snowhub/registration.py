@@ -307,6 +307,8 @@ def _hyperparams(config: TrainConfig, result: TrainResult, distributed: bool) ->
     """Every option of the run, as recorded with the task: the configuration and what training resolved (with
     a `budget`, the delta's serving parameters as ``budget_params``)."""
     resolved = {"image_size": result.image_size, "device": result.device, "delta_shape": result.delta.shape.to_dict()}
+    if result.low_memory is not None:  # what ran, as asked and why (``--low-memory auto``)
+        resolved |= result.low_memory.to_dict()
     if config.delta.budget is not None:
         resolved["budget_params"] = delta_parameters(result.delta.shape)
     return config.to_dict() | resolved | ({"processes": result.processes} if distributed else {})

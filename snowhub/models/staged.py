@@ -103,23 +103,47 @@ class _RecomputeOnce:
         return False
 
 
-def _run_block(block: nn.Module, x: torch.Tensor, recompute: bool) -> torch.Tensor:
+def _checkpointed(module: nn.Module, fn, *inputs: torch.Tensor, saved_dtype: torch.dtype | None = None):
+    """``fn(*inputs)`` recomputed in backward, only `inputs` kept (in `saved_dtype` when given: then `fn`
+    sees them rounded to it and back to float32 in the forward pass too, so forward and recomputation agree);
+    `module`'s BatchNorms update their running statistics once (:class:`_RecomputeOnce`)."""
+    if not torch.is_grad_enabled():
+        return fn(*inputs)
+    if saved_dtype is not None:
+        inputs = tuple(t.to(saved_dtype) for t in inputs)
+        inner = fn
+        fn = lambda *xs: inner(*(t.float() for t in xs))  # noqa: E731
+    return checkpoint(fn, *inputs, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _RecomputeOnce(module)))
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, recompute: bool,
+               saved_dtype: torch.dtype | None = None) -> torch.Tensor:
     if not recompute or not torch.is_grad_enabled():
         return block(x)
-    return checkpoint(block, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _RecomputeOnce(block)))
+    return _checkpointed(block, block, x, saved_dtype=saved_dtype)
 
 
 class _Consumer:
-    """Receives the taps in order and runs the delta on them (the delta's forward, split at the taps)."""
+    """Receives the taps in order and runs the delta on them (the delta's forward, split at the taps).
 
-    def __init__(self, delta: Delta, images: torch.Tensor, recompute: bool, autocast_off: str | None):
-        self.delta, self.recompute, self.autocast_off = delta, recompute, autocast_off
+    `checkpoint`: None (keep every activation), ``"block"`` (each block's input kept, its activations
+    recomputed in backward) or ``"stage"`` (only each stage's inputs kept: the previous stage's output and the
+    tap's K selected channels; the whole stage recomputed in backward). `saved_dtype`: what those inputs are
+    kept in (None: their own dtype)."""
+
+    def __init__(self, delta: Delta, images: torch.Tensor, checkpoint: str | None, autocast_off: str | None,
+                 saved_dtype: torch.dtype | None = None):
+        self.delta, self.checkpoint, self.autocast_off = delta, checkpoint, autocast_off
+        self.saved_dtype = saved_dtype
         self.next, self.logits = 0, None
         with self._delta_mode():
-            self.x = images
-            for block in delta.stem:
-                self.x = _run_block(block, self.x, recompute)
+            if checkpoint == "stage":
+                self.x = _checkpointed(delta.stem, delta.stem, images, saved_dtype=saved_dtype)
+            else:
+                self.x = images
+                for block in delta.stem:
+                    self.x = _run_block(block, self.x, checkpoint is not None, saved_dtype)
 
     def _delta_mode(self):
         stack = contextlib.ExitStack()
@@ -134,17 +158,34 @@ class _Consumer:
         self.next += 1
         delta = self.delta
         with self._delta_mode():
-            pooled = _pool(delta.pools[index], tap, idx)
+            pool = delta.pools[index]
+            if self.checkpoint == "stage" and index < len(delta.stages) and isinstance(pool, ChannelPooling):
+                if idx is None:
+                    idx = pool.select()
+                    tap = tap.index_select(1, idx)
+                self.x = self._stage(index, tap, idx)
+                return
+            pooled = _pool(pool, tap, idx)
             del tap
+            x = torch.cat([match_size(self.x, pooled).to(pooled.dtype), pooled], dim=1)
             if index < len(delta.stages):
-                x = torch.cat([match_size(self.x, pooled).to(pooled.dtype), pooled], dim=1)
                 for block in delta.stages[index]:
-                    x = _run_block(block, x, self.recompute)
+                    x = _run_block(block, x, self.checkpoint is not None, self.saved_dtype)
                 self.x = x
             else:
-                x = torch.cat([match_size(self.x, pooled).to(pooled.dtype), pooled], dim=1)
                 self.logits = delta.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
                 self.x = None
+
+    def _stage(self, index: int, selected: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Delta stage `index` on the previous stage's output and the tap's K `selected` channels, checkpointed
+        as a whole (the channel pooling inside it)."""
+        pool, stage = self.delta.pools[index], self.delta.stages[index]
+
+        def run(x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+            pooled = _PoolSelected.apply(chosen, pool.mean[idx], pool.inv_std[idx] * pool.scores[idx])
+            return stage(torch.cat([match_size(x, pooled).to(pooled.dtype), pooled], dim=1))
+
+        return _checkpointed(stage, run, self.x, selected, saved_dtype=self.saved_dtype)
 
 
 def _emit(index: int, tap: torch.Tensor) -> None:
@@ -189,7 +230,12 @@ class StagedForward:
         source: the frozen source. delta: the delta being trained (called directly, so not for a
             DistributedDataParallel wrapper).
         source_dtype: autocast dtype of the source's forward (``torch.bfloat16``), or None for float32.
-        recompute: checkpoint the delta's blocks (saves their activations; costs one more delta forward).
+        recompute: recompute the delta in backward instead of keeping its activations (costs one more delta
+            forward), at the granularity `checkpoint` says.
+        checkpoint: ``"block"`` (each block's input kept) or ``"stage"`` (only each delta stage's inputs kept,
+            the previous stage's output and the tap's K selected channels: less memory, the same arithmetic).
+        saved_dtype: keep those inputs in this dtype (``torch.bfloat16``: half their memory; the delta then
+            reads them rounded to it in the forward pass too, so its logits differ by that rounding), or None.
         source_chunk: run the source on at most this many images at a time, keeping only each tap's K
             selected channels, then the delta on the whole batch (None: the whole batch at once). The
             source has no gradient and its BatchNorm uses running statistics, so each image's taps are the
@@ -199,9 +245,13 @@ class StagedForward:
     """
 
     def __init__(self, source: FrozenSource, delta: Delta, source_dtype: torch.dtype | None = None,
-                 recompute: bool = True, source_chunk: int | None = None):
-        self.source, self.delta, self.source_dtype, self.recompute = source, delta, source_dtype, recompute
-        self.source_chunk = source_chunk
+                 recompute: bool = True, source_chunk: int | None = None, checkpoint: str = "block",
+                 saved_dtype: torch.dtype | None = None):
+        if checkpoint not in ("block", "stage"):
+            raise ValueError(f"checkpoint must be 'block' or 'stage', got {checkpoint!r}")
+        self.source, self.delta, self.source_dtype = source, delta, source_dtype
+        self.checkpoint = checkpoint if recompute else None
+        self.source_chunk, self.saved_dtype = source_chunk, saved_dtype if recompute else None
         names = [t.name for t in source.spec.taps]
         extractor = source.extractor
         self._hooked = isinstance(extractor, _HookExtractor)
@@ -245,14 +295,14 @@ class StagedForward:
             collector = _Collector([pool.select() for pool in self.delta.pools])
             for part in x.split(chunk):
                 self._run_source(part, collector)
-            consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+            consumer = _Consumer(self.delta, x, self.checkpoint, autocast_off, self.saved_dtype)
             for index, parts in enumerate(collector.parts):
                 selected = torch.cat(parts)
                 collector.parts[index] = []
                 consumer(index, selected, collector.indices[index])
                 del selected
         else:
-            consumer = _Consumer(self.delta, x, self.recompute, autocast_off)
+            consumer = _Consumer(self.delta, x, self.checkpoint, autocast_off, self.saved_dtype)
             self._run_source(x, consumer)
         if consumer.logits is None:
             raise RuntimeError("the source did not produce every tap")

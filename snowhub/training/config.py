@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from snowhub.errors import ConfigError
 
+LOW_MEMORY_MODES = ("auto", "on", "off")
+
 
 def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
@@ -68,25 +70,33 @@ class RunOptions:
     Attributes:
         device: ``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda[:N]"``.
         num_workers: DataLoader worker processes; None picks a default for the device.
-        low_memory: train stage by stage (:class:`snowhub.models.staged.StagedForward`): the source on 16
-            images at a time, each tap freed once channel-pooled, delta blocks recomputed in backward. The same
-            delta up to float rounding (bit for bit where the source's kernels compute an image alike in any
-            batch, as on this CPU) with less training memory (ResNet-50, 224 px, batch 64: 1,567 MiB against
-            2,564 MiB above the imports); one more delta forward per step makes it slower at small images
-            (efficientnet_lite0 at 64 px on this 2-core CPU: 158 against 233 images/s), so it is off by
-            default. One process only: a DDP run ignores it.
+        low_memory: ``"auto"`` (default), ``"on"`` or ``"off"`` (True/False are read as on/off). On: train
+            stage by stage (:class:`snowhub.models.staged.StagedForward`): the source on a few images at a
+            time, each tap freed once channel-pooled, each delta stage recomputed in backward. The same delta up
+            to float rounding (bit for bit where the source's kernels compute an image alike in any batch, as
+            on this CPU) with far less training memory at large images; one more delta forward per step makes
+            it slower at small ones. ``auto`` turns it on when the source's taps for one batch at the task's
+            image size reach :data:`snowhub.training.forwards.LOW_MEMORY_AUTO_MIB` (ResNet-50 at 224 px, batch
+            32: on; efficientnet_lite0 at 64 px: off); the choice is recorded with the task. One process
+            only: a DDP run or a feature cache trains without it.
         cache_limit_gib: the most disk a feature cache (``TrainConfig.feature_cache``) may take, GiB.
     """
 
     device: str = "auto"
     num_workers: int | None = None
-    low_memory: bool = False
+    low_memory: str = "auto"
     cache_limit_gib: float = 16.0
+
+    def __post_init__(self):
+        if isinstance(self.low_memory, bool):  # the former on/off flag
+            object.__setattr__(self, "low_memory", "on" if self.low_memory else "off")
 
     def validate(self) -> None:
         """Raises ConfigError naming the first option that is out of range (by its parameter name, in
         backticks: the CLI shows its flag instead)."""
-        _check([(self.num_workers is None or self.num_workers >= 0,
+        _check([(self.low_memory in LOW_MEMORY_MODES,
+                 f"`low_memory` must be auto, on or off, got {self.low_memory!r}"),
+                (self.num_workers is None or self.num_workers >= 0,
                  f"`num_workers` must be >= 0, got {self.num_workers}"),
                 (self.cache_limit_gib > 0 and math.isfinite(self.cache_limit_gib),
                  f"`cache_limit_gib` must be a positive number of GiB, got {self.cache_limit_gib}")])
@@ -152,7 +162,7 @@ class TrainConfig:
              "`probe_per_class` and `probe_max` must be at least 1"),
             (not (self.feature_cache and self.hflip),
              "`feature_cache` trains on unaugmented images: drop `hflip` (random flips would need the source again)"),
-            (not (self.feature_cache and self.run.low_memory),
+            (not (self.feature_cache and self.run.low_memory == "on"),
              "`feature_cache` runs no source while training, so `low_memory` has nothing to save: drop one"),
             (self.source_precision in ("float32", "bfloat16"),
              f"`source_precision` must be float32 or bfloat16, got {self.source_precision!r}"),

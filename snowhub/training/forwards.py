@@ -2,15 +2,17 @@
 source and the delta every step, or the source's taps read back from a feature cache.
 
 - plain: ``task_logits(source, model, images)`` (a DDP-wrapped delta must see its wrapper called);
-- staged (one process, ``--low-memory`` or ``--source-precision bfloat16``): :class:`StagedForward`, stage by
-  stage, each tap freed once pooled, the source in chunks and/or under bfloat16 autocast (the same logits and
-  gradients up to float rounding, less memory);
+- staged (one process, low memory on, or ``--source-precision bfloat16``): :class:`StagedForward`, stage by
+  stage, each tap freed once pooled, the source in chunks and/or under bfloat16 autocast, each delta stage
+  recomputed in backward (the same logits and gradients up to float rounding, less memory);
+  :func:`choose_low_memory` decides ``--low-memory auto`` from the size of the source's taps;
 - cached (``--cache-features``): the source ran once over the unaugmented images; each step reads their
   taps from the cache (:mod:`snowhub.training.feature_cache`) and runs the delta only.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +34,48 @@ from snowhub.training.feature_cache import FeatureCache, build_feature_cache
 # --low-memory runs the frozen source on this many images at a time (ResNet-50, 224 px, batch 64 on this CPU:
 # 1,567 against 1,904 MiB, and 13.0 against 9.8 images/s; benchmarks/results/paper-cpu-20261202-042116).
 LOW_MEMORY_SOURCE_CHUNK = 16
+# --low-memory auto: on when the source's taps for one batch (float32) reach this many MiB (docs/benchmarks.md,
+# "Low memory by default": where the staged forward stopped costing speed on this CPU).
+LOW_MEMORY_AUTO_MIB = 64.0
+
+
+@dataclass(frozen=True)
+class LowMemoryChoice:
+    """Whether a training runs the low-memory forward, as asked (``auto``/``on``/``off``) and why.
+
+    Attributes:
+        on: the staged forward with recomputation runs. asked: ``RunOptions.low_memory``. reason: one line.
+    """
+
+    on: bool
+    asked: str
+    reason: str
+
+    def to_dict(self) -> dict:
+        """As recorded with the task: ``low_memory`` (bool, what ran), ``low_memory_asked``, ``low_memory_reason``."""
+        return {"low_memory": self.on, "low_memory_asked": self.asked, "low_memory_reason": self.reason}
+
+
+def taps_mib(source: FrozenSource, image_size: int, batch_size: int) -> float:
+    """MiB of the source's taps for one batch of `batch_size` images of `image_size` px, in float32: what the
+    plain forward keeps alive for the delta's backward and the low-memory one frees tap by tap."""
+    values = sum(t.channels * math.ceil(image_size / t.stride) ** 2 for t in source.taps)
+    return values * 4 * batch_size / (1 << 20)
+
+
+def choose_low_memory(config: TrainConfig, source: FrozenSource, image_size: int, one_process: bool) -> LowMemoryChoice:
+    """Resolve ``config.run.low_memory`` for a training of `source` at `image_size` px (`one_process`: False
+    for a rank of a DDP training, which runs the plain forward)."""
+    asked = config.run.low_memory
+    if config.feature_cache or not one_process:
+        why = "a feature cache runs no source per step" if config.feature_cache else "one process only"
+        return LowMemoryChoice(False, asked, why)
+    if asked != "auto":
+        return LowMemoryChoice(asked == "on", asked, "asked")
+    mib, batch = taps_mib(source, image_size, config.batch_size), config.batch_size
+    on = mib >= LOW_MEMORY_AUTO_MIB
+    return LowMemoryChoice(on, asked, f"the source's taps are {mib:,.0f} MiB per batch of {batch} at {image_size} px, "
+                                      f"{'at least' if on else 'under'} {LOW_MEMORY_AUTO_MIB:g} MiB")
 
 
 @dataclass
@@ -68,10 +112,13 @@ def source_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def live_forward(source: FrozenSource, delta: Delta, model: nn.Module, dtype: torch.dtype | None,
                  low_memory: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward of uint8 images ``(B, 3, S, S)`` → logits: staged when asked for and `model` is the delta
-    itself (not a DDP wrapper, which must see its own forward called), else ``task_logits``."""
+    itself (not a DDP wrapper, which must see its own forward called), else ``task_logits``. With
+    `low_memory`, each delta stage is recomputed in backward from its inputs, kept in the source's training
+    dtype (bfloat16 with a bfloat16 source, else float32: bit for bit the plain forward's arithmetic)."""
     if (low_memory or dtype is not None) and model is delta:
         return StagedForward(source, delta, dtype, recompute=low_memory,
-                             source_chunk=LOW_MEMORY_SOURCE_CHUNK if low_memory else None)
+                             source_chunk=LOW_MEMORY_SOURCE_CHUNK if low_memory else None, checkpoint="stage",
+                             saved_dtype=dtype)
     return lambda images: task_logits(source, model, images)
 
 

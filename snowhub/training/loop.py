@@ -28,7 +28,14 @@ from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.config import TrainConfig
-from snowhub.training.forwards import TrainingInputs, cached_inputs, live_forward, source_dtype
+from snowhub.training.forwards import (
+    LowMemoryChoice,
+    TrainingInputs,
+    cached_inputs,
+    choose_low_memory,
+    live_forward,
+    source_dtype,
+)
 from snowhub.training.hooks import EpochHooks, EvalPoint, StepEvent, TrainingClock
 from snowhub.training.optim import SGDSteps, delta_param_groups
 from snowhub.training.strategy import (
@@ -56,6 +63,7 @@ class TrainResult:
         step_losses: each step's mean cross-entropy over the (global) batch, nats.
         processes: how many processes trained it (1, or the world size of a DDP training).
         cache_seconds: time spent filling the feature cache, s (included in `train_seconds`; 0 without it).
+        low_memory: whether the low-memory forward ran, as asked and why (recorded with the task).
     """
 
     delta: Delta
@@ -69,6 +77,7 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)
     processes: int = 1
     cache_seconds: float = 0.0
+    low_memory: LowMemoryChoice | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -264,7 +273,11 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     progress.finish()
     model = strategy.wrap(delta)  # DDP: the delta only, never the source
     noise = strategy.pooling_noise(delta, config.seed, device)
-    with _training_inputs(source, delta, model, split, config, device, data, cache_dir, progress) as inputs:
+    low_memory = choose_low_memory(config, source, data.size, model is delta)
+    progress.start("choosing the training forward", None)
+    progress.finish(f"low memory: {'on' if low_memory.on else 'off'} ({low_memory.asked}: {low_memory.reason})")
+    with _training_inputs(source, delta, model, split, config, device, data, cache_dir, progress,
+                          low_memory.on) as inputs:
         run = EpochRun(module=delta, train_forward=inputs.forward,
                        eval_forward=lambda images: task_logits(source, delta, images),
                        param_groups=delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
@@ -281,7 +294,7 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
                        images_per_s=epochs.images / epochs.train_seconds if epochs.train_seconds else 0.0,
                        image_size=data.size, device=str(device), history=epochs.history,
                        step_losses=epochs.step_losses, processes=strategy.world_size,
-                       cache_seconds=inputs.cache_seconds)
+                       cache_seconds=inputs.cache_seconds, low_memory=low_memory)
 
 
 @dataclass
@@ -312,14 +325,14 @@ def _loaders(strategy: TrainingStrategy, source: FrozenSource, split: DatasetSpl
 
 def _training_inputs(source: FrozenSource, delta: Delta, model: nn.Module, split: DatasetSplit, config: TrainConfig,
                      device: torch.device, data: _Loaders, cache_dir: Path | None,
-                     progress: Progress) -> AbstractContextManager[TrainingInputs]:
+                     progress: Progress, low_memory: bool) -> AbstractContextManager[TrainingInputs]:
     """The training's batches and forward (:mod:`snowhub.training.forwards`): the source's taps from a feature
-    cache, or images through the source every step (staged for --low-memory and a bfloat16 source)."""
+    cache, or images through the source every step (staged for `low_memory` and a bfloat16 source)."""
     dtype = source_dtype(config.source_precision, device)
     if config.feature_cache:
         return cached_inputs(source, delta, split.train, data.evaluation, config, device, data.workers, cache_dir,
                              progress)
-    return nullcontext(TrainingInputs(data.train, live_forward(source, delta, model, dtype, config.run.low_memory)))
+    return nullcontext(TrainingInputs(data.train, live_forward(source, delta, model, dtype, low_memory)))
 
 
 def _new_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig) -> Delta:
