@@ -98,6 +98,11 @@ def serving_section(serve: dict | None, ratios: dict) -> list[str]:
     return lines + [""]
 
 
+def _low_memory(choice: dict | None) -> str:
+    """A speed row's ``--low-memory`` as the product resolved it: ``on (auto)``, ``off (off)``, or — (not SNOW)."""
+    return "—" if not choice else f"{'on' if choice['low_memory'] else 'off'} ({choice['low_memory_asked']})"
+
+
 def speed_section(speed: dict) -> list[str]:
     """The ``speed`` jobs: training images/s and memory per batch size, beside the paper's Table 7."""
     if not speed:
@@ -107,10 +112,10 @@ def speed_section(speed: dict) -> list[str]:
     for batch, b in speed.items():
         lines += [f"### batch {batch}", ""]
         lines += table(["method", "train images/s", "train images/CPU-s", "memory MiB", "peak RSS MiB", "trainable",
-                        "autocast", "paper images/s (mean)", "paper GB (mean)"],
+                        "autocast", "low memory", "paper images/s (mean)", "paper GB (mean)"],
                        [[m, fmt(r["images_per_s"], ".2f"), fmt(r["images_per_cpu_s"], ".2f"),
                          fmt(r["memory_mib"], ".0f"), fmt(r["rss_peak_mib"], ".0f"), fmt_params(r["trainable"]),
-                         str(r.get("amp_dtype")), f"{paper.mean(x[0] for x in t7[m.split()[0]]):.0f}",
+                         str(r.get("amp_dtype")), _low_memory(r.get("low_memory")), f"{paper.mean(x[0] for x in t7[m.split()[0]]):.0f}",
                          f"{paper.mean(x[1] for x in t7[m.split()[0]]):.1f}"] for m, r in b["rows"].items()])
         r = b["ratios"]
         lines += ["", f"Batch {batch}: SNOW ÷ FT training images/s **{fmt(r.get('snow_over_ft_images_per_s'), '.2f', '×')}** "

@@ -107,26 +107,53 @@ def subscription_parameters(delta: Delta) -> int:
 
 
 class SnowModel(nn.Module):
-    """Source + one delta, uint8 images in, logits out: in training the product's training forward
-    (``snowhub.models.staged.StagedForward`` where the measured product has it, with the source in
-    `source_precision`), else ``task_logits``."""
+    """Source + one delta, uint8 images in, logits out: in training the product's training forward, else
+    ``task_logits``.
 
-    def __init__(self, source: FrozenSource, delta: Delta, source_precision: str = "float32", source_chunk: int = 0):
+    With `batch_size` and `image_size` (the ``speed`` jobs) the training forward is the one ``add-task`` would
+    run: ``--low-memory`` as `low_memory` says (``auto`` resolved by the product for this batch and size) and
+    the source in `source_precision`; the resolved choice is ``self.low_memory``. Otherwise (and for a
+    `source_chunk`, a research setting) ``snowhub.models.staged.StagedForward`` with its own defaults, where
+    the measured product has it.
+    """
+
+    def __init__(self, source: FrozenSource, delta: Delta, source_precision: str = "float32", source_chunk: int = 0,
+                 low_memory: str = "auto", batch_size: int | None = None, image_size: int | None = None):
         super().__init__()
-        self.source, self.delta = source, delta
+        self.source, self.delta, self.low_memory = source, delta, None
+        self._staged = None
+        if batch_size and image_size and not source_chunk and _product_forward(self, source_precision, low_memory,
+                                                                               batch_size, image_size):
+            return
         try:
             from snowhub.models.staged import StagedForward
         except ImportError:  # a --product revision from before it
             if source_precision != "float32":
                 raise
-            self._staged = None
-        else:
-            dtype = getattr(torch, source_precision) if source_precision != "float32" else None
-            # source_chunk only when asked for: products before it lack the argument.
-            self._staged = StagedForward(source, delta, dtype, **({"source_chunk": source_chunk} if source_chunk else {}))
+            return
+        dtype = getattr(torch, source_precision) if source_precision != "float32" else None
+        # source_chunk only when asked for: products before it lack the argument.
+        self._staged = StagedForward(source, delta, dtype, **({"source_chunk": source_chunk} if source_chunk else {}))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training and self._staged is not None and torch.is_grad_enabled():
             return self._staged(images)
         return task_logits(self.source, self.delta, images)
 
+
+def _product_forward(model: SnowModel, source_precision: str, low_memory: str, batch_size: int,
+                     image_size: int) -> bool:
+    """Give `model` the training forward ``add-task`` runs at this batch and size (False: a product from
+    before ``--low-memory auto``)."""
+    try:
+        from snowhub.training.config import RunOptions, TrainConfig
+        from snowhub.training.forwards import choose_low_memory, live_forward, source_dtype
+    except ImportError:
+        return False
+    config = TrainConfig(batch_size=batch_size, image_size=image_size, source_precision=source_precision,
+                         run=RunOptions(low_memory=low_memory))
+    choice = choose_low_memory(config, model.source, image_size, True)
+    dtype = source_dtype(source_precision, next(model.delta.parameters()).device)
+    model._staged = live_forward(model.source, model.delta, model.delta, dtype, choice.on)
+    model.low_memory = choice.to_dict()
+    return True

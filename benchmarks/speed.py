@@ -44,7 +44,8 @@ def run_speed(config: BenchConfig, job: Job, pretrained: Pretrained, device: tor
     source = pretrained.frozen_source().to(device) if job.method in ("SNOW", "PN") else None
     if job.method == "SNOW":
         delta = build_delta(pretrained.spec, NUM_CLASSES, job.variant, config.noise_var).to(device)
-        model = SnowModel(source, delta, job.variant.source_precision, job.variant.source_chunk)
+        model = SnowModel(source, delta, job.variant.source_precision, job.variant.source_chunk,
+                          job.variant.low_memory, batch, size)
         groups = delta_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)
     else:
         model = build_baseline(job.method, pretrained, NUM_CLASSES, config.fe_tap, source).to(device)
@@ -76,7 +77,8 @@ def run_speed(config: BenchConfig, job: Job, pretrained: Pretrained, device: tor
     return {"batch": batch, "steps": config.speed_steps, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "images_per_s": n / seconds, "images_per_cpu_s": n / cpu_seconds, "losses": losses,
             "params": {"trainable": parameter_count(p for p in model.parameters() if p.requires_grad)},
-            "memory": {"rss_ready_mib": rss_ready}, "amp_dtype": str(sgd.amp_dtype)}
+            "memory": {"rss_ready_mib": rss_ready}, "amp_dtype": str(sgd.amp_dtype),
+            "low_memory": getattr(model, "low_memory", None)}
 
 
 def speed_analysis(results: list[dict]) -> dict:
@@ -87,7 +89,8 @@ def speed_analysis(results: list[dict]) -> dict:
         b["rows"][Job.from_dict(r["job"]).label.split(" · ")[0]] = {"images_per_s": r["images_per_s"], "images_per_cpu_s": r["images_per_cpu_s"],
                                          "memory_mib": r["memory"]["training_mib"],
                                          "rss_peak_mib": r["memory"]["rss_peak_mib"],
-                                         "trainable": r["params"]["trainable"], "amp_dtype": r.get("amp_dtype")}
+                                         "trainable": r["params"]["trainable"], "amp_dtype": r.get("amp_dtype"),
+                                         "low_memory": r.get("low_memory")}
     for b in out.values():
         snow, ft = b["rows"].get("SNOW"), b["rows"].get("FT")
         if snow and ft:

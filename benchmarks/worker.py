@@ -45,7 +45,7 @@ def config_from_dict(d: dict) -> BenchConfig:
     d = dict(d)
     d["datasets"] = tuple(DatasetSpec(**x) for x in d["datasets"])
     d["variants"] = tuple(SnowVariant(**{k: v[k] for k in ("subscription", "k_ratio", "width_divisor", "head_k_ratio",
-                                                                                     "source_precision", "source_chunk") if k in v})
+                                                                                     "source_precision", "source_chunk", "low_memory") if k in v})
                           for v in d["variants"])
     for key in ("methods", "ablation_datasets", "serve_tasks", "serve_methods", "serve_table_methods",
                 "speed_batches"):
