@@ -23,6 +23,8 @@ layers on the second-to-last tap, :class:`benchmarks.baselines.PaperFeatureExtra
   widths stay the product's;
 * ``SNOW head gate``: both;
 * ``SNOW clf-lr``: the classifier at FO's learning rate (``config.lr``), the rest of the delta at the product's;
+* ``FO lr0.1`` (any baseline with `` lr0.1``): the baseline at SNOW's peak learning rate, 0.1, instead of
+  the paper's 0.1 × 64/256 = 0.025 (with a few dozen steps the paper's rate leaves FO far from converged);
 * ``SNOW@BUDGET`` (``SNOW@500k``, ``SNOW@2.68M``: FE-stage's size): the product's delta at the width divisor and K ratio that
   ``snowhub.models.budget.fit_budget`` (``add-task --budget``) picks for that many parameters.
 """
@@ -127,12 +129,16 @@ def _train_one(method: str, dataset: str, seed: int, args, pretrained, device) -
     config = get_config("cpu").replace(image_size=args.image_size, epochs=args.epochs, seed=seed, evals_per_epoch=1,
                                        max_train_per_class=per_class, max_val_per_class=30, num_workers=0, threads=1)
     started = time.perf_counter()
+    if method.endswith(" lr0.1"):  # a baseline at SNOW's peak learning rate instead of the paper's 0.025
+        config, method_run = config.replace(lr=0.1), method.removesuffix(" lr0.1")
+    else:
+        method_run = method
     if method.startswith("SNOW"):
         with _snow_variant(method, pretrained, config) as variant:
             result = run_training(config, Job("train", "SNOW", dataset, variant), spec, args.data.resolve(),
                                   pretrained, device, SilentProgress())
     else:
-        result = run_training(config, Job("train", method, dataset), spec, args.data.resolve(), pretrained, device,
+        result = run_training(config, Job("train", method_run, dataset), spec, args.data.resolve(), pretrained, device,
                               SilentProgress())
     return {"method": method, "dataset": dataset, "seed": seed, "epochs": args.epochs, "image_size": args.image_size,
             "top1": result["top1"], "curve": [p["top1"] for p in result["loop"]["curve"]],
