@@ -99,7 +99,7 @@ def pg(url: str, statement: str, **params: object) -> list[tuple]:
 def dump(url: str) -> list[tuple]:
     """Every row of the registry's tables, for 'nothing changed' comparisons."""
     rows = []
-    for table in ("alembic_version", "hub", "source", "task"):
+    for table in ("alembic_version", "hub", "source", "task", "task_event"):
         try:
             rows += [(table, *map(str, r)) for r in pg(url, f'SELECT * FROM "{table}" ORDER BY 1')]
         except Exception:  # noqa: BLE001 -- a table that does not exist (yet) is part of the state too
