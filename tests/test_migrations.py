@@ -99,6 +99,23 @@ def test_an_old_hub_upgrades_with_its_tasks_intact(old_hub):
     assert doctor.ok and doctor.warnings == [], doctor.problems
 
 
+@pytest.mark.parametrize("old_hub", HUBS, ids=[h.name for h in HUBS], indirect=True)
+def test_an_upgraded_hub_takes_versions_aliases_and_events(old_hub):
+    """Schema 0007: every earlier task is version 1 of its name, and a task's life starts at the upgrade."""
+    with Hub.open(old_hub) as hub:
+        first, second = [r.name for r in hub.registry.tasks()]
+        assert [r.version for r in hub.registry.tasks()] == [1, 1]
+        before = [e.kind for e in hub.history()]  # hub-0007 and later were made with a few events
+        hub.set_alias(first, "staging", 1)
+        hub.retire(f"{second}@1")
+        hub.tag(second, "k=v")
+        assert [e.kind for e in hub.history()] == before + ["alias_set", "retired", "tagged"]
+        assert [t.reference for t in hub.tasks()][1:] == [f"{first}@1"]
+        assert hub.resolve(f"{first}@staging").name == first
+    doctor = check_hub(old_hub)
+    assert doctor.ok and doctor.warnings == [], doctor.problems
+
+
 @pytest.mark.parametrize("old_hub", HUBS[:1], ids=[h.name for h in HUBS[:1]], indirect=True)
 def test_an_upgraded_hub_takes_new_tasks(old_hub, tmp_path, monkeypatch):
     import snowhub.hub as hub_module
