@@ -11,6 +11,8 @@ short trainings (one epoch on a few Fashion-MNIST images): accuracy does not cha
     python -m benchmarks serving-http --hub PATH --tasks 5   # reuse a hub
     python -m benchmarks serving-http --runtime torch,onnxruntime --batching on --image-size 64 --scope deltas
                                                              # the two runtimes side by side, one run
+    python -m benchmarks serving-http --geometry paper --runtime torch,onnxruntime
+                                                             # ResNet-50, 224 px, source + 1/5/20 tasks
 
 Writes ``results.json`` (one row per batching setting and client count; the in-process loop and the ratios
 in its summary), ``results.md`` and ``serving_http.png`` into ``--out``.
@@ -248,11 +250,22 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") 
     parser.add_argument("--image-size", type=int, default=32,
                         help="image size of the tasks of the hub built (default 32)")
     parser.add_argument("--in-process-batch", type=int, default=16, help="images per in-process call (default 16)")
+    parser.add_argument("--geometry", choices=("http", "paper"), default="http",
+                        help="http: the server under load (default); paper: ResNet-50 (random weights) at 224 px, "
+                        "source + 1/5/20 tasks in process, at batch 1 and 32 (benchmarks/serving_paper.py)")
+    parser.add_argument("--min-seconds", type=float, default=3.0,
+                        help="--geometry paper: seconds per measurement at batch 1 at least (default 3)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="--geometry paper: interleaved rounds, the best of which counts (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Build or open the hub, measure in process and through the server, write the results folder."""
+    if args.geometry == "paper":
+        from benchmarks.serving_paper import run_paper
+
+        return run_paper(args)
     out = args.out or default_out("serving-http")
     out.mkdir(parents=True, exist_ok=True)
     environment, started = describe_environment(), time.perf_counter()
