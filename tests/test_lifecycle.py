@@ -132,6 +132,7 @@ def test_an_edited_or_deleted_event_is_caught(registry_url, tmp_path):
         registry.add_task(task_record("a"))
         registry.set_alias("a", "production", 1)
         registry.tag("a", "team=vision")
+        registry.add_task(task_record("b"))
         assert registry.audit().event_problems() == []
 
     def tamper(statement: str) -> None:
@@ -142,10 +143,14 @@ def test_an_edited_or_deleted_event_is_caught(registry_url, tmp_path):
         else:
             pg(registry_url, statement)
 
-    tamper("DELETE FROM task_event WHERE id = 2")
+    tamper("DELETE FROM task_event WHERE id = 4")  # the newest event: the chain still holds, the task row tells
     with Registry.open(tmp_path / "hub", registry_url) as registry:
         assert registry.audit().event_problems() == [
-            "event 3 (tagged): event 2 before it is gone (ids must run without a gap)"]
+            "task 2 'b': the event that added it is gone (a task_event row was deleted)"]
+    tamper("DELETE FROM task_event WHERE id = 2")
+    with Registry.open(tmp_path / "hub", registry_url) as registry:
+        assert registry.audit().event_problems()[0] == \
+            "event 3 (tagged): event 2 before it is gone (ids must run without a gap)"
         with pytest.raises(IntegrityError, match="event 3 .* cannot be trusted"):
             registry.resolve("a")
     tamper("UPDATE task_event SET id = 2, previous_sha256 = NULL WHERE id = 3")  # renumbered to hide the gap

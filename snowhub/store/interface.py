@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
+from snowhub.store.events import LifecycleState
 from snowhub.store.files import HubLayout
 from snowhub.store.records import EventRecord, RegistryAudit, SourceRecord, TaskRecord
 
@@ -77,6 +78,14 @@ class RegistryStore(ABC):
         """For each task name, the version its bare name resolves to (what is served)."""
 
     @abstractmethod
+    def snapshot(self) -> tuple[list[TaskRecord], LifecycleState]:
+        """Every task row and the lifecycle state, read in one snapshot (a server resolves references in it)."""
+
+    @abstractmethod
+    def change_mark(self) -> tuple[int, int]:
+        """``(largest task seq, largest event id)``: moves whenever a task row or an event is appended."""
+
+    @abstractmethod
     def has_task(self, name: str) -> bool:
         """Whether a task of that name exists (any version)."""
 
@@ -88,6 +97,38 @@ class RegistryStore(ABC):
     def append_event(self, kind: str, name: str | None, version: int | None,
                      payload: dict | None = None) -> EventRecord:
         """Append one sealed event in its own transaction (:mod:`snowhub.store.events`)."""
+
+    @abstractmethod
+    def versions(self, name: str) -> list[TaskRecord]:
+        """Every version of task `name`, retired ones included, oldest first."""
+
+    @abstractmethod
+    def lifecycle(self) -> LifecycleState:
+        """Aliases, retired versions, tags, descriptions, evaluations: the state the events give now."""
+
+    @abstractmethod
+    def set_alias(self, name: str, alias: str, version: int) -> EventRecord:
+        """Point `alias` of task `name` at `version` (one checked event)."""
+
+    @abstractmethod
+    def delete_alias(self, name: str, alias: str) -> EventRecord:
+        """Remove `alias` of task `name`."""
+
+    @abstractmethod
+    def retire(self, reference: str) -> EventRecord:
+        """Take ``NAME@VERSION`` out of service."""
+
+    @abstractmethod
+    def restore(self, reference: str) -> EventRecord:
+        """Put a retired ``NAME@VERSION`` back in service."""
+
+    @abstractmethod
+    def tag(self, name: str, tag: str) -> EventRecord:
+        """Set ``KEY=VALUE`` on task `name` (``KEY=`` removes it)."""
+
+    @abstractmethod
+    def describe(self, name: str, description: str) -> EventRecord:
+        """Set the description of task `name`."""
 
     @abstractmethod
     def next_seq(self) -> int:

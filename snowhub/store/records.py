@@ -167,8 +167,15 @@ class RegistryAudit:
     events: list[RecordAudit] = field(default_factory=list)
 
     def event_problems(self) -> list[str]:
-        """``"event <id> (<kind>): <problem>"`` for every event that cannot be trusted."""
-        return [f"event {e.key} ({e.name}): {e.problem}" for e in self.events if e.problem]
+        """``"event <id> (<kind>): <problem>"`` for every event that cannot be trusted, and ``"task <seq> '<name>':
+        …"`` for a task added since the first recorded ``added`` (``version``, ``imported``) event without its own
+        (a deleted event the chain alone cannot see: the newest one)."""
+        problems = [f"event {e.key} ({e.name}): {e.problem}" for e in self.events if e.problem]
+        adding = {e.record.payload.get("seq") for e in self.events if isinstance(e.record, EventRecord)
+                  and e.record.kind in ("added", "version", "imported")}
+        first = min((seq for seq in adding if isinstance(seq, int)), default=None)
+        return problems + [f"task {t.key} {t.name!r}: the event that added it is gone (a task_event row was deleted)"
+                           for t in self.tasks if first is not None and t.key >= first and t.key not in adding]
 
     def problems(self) -> list[str]:
         """``"source: <problem>"`` / ``"task <seq> '<name>': <problem>"`` / ``"event <id> (<kind>): <problem>"`` for
