@@ -110,6 +110,24 @@ class TaskLifecycle:
         with self._reading() as session:
             return self._state(session)[1]
 
+    def snapshot(self) -> tuple[list[TaskRecord], LifecycleState]:
+        """Every task row (``seq`` order) and the lifecycle state, read in one snapshot: what a reader that
+        resolves references itself (a server's catalog, :func:`snowhub.store.references.resolve`) keeps.
+
+        Raises:
+            IntegrityError: an event was edited, or one before the last was deleted.
+        """
+        with self._reading() as session:
+            return self._state(session)
+
+    def change_mark(self) -> tuple[int, int]:
+        """``(largest task seq, largest event id)``: two indexed reads that move whenever a task row or an event is
+        appended, so a reader polls them to know when to read :meth:`snapshot` again."""
+        with self._reading() as session:
+            seq = session.scalar(text("SELECT max(seq) FROM task"))
+            event = session.scalar(text('SELECT max(id) FROM "task_event"'))
+        return int(seq or 0), int(event or 0)
+
     def resolve(self, reference: str | TaskReference, retired: bool = False) -> TaskRecord:
         """The task row that `reference` (``birds``, ``birds@2``, ``birds@staging``) names now, in one snapshot
         (:func:`snowhub.store.references.resolve`; `retired` True lets ``NAME@VERSION`` name a retired one).
