@@ -23,8 +23,10 @@ def _size(n: int) -> str:
 @app.command("onnx")
 def onnx(
     tasks: Annotated[Optional[list[str]], typer.Argument(
-        help="Tasks to export (imagenet = the source's own head).", show_default=False)] = None,
-    all_tasks: Annotated[bool, typer.Option("--all", help="Every delta task of the hub.")] = False,
+        help="Tasks to export: NAME, NAME@VERSION or NAME@ALIAS (imagenet = the source's own head).",
+        show_default=False)] = None,
+    all_tasks: Annotated[bool, typer.Option("--all", help="Every delta task of the hub (the version each name "
+                                                          "means now; retired versions never).")] = False,
     output: Annotated[Path, typer.Option("--output", help="New (or empty) directory for model.onnx, labels.json, "
                                                           "preprocessing.json and README.md.")] = ...,
     image_size: Annotated[Optional[int], typer.Option(
@@ -54,7 +56,8 @@ def onnx(
 
 @app.command("task")
 def task(
-    name: Annotated[str, typer.Argument(help="The task to export.")],
+    name: Annotated[str, typer.Argument(help="The task to export: NAME (its production alias, else its latest "
+                                                "version), NAME@VERSION or NAME@ALIAS.")],
     output: Annotated[Path, typer.Option("--output", help="The new .snowtask file.")],
     sign: Annotated[Optional[Path], typer.Option(
         "--sign", metavar="KEYFILE", help="Sign it with this Ed25519 private key (PEM; `snowhub keys generate`).")] = None,
@@ -77,6 +80,9 @@ def task(
 def import_bundle(
     bundle: Annotated[Path, typer.Argument(help="A .snowtask file from `snowhub export task`.")],
     new_name: Annotated[Optional[str], typer.Option("--as", help="Register it under this name instead.")] = None,
+    new_version: Annotated[bool, typer.Option(
+        "--new-version", help="Append it as the next version of the task of that name here (which must exist).",
+    )] = False,
     allow_unsigned: Annotated[bool, typer.Option(
         "--allow-unsigned", help="Import it even if unsigned or signed by a key this hub does not trust.")] = False,
     hub: HubOption = None,
@@ -85,7 +91,7 @@ def import_bundle(
 ) -> None:
     """Append a .snowtask bundle's task, only if this hub's source matches and its probe logits are bit-identical."""
     with one_line_errors(), Hub.open(hub, registry=registry) as h, RichProgress(render.err) as progress:
-        info = h.import_task(bundle, new_name, progress, allow_unsigned=allow_unsigned)
+        info = h.import_task(bundle, new_name, progress, allow_unsigned=allow_unsigned, new_version=new_version)
         if as_json:
             render.print_json(info.to_dict())
         else:
@@ -93,6 +99,7 @@ def import_bundle(
             signer = origin.get("signer") or {}
             by = ("unsigned" if signer.get("unsigned") else
                   f"signed by {signer.get('fingerprint')}{'' if signer.get('trusted') else ' (not trusted)'}")
-            render.line(f"imported task {info.seq} '{info.name}' from {bundle.name} (task {origin.get('seq')} "
+            render.line(f"imported task {info.seq} '{info.name}' version {info.version} from {bundle.name} "
+                        f"(task {origin.get('seq')} "
                         f"'{origin.get('name')}' of {origin.get('hub')}, {by}): {len(info.classes)} classes, val "
                         f"top-1 {render.pct(info.val_top1)}; probe logits bit-identical on this hub")

@@ -320,17 +320,19 @@ class Hub(LifecycleMethods):
         return export_task(self.artifacts(torch.device("cpu")), name, output, sign_with)
 
     def import_task(self, bundle: Path | str, new_name: str | None = None, progress: Progress | None = None,
-                    wait_for_lock: bool = True, allow_unsigned: bool = False) -> TaskInfo:
-        """Append the task in `bundle` (as `new_name` if given) if this hub's source has its weights sha256 and
-        taps and its probe set gives bit-identical logits here on the CPU; atomic, like :meth:`add_task`.
+                    wait_for_lock: bool = True, allow_unsigned: bool = False, new_version: bool = False) -> TaskInfo:
+        """Append the task in `bundle` (as `new_name` if given; with `new_version` as the next version of the task
+        of that name here) if this hub's source has its weights sha256 and taps and its probe set gives
+        bit-identical logits here on the CPU; atomic, like :meth:`add_task`.
 
         Raises:
             BundleError: unreadable, unsafe, edited, another source, logits differ. InvalidNameError,
-            TaskExistsError: bad or taken name. HubLockedError, HubReadOnlyError: the hub cannot be written.
+            TaskExistsError: bad or taken name (TaskNotFoundError: no such task for `new_version`).
+            HubLockedError, HubReadOnlyError: the hub cannot be written.
         """
         record = import_task(self.artifacts(torch.device("cpu")), bundle, new_name, progress, wait_for_lock,
-                             allow_unsigned=allow_unsigned)
-        return self.task(record.name)
+                             allow_unsigned=allow_unsigned, new_version=new_version)
+        return self.task(record.reference)
 
     def trust_key(self, public_key: str | Path, comment: str = "") -> TrustedKey:
         """Trust bundles signed by `public_key` (a PEM file or 64 hex digits): a sealed, append-only registry row.

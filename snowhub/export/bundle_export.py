@@ -55,10 +55,11 @@ def _verified_bytes(artifacts: Artifacts, relative: str, sha256: str) -> bytes:
 
 
 def task_document(record: TaskRecord, hub: Path) -> dict:
-    """``task.json``: the record's portable fields, the original name, seq and time, and its own lineage."""
+    """``task.json``: the record's portable fields, the original name, version, seq and time, and its own lineage."""
     doc = {k: getattr(record, k) for k in TASK_FIELDS}
     lineage = getattr(record, "lineage", None) if "lineage" in {f.name for f in fields(TaskRecord)} else None
-    return doc | {"name": record.name, "seq": record.seq, "created_at": record.created_at.isoformat(),
+    return doc | {"name": record.name, "version": record.version, "seq": record.seq,
+                  "created_at": record.created_at.isoformat(),
                   "delta_sha256": record.weights_file_sha256, "probe_sha256": record.probe_file_sha256,
                   "hub": str(hub), "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "lineage": lineage or record.metrics.get("lineage")}
@@ -66,14 +67,17 @@ def task_document(record: TaskRecord, hub: Path) -> dict:
 
 def export_task(artifacts: Artifacts, name: str, output: Path | str,
                 sign_with: Path | str | None = None) -> BundleInfo:
-    """Write task `name` of the hub behind `artifacts` to the new file `output` (a ``.snowtask`` zip).
+    """Write the task `name` names (a reference: ``birds`` = the version alias ``production`` points to, else the
+    latest not retired; ``birds@2``; ``birds@staging``) of the hub behind `artifacts` to the new file `output`
+    (a ``.snowtask`` zip); ``task.json`` records its name and version.
 
     The delta and probe files go in byte for byte, each checked against its recorded sha256 first, and the
     task's registry record against its seal. With `sign_with` (an Ed25519 private key file), the manifest is
     signed (:mod:`snowhub.export.signing`).
 
     Raises:
-        TaskNotFoundError: no such task. ConfigError: `name` is the source's own head (task 0).
+        TaskNotFoundError: no such task, version or alias, or a retired version. InvalidNameError: a malformed
+        reference. ConfigError: `name` is the source's own head (task 0).
         IntegrityError: a record or file changed since registration. BundleError: `output` exists or
         cannot be written. ConfigError: `sign_with` is not an Ed25519 private key file.
     """
@@ -81,7 +85,7 @@ def export_task(artifacts: Artifacts, name: str, output: Path | str,
     registry = artifacts.registry
     if name == SOURCE_TASK and registry.source().head_classes is not None:
         raise ConfigError(f"{SOURCE_TASK!r} is the source's own head (task 0); every hub on this source has it")
-    record = registry.get_task(name)
+    record = registry.resolve(name)
     registry.check_record(record)
     source = artifacts.source_record()
     delta = _verified_bytes(artifacts, record.weights_file, record.weights_file_sha256)
@@ -90,4 +94,4 @@ def export_task(artifacts: Artifacts, name: str, output: Path | str,
     manifest = write_bundle(path, task_document(record, registry.layout.root), source_identity(source), delta, probe,
                             card.bundle_card(source, record), None if key is None else partial(signing.sign, key))
     signer = None if key is None else signing.fingerprint(signing.sign(key, b"")["public_key"])
-    return BundleInfo(path, name, path.stat().st_size, manifest["members"], signer)
+    return BundleInfo(path, record.reference, path.stat().st_size, manifest["members"], signer)

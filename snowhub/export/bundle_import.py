@@ -4,9 +4,9 @@ In order, each failure one line and the hub unchanged: the bundle is read and ev
 its manifest (:func:`snowhub.export.bundle.read_bundle`); every JSON member is checked against its schema
 (:mod:`snowhub.export.bundle_schema`); its signature is checked and its signer must be a key this hub trusts
 (:func:`check_signer`; ``--allow-unsigned`` lets an unsigned or untrusted bundle in, never a broken
-signature); the name is free (or ``--as`` renames); the hub's
-source has the bundle's weights sha256 and taps; the delta loads into its recorded DeltaShape and holds the
-recorded channel pooling indices; then, under the writer lock, the probe set is re-run on this hub's source
+signature); the name is free (or ``--as`` renames; with ``--new-version`` it must be taken: the bundle becomes
+that task's next version); the hub's source has the bundle's weights sha256 and taps; the delta loads into
+its recorded DeltaShape and holds the recorded channel pooling indices; then, under the writer lock, the probe set is re-run on this hub's source
 on the CPU under :func:`~snowhub.numerics.exact_float32` and must give bit-identical logits. Only then is it
 registered through :func:`snowhub.registration.register_trained_delta` (the add-task write path), with its
 lineage: where it came from, its original seq and creation time.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from snowhub.artifacts import Artifacts, build_delta
-from snowhub.errors import TaskExistsError
+from snowhub.errors import TaskExistsError, TaskNotFoundError
 from snowhub.export.bundle import MAX_BUNDLE_BYTES, Bundle, read_bundle
 from snowhub.export import bundle_schema, signing
 from snowhub.export.bundle_export import TASK_FIELDS
@@ -125,7 +125,8 @@ def _fields(bundle: Bundle, where: Path, path: Path, signer: dict) -> dict:
         out = {k: task[k] for k in TASK_FIELDS if k not in ("probe_environment", "probe_size", "probe_top1",
                                                              "probe_logits_sha256")}
         lineage = {"imported_from": path.name, "bundle_sha256": bundle.sha256, "hub": task.get("hub"),
-                   "name": task["name"], "seq": int(task["seq"]), "created_at": task["created_at"],
+                   "name": task["name"], "version": int(task.get("version", 1)), "seq": int(task["seq"]),
+                   "created_at": task["created_at"],
                    "exported_at": task.get("exported_at"), "delta_sha256": task.get("delta_sha256"),
                    "probe_environment": task.get("probe_environment"),
                    "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -142,8 +143,10 @@ def _fields(bundle: Bundle, where: Path, path: Path, signer: dict) -> dict:
 
 def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = None,
                 progress: Progress | None = None, wait_for_lock: bool = True,
-                limit: int = MAX_BUNDLE_BYTES, allow_unsigned: bool = False) -> TaskRecord:
-    """Append the task in bundle `path` to the hub behind `artifacts` (CPU artifacts), as `new_name` if given.
+                limit: int = MAX_BUNDLE_BYTES, allow_unsigned: bool = False, new_version: bool = False) -> TaskRecord:
+    """Append the task in bundle `path` to the hub behind `artifacts` (CPU artifacts), as `new_name` if given;
+    with `new_version`, as the next version of the task of that name here (which must exist), its earlier
+    versions untouched (``docs/lifecycle.md``).
 
     The bundle must be signed by a key the hub trusts unless `allow_unsigned`; its signer goes into the
     task's lineage.
@@ -155,7 +158,8 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
         BundleError: unreadable, unsafe, oversized (over `limit` bytes unpacked), edited or damaged bundle (a
             value that does not fit its schema included); unsigned or untrusted (without `allow_unsigned`), or a
             signature that does not match; another source or other taps; probe logits not bit-identical here.
-        InvalidNameError, TaskExistsError: bad or taken name (``--as NEWNAME``).
+        InvalidNameError, TaskExistsError: bad or taken name (``--as NEWNAME``) without `new_version`.
+        TaskNotFoundError: `new_version` for a name that has no task here.
         HubLockedError, HubReadOnlyError, HubWriteError: the hub cannot be written now.
         Any failure or interrupt leaves the hub exactly as it was.
     """
@@ -169,8 +173,7 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
     signer = check_signer(bundle, trusted_keys(registry), where, allow_unsigned)
     name = new_name if new_name is not None else str(bundle.task.get("name", ""))
     check_task_name(name)
-    if registry.has_task(name):
-        raise _taken(name, registry.layout.root)
+    _check_name_free(registry, name, new_version)
     check_source(bundle, artifacts.source_record(), where)
     delta = _delta(bundle, where)
     image_size = int(bundle.task["hyperparams"].get("image_size", 0))
@@ -178,8 +181,7 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
     record_fields = _fields(bundle, where, where.absolute(), signer)
     with writer_lock(registry, wait=wait_for_lock, progress=progress):  # the lock its database calls for
         remove_orphans(registry)
-        if registry.has_task(name):  # another writer may have taken it while we waited
-            raise _taken(name, registry.layout.root)
+        _check_name_free(registry, name, new_version)  # another writer may have taken it while we waited
         progress.start("re-running the probe set", None)
         now = probe_logits(artifacts.source(), delta, probe.images, CPU)
         progress.finish()
@@ -189,9 +191,15 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
                               f"exported with (recorded: {logits_digest(probe.logits)[:12]}…, here: "
                               f"{logits_digest(now)[:12]}…); they must be bit-identical on the CPU, not imported")
         here = ProbeSet(probe.images, probe.labels, now, numerics_environment(CPU))
-        return register_trained_delta(registry, name, delta.state_dict(), here, record_fields)
+        return register_trained_delta(registry, name, delta.state_dict(), here, record_fields, new_version)
 
 
-def _taken(name: str, root: Path) -> TaskExistsError:
-    return TaskExistsError(f"a task named {name!r} already exists in {root}; import it under another name "
-                           "(`new_name`)")
+def _check_name_free(registry, name: str, new_version: bool) -> None:
+    """A new task needs a free name; a new version needs a task of that name (TaskExistsError, TaskNotFoundError)."""
+    taken = registry.has_task(name)
+    if taken and not new_version:
+        raise TaskExistsError(f"a task named {name!r} already exists in {registry.layout.root}; import it under "
+                              "another name (`new_name`), or as its next version (`new_version`)")
+    if not taken and new_version:
+        raise TaskNotFoundError(f"no task named {name!r} in {registry.layout.root} to add a version to; import it "
+                                "as a new task (without `new_version`)")

@@ -103,14 +103,14 @@ MANIFEST = _obj({"format": _str(), "snowhub": _str(),
 SOURCE = _obj({"name": _str(), "taps": _list(_any_object, 1), "weights_sha256": _SHA, "tensors_sha256": _SHA,
                "preprocessing": _obj({"image_size": _SIZE}, extra=True)})
 TASK = _obj({
-    "name": _str(), "seq": _int(1), "created_at": _time, "exported_at": _time, "hub": _str(),
+    "name": _str(), "version": _int(1), "seq": _int(1), "created_at": _time, "exported_at": _time, "hub": _str(),
     "class_names": _list(_str(), 1), "cp_indices": _map(_list(_int(0), 1)),
     "hyperparams": _obj({"image_size": _int(1, 4096), "delta_shape": _any_object}, extra=True),
     "delta_params": _int(0), "cp_params": _int(0), "val_top1": _num(0, 100), "val_top5": _num(0, 100),
     "val_loss": _num(0), "train_seconds": _num(0), "train_images_per_s": _num(0), "metrics": _any_object,
     "dataset_fingerprint": _str(), "dataset_summary": _any_object, "probe_environment": _any_object,
     "probe_size": _int(1), "probe_top1": _num(0, 100), "probe_logits_sha256": _SHA, "delta_sha256": _SHA,
-    "probe_sha256": _SHA, "lineage": _any_object}, optional=("probe_environment", "lineage"))
+    "probe_sha256": _SHA, "lineage": _any_object}, optional=("probe_environment", "lineage", "version"))
 SIGNATURE = _obj({"algorithm": _str(re.compile(r"^ed25519$"), "ed25519"), "public_key": _SHA,
                   "signature": _str(_HEX128, "128 hex digits")})
 

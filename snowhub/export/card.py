@@ -93,7 +93,8 @@ def _task_lines(tasks: Sequence[TaskRecord]) -> str:
     for t in tasks:
         classes = ", ".join(t.class_names[:8]) + (", …" if len(t.class_names) > 8 else "")
         s = t.dataset_summary
-        rows.append(f"| {t.name} | {len(t.class_names)}: {classes} | {t.val_top1:.2f} % | {t.val_top5:.2f} % | "
+        rows.append(f"| {t.name} (version {t.version}) | {len(t.class_names)}: {classes} | {t.val_top1:.2f} % | "
+                    f"{t.val_top5:.2f} % | "
                     f"{s.get('train_images')} train / {s.get('val_images')} val images | {t.image_size} px |")
     return "\n".join(rows)
 
@@ -159,7 +160,7 @@ exported by snowhub {__version__}. It imports only into a hub built on the same 
 
 ```bash
 snowhub init --source {source.name}      # once, if you have no such hub yet
-snowhub import {task.name}.snowtask        # --as NEWNAME if the name is taken
+snowhub import {task.name}.snowtask        # --as NEWNAME if the name is taken, --new-version for its next version
 snowhub verify-forgetting
 ```
 

@@ -66,27 +66,44 @@ def _check_images(artifacts: Artifacts, records: Sequence[TaskRecord], size: int
     return torch.cat([_resized(artifacts.probe(r).images[:share], size) for r in records])
 
 
+def _resolved(registry, references: Sequence[str]) -> list[TaskRecord]:
+    """The task row each reference names now, one per task name (ConfigError for two versions of one task)."""
+    records: dict[str, TaskRecord] = {}
+    for reference in references:
+        record = registry.resolve(reference)
+        other = records.setdefault(record.name, record)
+        if other.version != record.version:
+            raise ConfigError(f"{other.reference} and {record.reference} are two versions of one task; a graph has "
+                              f"one output per task name (logits_{record.name}): export them one at a time")
+    return list(records.values())
+
+
 def export_onnx(artifacts: Artifacts, tasks: Sequence[str] | None, output: Path | str, image_size: int | None = None,
                 opset: int = DEFAULT_OPSET, source_head: bool = False) -> OnnxExport:
     """Export `tasks` (None = every delta task) of the hub behind `artifacts` (on the CPU) to `output`.
 
     Args:
-        tasks: task names; ``imagenet`` (:data:`SOURCE_TASK`) adds the source's own head.
+        tasks: task references (:mod:`snowhub.store.references`): ``birds`` (the version alias ``production``
+            points to, else the latest not retired), ``birds@2``, ``birds@staging``; ``imagenet``
+            (:data:`SOURCE_TASK`) adds the source's own head. Each output is named by its task's name
+            (``logits_birds``); the card says which version it is. None = every task as its bare name
+            resolves now.
         output: a new directory (or an empty one).
         image_size: the graph's input size; None = the tasks' own (they must then share one).
         opset: the ONNX opset (18 by default; the dynamo exporter supports 18 and later).
         source_head: also export the source's head as ``logits_imagenet``.
 
     Raises:
-        TaskNotFoundError: an unknown task. ConfigError: nothing to export, a source without a head asked
-        for its head, or tasks of different image sizes without `image_size`. IntegrityError: a stored file
-        changed. ExportError: the exporter failed, or ONNX Runtime disagreed with PyTorch (nothing written).
+        TaskNotFoundError: an unknown task, version or alias, or a retired version. InvalidNameError: a
+        malformed reference. ConfigError: nothing to export, two versions of one task (one output each name),
+        a source without a head asked for its head, or tasks of different image sizes without `image_size`.
+        IntegrityError: a stored file changed. ExportError: the exporter failed, or ONNX Runtime disagreed with PyTorch (nothing written).
     """
     if artifacts.device.type != "cpu":
         raise ConfigError("ONNX export runs on the CPU; open the hub's CPU artifacts")
     registry = artifacts.registry
     source_record = artifacts.source_record()
-    names = [r.name for r in registry.tasks()] if tasks is None else list(dict.fromkeys(tasks))
+    names = [r.reference for r in registry.current_tasks()] if tasks is None else list(dict.fromkeys(tasks))
     head = source_head or SOURCE_TASK in names
     names = [n for n in names if n != SOURCE_TASK]
     if head and source_record.head_classes is None:
@@ -96,7 +113,7 @@ def export_onnx(artifacts: Artifacts, tasks: Sequence[str] | None, output: Path 
                           "`snowhub add-task NAME --data DIR`")
     if opset < 18:
         raise ConfigError(f"`opset` {opset} is too old for the dynamo exporter; use 18 or later")
-    records = [registry.get_task(n) for n in names]
+    records = _resolved(registry, names)
     sizes = ({SOURCE_TASK: int(source_record.preprocessing["image_size"])} if head else {}) | \
             {r.name: r.image_size for r in records}
     size = check_one_size(sizes, image_size)
