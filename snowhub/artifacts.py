@@ -68,6 +68,8 @@ class Artifacts:
         self._deltas: dict[tuple[int, str], tuple[tuple[int, int], Delta]] = {}
         self._source_record: SourceRecord | None = None  # verified once (the source never changes)
         self._tasks: dict[int, TaskRecord] = {}  # seq → the task's record as verified
+        self._resolved: dict[str, TaskRecord] = {}  # reference → its record, while the registry's mark holds
+        self._mark: object = None
         self.file_reads = 0  # weight files read and hashed so far (tests count them)
         self.record_checks = 0  # registry seals checked so far (tests count them)
 
@@ -109,16 +111,26 @@ class Artifacts:
             self._tasks[task.seq] = task
         return task
 
-    def task(self, name: str) -> TaskRecord:
-        """The record of the task called `name`, verified (one registry read the first time, none after).
+    def task(self, reference: str) -> TaskRecord:
+        """The record the task reference `reference` (``birds``, ``birds@2``, ``birds@staging``) names now,
+        verified. Resolved through the registry on first use and kept until the registry changes (its change
+        mark, one small query per call, moves with every task row and lifecycle event), so a long-lived
+        predictor follows a moved alias or a retired version without re-reading rows on every call.
 
         Raises:
-            TaskNotFoundError: no such task (naming the known ones). IntegrityError: its record was edited.
+            TaskNotFoundError: no such task, version or alias, or a retired version (naming what there is).
+            InvalidNameError: a malformed reference. IntegrityError: its record or the events were edited.
         """
-        for record in self._tasks.values():
-            if record.name == name:
-                return record
-        return self.verify(self.registry.get_task(name))
+        mark = self.registry.change_mark()
+        with self._lock:
+            if mark != self._mark:
+                self._resolved, self._mark = {}, mark
+            record = self._resolved.get(reference)
+        if record is None:
+            record = self.verify(self.registry.resolve(reference))
+            with self._lock:
+                self._resolved[reference] = record
+        return record
 
     def source(self) -> FrozenSource:
         """The frozen source on :attr:`device`, verified (record seal, file sha256) when (re-)loaded.

@@ -242,7 +242,7 @@ def _bad_inputs(tmp: Path, good: Path) -> list[tuple[str, dict, int, str]]:
          "nested too deeply"),
         ("infer: a JSON array", {"url": "/v2/models/fashion/infer", "content": b"[1, 2]"}, 400, "JSON object"),
         ("infer: unknown version", {"url": "/v2/models/fashion/versions/2/infer", "json": _oip(one)}, 404,
-         "no version '2'"),
+         "no version 2; its versions: 1"),
         ("infer: binary sizes past the body", {"url": "/v2/models/fashion/infer", "content": b'{"inputs": [{"name": '
          b'"images", "shape": [1, 3, 32, 32], "datatype": "UINT8", "parameters": {"binary_data_size": 3072}}]}',
          "headers": {"Inference-Header-Content-Length": "120"}}, 400, "binary_data_size"),
@@ -275,7 +275,7 @@ def test_protocol_routes_head_and_405_with_allow(strict_server):
         assert c.put("/v2/models/fashion/infer").headers["allow"] == "POST"
         assert c.get("/v2/models/fashion/versions/1").json() == c.get("/v2/models/fashion").json()
         assert c.get("/v2/models/fashion/versions/1/ready").json() == {"name": "fashion", "ready": True}
-        assert_error(c.get("/v2/models/fashion/versions/0/ready"), 404, "its versions are 1")
+        assert_error(c.get("/v2/models/fashion/versions/0/ready"), 404, "no version '0'")
 
 
 def test_serve_refuses_a_missing_hub_a_bad_option_and_a_taken_port_in_one_line(trained_hub, tmp_path):

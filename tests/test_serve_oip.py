@@ -75,7 +75,7 @@ def test_tritonclient_defaults_and_both_inputs_answer_as_hub_predict(trained_hub
 
         with pytest.raises(InferenceServerException, match="image_files"):  # files sent under the pixels' name
             _infer(client, "images", files, "BYTES", True, False)
-        with pytest.raises(InferenceServerException, match="no version '7'"):
+        with pytest.raises(InferenceServerException, match="no version 7"):
             _infer(client, "images", pixels, "UINT8", True, False, version="7")
         echoed = client.infer("fashion", [_input(pixels)], request_id="req-1")
         assert echoed.get_response()["id"] == "req-1"

@@ -63,12 +63,18 @@ class Predictor:
     def device(self) -> torch.device:
         return self.artifacts.device
 
-    def tasks(self, names: Sequence[str] | None = None) -> list[RuntimeTask]:
-        """The tasks `names` (``imagenet`` is the source's own head; None = every task, the head first), as
-        the runtime answers them.
+    def tasks(self, names: Sequence[str | RuntimeTask] | None = None) -> list[RuntimeTask]:
+        """The tasks `names` as the runtime answers them, each under the name it was asked by.
+
+        A name is a task reference (:mod:`snowhub.store.references`): ``birds`` (alias ``production`` if set,
+        else the latest version not retired), ``birds@2``, ``birds@staging``; ``imagenet`` is the source's
+        own head. A :class:`~snowhub.serving.runtime.RuntimeTask` is taken as it is (the server resolves and
+        verifies its versions itself). None = every task as its bare name resolves now, the head first;
+        retired versions never answer.
 
         Raises:
-            TaskNotFoundError: an unknown name, or no task at all. IntegrityError: an edited record.
+            TaskNotFoundError: an unknown name, version or alias, a retired version, or no task at all.
+            InvalidNameError: a malformed reference. IntegrityError: an edited record or event.
         """
         registry = self.artifacts.registry
         source = self.artifacts.source_record()
@@ -76,13 +82,15 @@ class Predictor:
             RuntimeTask(SOURCE_TASK, None, tuple(source.head_classes), int(source.preprocessing["image_size"]))]
         if names is None:  # every task: one registry read, not one per name
             served = head + [RuntimeTask(r.name, r, tuple(r.class_names), r.image_size)
-                             for r in registry.tasks()]
+                             for r in registry.current_tasks()]
         else:
             served = []
-            for name in dict.fromkeys(names):
-                if name == SOURCE_TASK and head:
+            for name in {(n.name if isinstance(n, RuntimeTask) else n): n for n in names}.values():
+                if isinstance(name, RuntimeTask):
+                    served.append(name)
+                elif name == SOURCE_TASK and head:
                     served += head
-                else:  # verified records from memory: no registry read per request
+                else:  # verified records from memory until the registry changes (one small query)
                     record = self.artifacts.task(name)
                     served.append(RuntimeTask(name, record, tuple(record.class_names), record.image_size))
         if not served:
@@ -90,7 +98,7 @@ class Predictor:
                                     "add one with `snowhub add-task NAME --data DIR`")
         return served
 
-    def logits(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def logits(self, images: torch.Tensor, tasks: Sequence[str | RuntimeTask] | None = None) -> dict[str, torch.Tensor]:
         """Float32 logits ``(B, classes)`` of every task for uint8 `images` ``(B, 3, S, S)``, on the CPU.
 
         All named tasks must be served at ``S`` px (see ``GET /v2/models/{task}``'s image size).
@@ -110,7 +118,7 @@ class Predictor:
                               f"{images.shape[-2]}x{size}; send images of the task's size")
         return self.runtime.logits(images, served)
 
-    def prepare(self, names: Sequence[str] | None = None, wait: bool = True) -> dict[str, str]:
+    def prepare(self, names: Sequence[str | RuntimeTask] | None = None, wait: bool = True) -> dict[str, str]:
         """Have the runtime load (or build) and check what tasks `names` need (None = every task) before their
         first request (:meth:`~snowhub.serving.runtime.Runtime.prepare`; `wait=False`: in the background).
         Returns task name → why the runtime cannot serve it, for the tasks known by now not to be.
@@ -131,7 +139,8 @@ class Predictor:
         Args:
             pictures: RGB images of any size (each task's eval transform resizes them).
             names: what to call each picture in the answers.
-            tasks: task names (``imagenet`` is the source's own head); None = every task.
+            tasks: task references (``birds``, ``birds@2``, ``birds@staging``; ``imagenet`` is the source's own
+                head), see :meth:`tasks`; None = every task as its bare name resolves now.
             top: answers per task (capped at the task's number of classes).
 
         Raises:

@@ -21,12 +21,13 @@ import torch
 
 from snowhub.serving.http._metrics import Metrics
 from snowhub.serving.predictor import Predictor
+from snowhub.serving.runtime import RuntimeTask
 
 
 @dataclass
 class _Item:
     images: torch.Tensor  # uint8 (n, 3, S, S)
-    tasks: tuple[str, ...]
+    tasks: tuple[RuntimeTask, ...]  # each version under its own name (name@version)
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 
@@ -73,10 +74,11 @@ class Batcher:
             self._worker.join(timeout=60)
             self._worker = None
 
-    def submit(self, images: torch.Tensor, tasks: Sequence[str]) -> Future:
-        """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (all served at ``S`` px, already verified).
+    def submit(self, images: torch.Tensor, tasks: Sequence[RuntimeTask]) -> Future:
+        """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (all served at ``S`` px, already verified; the
+        catalog chose the version each name means, so the batch reads no registry).
 
-        Returns a future of task name → float32 logits ``(n, classes)`` on the CPU.
+        Returns a future of runtime task name → float32 logits ``(n, classes)`` on the CPU.
         """
         item = _Item(images, tuple(tasks))
         if self._worker is None:
@@ -135,7 +137,7 @@ class Batcher:
                     _settle(item.future, error=alone)
 
     def _run(self, items: list[_Item]) -> None:
-        tasks = list(dict.fromkeys(t for item in items for t in item.tasks))
+        tasks = list({t.name: t for item in items for t in item.tasks}.values())
         images = torch.cat([item.images for item in items]) if len(items) > 1 else items[0].images
         logits = self.predictor.logits(images, tasks)
         self.passes += 1
@@ -145,5 +147,5 @@ class Batcher:
         start = 0
         for item in items:
             n = len(item.images)
-            _settle(item.future, {t: logits[t][start:start + n] for t in item.tasks})
+            _settle(item.future, {t.name: logits[t.name][start:start + n] for t in item.tasks})
             start += n

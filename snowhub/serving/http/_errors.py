@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from snowhub.errors import (ConfigError, DataError, HubLockedError, ImageBudgetError, IntegrityError, SnowhubError,
-                            TaskNotFoundError)
+from snowhub.errors import (ConfigError, DataError, HubLockedError, ImageBudgetError, IntegrityError, InvalidNameError,
+                            SnowhubError, TaskNotFoundError)
 
 log = logging.getLogger("snowhub.serve")
 
@@ -28,13 +28,13 @@ class ServeError(Exception):
 
 
 def status_of(error: SnowhubError) -> int:
-    """The HTTP status of a library error: unknown task 404, bad input 400 (413 over a pixel budget),
-    damaged or busy hub 503."""
+    """The HTTP status of a library error: unknown (or retired) task 404, bad input 400 (a malformed task
+    reference included; 413 over a pixel budget), damaged or busy hub 503."""
     if isinstance(error, TaskNotFoundError):
         return 404
     if isinstance(error, ImageBudgetError):
         return 413
-    if isinstance(error, (DataError, ConfigError)):
+    if isinstance(error, (DataError, ConfigError, InvalidNameError)):
         return 400
     if isinstance(error, (IntegrityError, HubLockedError)):
         return 503

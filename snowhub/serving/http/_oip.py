@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from snowhub.serving.http._body import split_bytes
-from snowhub.serving.http._catalog import ServedTask
+from snowhub.serving.http._served import ServedTask
 from snowhub.serving.http._errors import ServeError
 from snowhub.serving.http._inputs import check_count
 from snowhub.serving.http._schemas import INPUTS, OUTPUTS, InferRequest
@@ -112,7 +112,7 @@ def _tensor_bytes(datatype: str, values: list) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
 
 
-def respond(task: ServedTask, version: str, parsed: Parsed, logits: torch.Tensor) -> Response:
+def respond(task: ServedTask, parsed: Parsed, logits: torch.Tensor) -> Response:
     """The OIP v2 response: JSON, or (when an output is binary) a JSON header, its length in
     ``Inference-Header-Content-Length``, and the binary outputs after it in order."""
     probs = logits.softmax(dim=1)
@@ -132,7 +132,7 @@ def respond(task: ServedTask, version: str, parsed: Parsed, logits: torch.Tensor
         else:
             entry["data"] = values
         outputs.append(entry)
-    body = {"model_name": task.name, "model_version": version, **({"id": parsed.id} if parsed.id is not None else {}),
+    body = {"model_name": task.name, "model_version": str(task.version), **({"id": parsed.id} if parsed.id is not None else {}),
             "outputs": outputs}
     if not blobs:
         return JSONResponse(body)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from snowhub.serving.http import _oip
-from snowhub.serving.http._catalog import resolve_version
+from snowhub.serving.http._catalog import route_reference
 from snowhub.serving.http._parser import header_length_of, read_body
 from snowhub.serving.http._schemas import InferRequest, InferResponse, errors
 from snowhub.serving.http._state import ServerState, get_state
@@ -35,29 +35,31 @@ MODELS = (InferRequest, InferResponse)  # their schemas go into the OpenAPI docu
 
 async def _infer(state: ServerState, request: Request, task: str, version: str | None) -> Response:
     async with state.admitted():  # 503 + Retry-After when the queue is full, before the body is read
-        served = await asyncio.to_thread(state.catalog.get, task)  # 404 unknown, 503 unavailable
-        version = resolve_version(served, version)
+        # the version the route names now: 404 unknown or retired, 503 unavailable
+        served = await asyncio.to_thread(state.catalog.get, route_reference(task, version))
         header_length = header_length_of(request)
         body = await read_body(request, state.config.max_request_bytes(served.image_size))
         header, data = await state.parser.parse(body, header_length, served.image_size)
         del body
         parsed = _oip.parse(header, data, served, state.config)
         if parsed.files is not None:
-            logits = (await state.logits_of_files(parsed.files, [served]))[task]
+            logits = (await state.logits_of_files(parsed.files, [served]))[served.key]
         else:
-            logits = (await state.submit(parsed.tensor, [served]))[task]
-        return _oip.respond(served, version, parsed, logits)
+            logits = (await state.submit(parsed.tensor, [served]))[served.key]
+        return _oip.respond(served, parsed, logits)
 
 
 @router.post("/v2/models/{task}/infer", response_class=Response, openapi_extra=_BODY,
              responses={**_OK, **errors(400, 404, 413, 503)})
 async def infer(task: str, request: Request, state: ServerState = Depends(get_state)) -> Response:
-    """Run `task` (its latest version) on a batch of images: OIP v2 inference (see the module docstring)."""
+    """Run `task` on a batch of images: OIP v2 inference (see the module docstring). `task` is a reference: a
+    bare name answers with the version alias ``production`` points to, else the latest one not retired."""
     return await _infer(state, request, task, None)
 
 
 @router.post("/v2/models/{task}/versions/{version}/infer", response_class=Response, openapi_extra=_BODY,
              responses={**_OK, **errors(400, 404, 413, 503)})
 async def infer_version(task: str, version: str, request: Request, state: ServerState = Depends(get_state)) -> Response:
-    """Run version `version` of `task` on a batch of images (404 for a version the task does not have)."""
+    """Run version `version` (a number, or an alias) of `task` on a batch of images (404 for a version the task
+    does not have or that is retired)."""
     return await _infer(state, request, task, version)

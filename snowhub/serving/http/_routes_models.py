@@ -1,4 +1,8 @@
-"""``/v2/models``, ``/v2/models/{task}[/versions/{version}]`` and their ``/ready`` (OIP v2 model metadata)."""
+"""``/v2/models``, ``/v2/models/{task}[/versions/{version}]`` and their ``/ready`` (OIP v2 model metadata).
+
+``{task}`` is a task reference (``birds``, ``birds@2``, ``birds@staging``) and ``{version}`` a version number
+or an alias; ``/v2/models`` lists every served name with the version it means now and every version served.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import asyncio
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from snowhub.serving.http._catalog import VERSIONS, ServedTask, Unavailable, resolve_version
+from snowhub.serving.http._catalog import Unavailable, route_reference
 from snowhub.serving.http._schemas import ModelList, ModelMetadata, ModelReady, errors
 from snowhub.serving.http._state import ServerState, get_state
 
@@ -21,20 +25,21 @@ def _listing(state: ServerState) -> dict:
     models = []
     for name in state.catalog.names():
         task = state.catalog.known(name)
-        entry = {"name": name, "version": VERSIONS[-1], "seq": task.seq, "image_size": task.image_size,
-                 "classes": len(task.classes), "ready": name not in problems}
+        if task is None:
+            continue
+        entry = {"name": name, "version": str(task.version), "versions": [str(v) for v in state.catalog.versions(name)],
+                 "seq": task.seq, "image_size": task.image_size, "classes": len(task.classes),
+                 "ready": name not in problems}
         if name in problems:
             entry["reason"] = problems[name]
         models.append(entry)
     return {"models": models}
 
 
-def _find(state: ServerState, task: str, version: str | None) -> ServedTask:
-    found = state.catalog.known(task)
-    if found is None:
-        found = state.catalog.get(task)  # TaskNotFoundError (404) after one look at the registry
-    resolve_version(found, version)
-    return found
+def metadata(state: ServerState, task: str, version: str | None) -> dict:
+    """``GET /v2/models/{task}[/versions/{version}]``'s body (errors as :meth:`Catalog.get`, 503 included)."""
+    found = state.catalog.lookup(route_reference(task, version))  # metadata even of a task that is not ready
+    return found.metadata(state.catalog.versions(found.name), state.catalog.aliases(found.name))
 
 
 @router.get("/v2/models", response_model=ModelList, response_model_exclude_none=True)
@@ -46,18 +51,18 @@ async def models(state: ServerState = Depends(get_state)) -> dict:
 @router.get("/v2/models/{task}", response_model=ModelMetadata, responses=errors(404, 503))
 async def model(task: str, state: ServerState = Depends(get_state)) -> dict:
     """OIP model metadata of `task`, plus its classes, image size, metrics, seq and delta sha256."""
-    return (await asyncio.to_thread(_find, state, task, None)).metadata()
+    return await asyncio.to_thread(metadata, state, task, None)
 
 
 @router.get("/v2/models/{task}/versions/{version}", response_model=ModelMetadata, responses=errors(404, 503))
 async def model_version(task: str, version: str, state: ServerState = Depends(get_state)) -> dict:
     """OIP model metadata of version `version` of `task` (404 for a version it does not have)."""
-    return (await asyncio.to_thread(_find, state, task, version)).metadata()
+    return await asyncio.to_thread(metadata, state, task, version)
 
 
 async def _ready(state: ServerState, task: str, version: str | None) -> JSONResponse:
     def check() -> None:
-        resolve_version(state.catalog.get(task), version)
+        state.catalog.get(route_reference(task, version))
 
     try:
         await asyncio.to_thread(check)

@@ -51,13 +51,16 @@ async def _uploads(request: Request, state: ServerState) -> list[tuple[str, byte
                      "description": "one or more image files (any field name is accepted; at most --max-images)"}}}}}}})
 async def predict(request: Request,
                   tasks: Optional[list[str]] = Query(None, description="Tasks to answer, comma-separated or "
-                                                     "repeated (imagenet = the source's head); none = every task."),
+                                                     "repeated: names (the version alias production points to, "
+                                                     "else the latest), name@2 or name@alias (imagenet = the "
+                                                     "source's head); none = every task."),
                   top: int = Query(5, ge=1, description="Labels per task."),
                   state: ServerState = Depends(get_state)) -> JSONResponse:
     """Top-`top` labels of every requested task for each uploaded image: the JSON of ``snowhub predict --json``.
 
-    With no ``tasks``, every task served now answers; tasks whose files failed their check are left out and
-    named in the ``Snowhub-Unavailable-Tasks`` header.
+    With no ``tasks``, every task served now answers, each as its bare name resolves now (retired versions
+    never answer); tasks whose files failed their check are left out and named in the
+    ``Snowhub-Unavailable-Tasks`` header. Answers are keyed by the reference as asked.
     """
     async with state.admitted():  # 503 + Retry-After when the queue is full
         served, unavailable = await asyncio.to_thread(state.catalog.resolve, _names(tasks))
@@ -65,12 +68,12 @@ async def predict(request: Request,
             raise ServeError(503 if unavailable else 404, "no task to answer: " + (
                 "; ".join(unavailable.values()) if unavailable else "add one with `snowhub add-task NAME --data DIR`"))
         uploads = await _uploads(request, state)
-        logits = await state.logits_of_files(uploads, served)
+        logits = await state.logits_of_files(uploads, [task for _, task in served])
     results = [ImagePrediction(name) for name, _ in uploads]
-    for task in served:
-        probs = logits[task.name].softmax(dim=1)
+    for asked, task in served:
+        probs = logits[task.key].softmax(dim=1)
         values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
         for row, (v, i) in enumerate(zip(values.tolist(), indices.tolist())):
-            results[row].tasks[task.name] = [(task.classes[c], 100.0 * p) for c, p in zip(i, v)]
+            results[row].tasks[asked] = [(task.classes[c], 100.0 * p) for c, p in zip(i, v)]
     headers = {"Snowhub-Unavailable-Tasks": ",".join(unavailable)} if unavailable else None
     return JSONResponse([r.to_dict() for r in results], headers=headers)

@@ -99,7 +99,8 @@ class ServerMetadata(BaseModel):
 
 class ModelEntry(BaseModel):
     name: str
-    version: str
+    version: str = Field(description="the version the bare name answers with now")
+    versions: list[str] = Field(default_factory=list, description="every version served (not retired)")
     seq: int
     image_size: int
     classes: int
@@ -119,7 +120,9 @@ class TensorMetadata(BaseModel):
 
 class ModelMetadata(BaseModel):
     name: str
-    versions: list[str]
+    versions: list[str] = Field(description="every version of the task served now (retired ones are not)")
+    version: str = Field(description="the version this metadata describes (and the same route's infer runs)")
+    aliases: dict[str, str] = Field(default_factory=dict, description="alias → version")
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]

@@ -22,11 +22,12 @@ from snowhub.device import available_cpus, pick_device
 from snowhub.errors import IntegrityError, SnowhubError
 from snowhub.names import SOURCE_TASK
 from snowhub.serving.http._batcher import Batcher
-from snowhub.serving.http._catalog import Catalog, ServedTask
+from snowhub.serving.http._catalog import Catalog
 from snowhub.serving.http._errors import ServeError
 from snowhub.serving.http._decoding import PixelPool, decode_batches
 from snowhub.serving.http._metrics import Metrics
 from snowhub.serving.http._parser import BodyParser
+from snowhub.serving.http._served import ServedTask
 from snowhub.serving.http.config import ServeConfig
 from snowhub.serving.predictor import Predictor
 from snowhub.serving.preprocessing import group_by_size
@@ -90,8 +91,9 @@ class ServerState:
             self.catalog.refresh()
             # every task's graphs built (or read) and checked before the server says it is ready; a strict
             # runtime's refusals become the tasks' problems (503) when the catalog checks them again
-            names = [n for n in self.catalog.names() if n not in self.catalog.problems()]
-            if self.predictor.prepare(names):
+            problems = self.catalog.problems()
+            names = [n for n in self.catalog.names() if n not in problems]
+            if self.predictor.prepare([self.catalog.known(n).runtime_task for n in names]):
                 for name in names:
                     with contextlib.suppress(SnowhubError):
                         self.catalog.get(name)
@@ -113,9 +115,9 @@ class ServerState:
     def _prepare(self, task: ServedTask) -> None:
         """The catalog's hook for a task it verifies: its runtime's graphs built off the request path; a
         strict runtime's refusal raises IntegrityError, so the task is unavailable (503) with the reason."""
-        refused = self.predictor.prepare([task.name], wait=False)
-        if self.runtime.strict and task.name in refused:
-            raise IntegrityError(f"task {task.name!r} is not served by ONNX Runtime: {refused[task.name]}")
+        refused = self.predictor.prepare([task.runtime_task], wait=False)
+        if self.runtime.strict and task.key in refused:
+            raise IntegrityError(f"task {task.key!r} is not served by ONNX Runtime: {refused[task.key]}")
 
     def health(self) -> dict:
         """``/v2/health/ready``'s body: ready, the tasks served and, apart, those that are not and why."""
@@ -127,11 +129,14 @@ class ServerState:
         if self.ready:
             self.catalog.refresh(at_most_every_s=self.config.poll_s)
         problems = self.catalog.problems()
-        served = [n for n in self.catalog.names() if n not in problems]
+        keys = {n: task.key for n in self.catalog.names() if n not in problems and (task := self.catalog.known(n))}
+        served = list(keys)
         self.metrics.tasks_ready.set(len(served))
         self.metrics.tasks_unavailable.set(len(problems))
+        runtimes, fallbacks = self.runtime.runtimes(list(keys.values())), self.runtime.fallbacks(list(keys.values()))
         body = {"ready": self.ready and self.source_problem is None, "tasks": served, "unavailable": problems,
-                "runtimes": self.runtime.runtimes(served), "fallbacks": self.runtime.fallbacks(served)}
+                "runtimes": {n: runtimes[k] for n, k in keys.items() if k in runtimes},
+                "fallbacks": {n: fallbacks[k] for n, k in keys.items() if k in fallbacks}}
         if self.source_problem:
             body["error"] = f"the source model is not served: {self.source_problem}"
         elif not self.ready:
@@ -147,9 +152,9 @@ class ServerState:
         return self._ratio
 
     async def logits_of_files(self, files: Sequence[tuple[str, bytes]], tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
-        """Logits of every task for encoded image `files` (name, bytes): decoded within the pixel budgets and
-        preprocessed as ``Predictor.predict`` does, in one worker thread hop (:func:`decode_batches`), then one
-        queued item per image size, answered by the batcher.
+        """Logits of every task version (under its :attr:`~ServedTask.key`) for encoded image `files` (name,
+        bytes): decoded within the pixel budgets and preprocessed as ``Predictor.predict`` does, in one worker
+        thread hop (:func:`decode_batches`), then one queued item per image size, answered by the batcher.
 
         Raises:
             ServeError: an image that does not decode (400) or is over a budget (413); no answer in time (503).
@@ -178,8 +183,9 @@ class ServerState:
         return self.config.max_request_bytes(max(sizes, default=224))
 
     async def submit(self, images: torch.Tensor, tasks: list[ServedTask]) -> dict[str, torch.Tensor]:
-        """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (served at ``S`` px) and wait for the batch."""
-        future = self.batcher.submit(images, [t.name for t in tasks])
+        """Queue uint8 `images` ``(n, 3, S, S)`` for `tasks` (served at ``S`` px) and wait for the batch: each
+        version's logits under its :attr:`~ServedTask.key`."""
+        future = self.batcher.submit(images, [t.runtime_task for t in tasks])
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
         except asyncio.TimeoutError:

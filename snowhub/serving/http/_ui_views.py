@@ -14,7 +14,7 @@ from snowhub.artifacts import Artifacts
 from snowhub.checks import ForgettingReport, TaskCheck, verify_hub
 from snowhub.errors import TaskNotFoundError
 from snowhub.progress import SilentProgress
-from snowhub.serving.http._catalog import ServedTask
+from snowhub.serving.http._served import ServedTask
 from snowhub.serving.http._state import ServerState
 from snowhub.serving.http._ui_chart import Chart, line_chart
 
