@@ -29,6 +29,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "experiment": ("benchmarks.research.experiments", "research: SNOW with one candidate product change patched in"),
     "seeds": ("benchmarks.research.seeds", "research: several seeds side by side (mean, spread, time to accuracy)"),
     "profile": ("benchmarks.research.profile_snow", "research: where one training step of FT and of SNOW goes"),
+    "continual": ("benchmarks.continual", "snowhub beside Avalanche's continual-learning strategies: accuracy "
+                                          "matrices, BWT, forgetting, cost per task (issue 29)"),
     "front": ("benchmarks.research.front", "research: top-1 against parameters per task, every method and SNOW "
                                            "budget, several seeds (issue 28)"),
 }
