@@ -8,7 +8,7 @@
 # The web page tests drive Debian's headless Chromium: scripts/chromium.sh installs it if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+SNOWHUB_CONTINUAL=1 bash scripts/bootstrap.sh  # with Avalanche: benchmarks/tests runs the continual suite's smoke
 bash scripts/chromium.sh || echo "warning: scripts/chromium.sh could not install Chromium; the web page tests will fail" >&2
 if [[ -z "${SNOWHUB_TEST_POSTGRES_URL:-}" ]]; then
   pg_dir="$(mktemp -d)"
