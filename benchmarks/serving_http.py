@@ -71,7 +71,36 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def _load(url: str, images: list[bytes], clients: int, per_client: int, query: str) -> dict:
+def _multipart(data: bytes) -> tuple[bytes, str]:
+    """One PNG as a multipart/form-data body (as httpx sends ``files=[("file", ("q.png", data, "image/png"))]``)."""
+    boundary = "snowhubbenchmarkboundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def _raw_client(url: str, requests: list[bytes], latencies: list[float], errors: list[int]) -> None:
+    """Send prepared HTTP/1.1 `requests` one after another on one keep-alive connection; a few lines of asyncio
+    streams instead of httpx, whose per-request CPU on this 2-core machine was 3× the server's (py-spy)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        for request in requests:
+            start = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - start)
+            if not head.startswith(b"HTTP/1.1 200"):
+                errors.append(int(head.split(b" ", 2)[1]))
+    finally:
+        writer.close()
+
+
+async def _load(url: str, images: list[bytes], clients: int, per_client: int, query: str,
+                client_kind: str = "httpx") -> dict:
     latencies: list[float] = []
     errors: list[int] = []
 
@@ -85,8 +114,20 @@ async def _load(url: str, images: list[bytes], clients: int, per_client: int, qu
                 if r.status_code != 200:
                     errors.append(r.status_code)
 
+    def prepared(i: int) -> list[bytes]:
+        out = []
+        for j in range(per_client):
+            body, content_type = _multipart(images[(i * per_client + j) % len(images)])
+            out.append(f"POST /v1/predict{query} HTTP/1.1\r\nHost: {url.removeprefix('http://')}\r\n"
+                       f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        return out
+
+    bodies = [prepared(i) for i in range(clients)] if client_kind == "raw" else []
     start = time.perf_counter()
-    await asyncio.gather(*(client(i) for i in range(clients)))
+    if client_kind == "raw":
+        await asyncio.gather(*(_raw_client(url, bodies[i], latencies, errors) for i in range(clients)))
+    else:
+        await asyncio.gather(*(client(i) for i in range(clients)))
     wall = time.perf_counter() - start
     return {"clients": clients, "requests": len(latencies), "errors": len(errors), "seconds": wall, "requests_per_s": len(latencies) / wall,
             "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * _percentile(latencies, 0.99)}
@@ -99,7 +140,7 @@ def _metric(url: str, name: str) -> float:
 
 
 def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int, query: str,
-                   runtime: str = "auto") -> list[dict]:
+                   runtime: str = "auto", client_kind: str = "httpx") -> list[dict]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     flags = ["--max-batch-size", "32", "--max-wait-ms", "5"] if batching else ["--max-batch-size", "1",
@@ -117,12 +158,12 @@ def measure_server(hub: Path, images: list[bytes], batching: bool, requests: int
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("snowhub serve did not become ready")
             time.sleep(0.2)
-        asyncio.run(_load(url, images, 4, 5, query))  # warm-up
+        asyncio.run(_load(url, images, 4, 5, query, client_kind))  # warm-up
         rows = []
         for clients in CLIENTS:
             passes = _metric(url, "snowhub_source_passes_total")
-            row = asyncio.run(_load(url, images, clients, max(1, requests // clients), query))
-            row |= {"runtime": runtime, "batching": batching,
+            row = asyncio.run(_load(url, images, clients, max(1, requests // clients), query, client_kind))
+            row |= {"runtime": runtime, "batching": batching, "client": client_kind,
                     "source_passes": _metric(url, "snowhub_source_passes_total") - passes}
             rows.append(row)
             print(f"  {runtime} batching {'on ' if batching else 'off'} {clients:2d} clients: "
@@ -250,6 +291,9 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") 
     parser.add_argument("--image-size", type=int, default=32,
                         help="image size of the tasks of the hub built (default 32)")
     parser.add_argument("--in-process-batch", type=int, default=16, help="images per in-process call (default 16)")
+    parser.add_argument("--client", choices=("httpx", "raw"), default="httpx",
+                        help="the load's clients: httpx (default), or raw: prepared HTTP/1.1 requests on asyncio "
+                        "streams, whose own CPU cost is a fraction of httpx's")
     parser.add_argument("--geometry", choices=("http", "paper"), default="http",
                         help="http: the server under load (default); paper: ResNet-50 (random weights) at 224 px, "
                         "source + 1/5/20 tasks in process, at batch 1 and 32 (benchmarks/serving_paper.py)")
@@ -285,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     in_process, rows = {}, []
     for runtime in runtimes:  # in process first: an onnxruntime loop builds the graphs the server then reads
         in_process[runtime] = measure_in_process(hub, queries, tasks, args.requests, runtime, args.in_process_batch)
-        rows += [r for b in batchings for r in measure_server(hub, images, b, args.requests, query, runtime)]
+        rows += [r for b in batchings for r in measure_server(hub, images, b, args.requests, query, runtime, args.client)]
     summary = summarise(rows, in_process)
     print("  " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()), flush=True)
     wall, command = time.perf_counter() - started, command_line("serving-http", args.argv)
