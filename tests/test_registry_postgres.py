@@ -108,6 +108,7 @@ _EDITS = {
     "dataset_fingerprint": "dataset_fingerprint = 'ab'", "dataset_summary": """dataset_summary = '{"train_images": 9}'""",
     "probe_environment": "probe_environment = NULL", "lineage": """lineage = '{"seq": 1}'""",
     "created_at": "created_at = '2001-01-01 00:00:00'", "record_sha256": "record_sha256 = NULL",
+    "version": "version = 7",
 }
 
 
@@ -253,7 +254,7 @@ def _json(*argv: str) -> dict:
 
 def test_a_copied_registry_verifies_with_the_same_bwt_and_logits(pg_hub, fashion_dir):
     hub, url, copied = pg_hub
-    assert (copied["tasks"], copied["seals"], copied["files"]) == (2, 3, 5)
+    assert (copied["tasks"], copied["seals"], copied["files"], copied["events"]) == (2, 5, 5, 2)  # + 2 added events
     on_sqlite = _json("verify-forgetting", "--hub", str(hub), "--device", "cpu")
     on_postgres = _json("verify-forgetting", "--hub", str(hub), "--registry", url, "--device", "cpu")
     assert on_postgres["ok"] and on_postgres["bwt"] == on_sqlite["bwt"] == 0.0
