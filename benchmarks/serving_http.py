@@ -299,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "serving-http") 
                         "source + 1/5/20 tasks in process, at batch 1 and 32 (benchmarks/serving_paper.py)")
     parser.add_argument("--min-seconds", type=float, default=3.0,
                         help="--geometry paper: seconds per measurement at batch 1 at least (default 3)")
+    parser.add_argument("--paper-tasks", default="1,5,20",
+                        help="--geometry paper: numbers of added tasks measured (default 1,5,20)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="--geometry paper: interleaved rounds, the best of which counts (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/...)")

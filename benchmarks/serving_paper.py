@@ -91,10 +91,10 @@ def _source_alone(runtime: str, predictor, threads: int, work: Path):
 
     import onnxruntime as ort
 
-    from snowhub.export.artifact_graphs import export_source_graph
-
-    path = work / f"source-{SIZE}.onnx"
+    path = _cached_source_graph(predictor) or work / f"source-{SIZE}.onnx"
     if not path.is_file():
+        from snowhub.export.artifact_graphs import export_source_graph
+
         export_source_graph(source, SIZE, False, path)
     options = ort.SessionOptions()  # as the runtime's own sessions (snowhub.serving.runtime_onnx)
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -103,7 +103,26 @@ def _source_alone(runtime: str, predictor, threads: int, work: Path):
     return lambda images: session.run(None, {"images": np.ascontiguousarray(images.numpy())})
 
 
-def measure_paper(hub: Path, runtimes: list[str], min_seconds: float, rounds: int, work: Path) -> tuple[list[dict], dict]:
+def _cached_source_graph(predictor) -> Path | None:
+    """The runtime's own source graph at 224 px without the head, from the hub's graph cache (its manifest
+    names it and the file's sha256 matches), or None."""
+    import hashlib
+    import json
+
+    from snowhub.export.graph_cache import CACHE_DIR
+
+    for manifest in sorted((predictor.artifacts.registry.layout.root / CACHE_DIR).glob("*.json")):
+        found = json.loads(manifest.read_text())
+        built = found.get("built_from", {})
+        graph = manifest.with_suffix(".onnx")
+        if (built.get("graph"), built.get("image_size"), built.get("head")) == ("source", SIZE, False) and \
+                graph.is_file() and hashlib.sha256(graph.read_bytes()).hexdigest() == found.get("sha256"):
+            return graph
+    return None
+
+
+def measure_paper(hub: Path, runtimes: list[str], min_seconds: float, rounds: int, work: Path,
+                  task_counts: tuple[int, ...] = TASK_COUNTS) -> tuple[list[dict], dict]:
     """One row per runtime, batch and task count (0 = the source alone); and the FLOPs per image."""
     from snowhub import Hub
     from snowhub.device import available_cpus
@@ -117,13 +136,13 @@ def measure_paper(hub: Path, runtimes: list[str], min_seconds: float, rounds: in
         names = [t.name for t in h.tasks()]
         reference = h.predictor("cpu", "torch")
         flops[0] = forward_flops(_source_alone("torch", reference, threads, work), images[1])
-        for n in TASK_COUNTS:
+        for n in task_counts:
             flops[n] = forward_flops(reference.runtime.network(reference.tasks(names[:n])), images[1])
         for runtime in runtimes:
             predictor = h.predictor("cpu", runtime)
-            predictor.prepare(names[:max(TASK_COUNTS)])  # ONNX Runtime: graphs built (or read) and checked
+            predictor.prepare(names[:max(task_counts)])  # ONNX Runtime: graphs built (or read) and checked
             calls = {0: _source_alone(runtime, predictor, threads, work)} | {
-                n: (lambda x, k=n: predictor.logits(x, names[:k])) for n in TASK_COUNTS}
+                n: (lambda x, k=n: predictor.logits(x, names[:k])) for n in task_counts}
             for batch in BATCHES:
                 # batch 32: one call per configuration, warmed up by the batch-1 rounds (a call takes minutes
                 # on a loaded 2-core machine)
@@ -135,8 +154,8 @@ def measure_paper(hub: Path, runtimes: list[str], min_seconds: float, rounds: in
                                  "vs_source": rate / best[0], "vs_ideal": rate / ideal, "ideal_images_per_s": ideal})
                 print(f"  {runtime} batch {batch:2d}: source alone {best[0]:6.2f} images/s; " + ", ".join(
                     f"+{r['tasks']} tasks {r['images_per_s']:.2f} ({r['vs_source']:.2f}x, {r['vs_ideal']:.2f}x ideal)"
-                    for r in rows[-len(TASK_COUNTS):]), flush=True)
-    return rows, {"source": flops[0], **{f"source_plus_{n}": flops[n] for n in TASK_COUNTS}}
+                    for r in rows[-len(task_counts):]), flush=True)
+    return rows, {"source": flops[0], **{f"source_plus_{n}": flops[n] for n in task_counts}}
 
 
 def markdown_paper(rows: list[dict], flops: dict) -> list[str]:
@@ -163,7 +182,7 @@ def plot_paper(path: Path, rows: list[dict]) -> None:
                 label=f"{runtime}, batch {batch}")
         ax.plot([r["tasks"] for r in mine], [r.get("ideal_images_per_s", r["images_per_s"]) for r in mine], ":",
                 color=colour, label=f"{runtime}, batch {batch}: FLOP-count ideal")
-    ax.set(xlabel="added tasks (0 = the source alone)", ylabel="images/s", xticks=[0, *TASK_COUNTS],
+    ax.set(xlabel="added tasks (0 = the source alone)", ylabel="images/s", xticks=sorted({r["tasks"] for r in rows}),
            title="ResNet-50 (random weights), 224 px, in process")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
@@ -180,13 +199,14 @@ def run_paper(args: argparse.Namespace) -> int:
     hub = args.hub or build_paper_hub(out / "work")
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
     with tempfile.TemporaryDirectory() as work:
-        rows, flops = measure_paper(hub, runtimes, args.min_seconds, args.rounds, Path(work))
+        counts = tuple(int(n) for n in args.paper_tasks.split(","))
+        rows, flops = measure_paper(hub, runtimes, args.min_seconds, args.rounds, Path(work), counts)
     wall, command = time.perf_counter() - started, command_line("serving-http", args.argv)
     summary = {f"{r['runtime']}_batch_{r['batch']}_source_plus_{r['tasks']}_vs_source": r["vs_source"]
                for r in rows if r["tasks"]}
     text = header("serving-http", command, environment, wall) + markdown_paper(rows, flops)
     settings = {"geometry": "paper", "source": "resnet50 (random weights)", "image_size": SIZE,
-                "batches": list(BATCHES), "tasks": list(TASK_COUNTS), "runtimes": runtimes,
+                "batches": list(BATCHES), "tasks": list(counts), "runtimes": runtimes,
                 "min_seconds": args.min_seconds, "rounds": args.rounds}
     write_results(out, "serving-http", command, rows, "\n".join(text), settings=settings, environment=environment,
                   summary=summary | {"flops_per_image": flops}, wall_seconds=wall)
