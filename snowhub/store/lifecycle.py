@@ -32,6 +32,7 @@ from snowhub.store.rows import record_from_raw as _record
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+_CHANGE_MARK = 'SELECT (SELECT max(seq) FROM task), (SELECT max(id) FROM "task_event")'
 _TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
 _MAX_TAG_VALUE = 256
 _MAX_DESCRIPTION = 4000
@@ -121,11 +122,10 @@ class TaskLifecycle:
             return self._state(session)
 
     def change_mark(self) -> tuple[int, int]:
-        """``(largest task seq, largest event id)``: two indexed reads that move whenever a task row or an event is
-        appended, so a reader polls them to know when to read :meth:`snapshot` again."""
+        """``(largest task seq, largest event id)``: one statement of two indexed reads that moves whenever a task
+        row or an event is appended, so a reader polls it to know when to read :meth:`snapshot` again."""
         with self._reading() as session:
-            seq = session.scalar(text("SELECT max(seq) FROM task"))
-            event = session.scalar(text('SELECT max(id) FROM "task_event"'))
+            seq, event = session.execute(text(_CHANGE_MARK)).one()
         return int(seq or 0), int(event or 0)
 
     def resolve(self, reference: str | TaskReference, retired: bool = False) -> TaskRecord:
