@@ -12,7 +12,7 @@ one process and interleaved ``--repeat`` times so that a busy machine slows each
 
 The target (issue 26): ``hub_evaluate`` at no less than 0.8x the images/s of ``predictor`` and ``hub_predict``.
 
-    .venv/bin/python -m benchmarks evaluate [--hub DIR --task NAME] [--repeat 3] [--out DIR]
+    .venv/bin/python -m benchmarks evaluate [--hub DIR --task NAME] [--repeat 3] [--threads 1] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from benchmarks.environment import describe_environment
 from benchmarks.output import command_line, default_out, header, write_results
 
 REPO = Path(__file__).resolve().parents[1]
+THREADS: list[int] = []  # --threads, when given
 WAYS = ("predictor", "hub_predict", "hub_evaluate", "cli_evaluate", "cli_predict_json")
 
 
@@ -42,12 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser, suite: str = "evaluate") -> N
     parser.add_argument("--epochs", type=int, default=1, help="training of the throwaway hub's task")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, help="torch threads here and OMP_NUM_THREADS of the CLI runs (default: "
+                        "torch's; on a busy machine 1 keeps OpenMP from spinning against other processes)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/...)")
 
 
 def _snowhub(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "snowhub_cli", *args], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", "snowhub_cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=os.environ | ({"OMP_NUM_THREADS": str(THREADS[0])} if THREADS else {}))
     if done.returncode:
         raise SystemExit(f"snowhub {args[0]}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return time.perf_counter() - start, done
@@ -115,6 +119,11 @@ def _table(rows: list[dict], images: int) -> tuple[str, dict]:
 def run(args: argparse.Namespace) -> int:
     """Measure, print the table, write the results folder."""
     environment = describe_environment()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        THREADS[:] = [args.threads]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="snowhub-bench-evaluate-") as tmp:
         hub, data = _hub(args, Path(tmp))
@@ -129,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"`{command}`\n\n{table}")
     out = args.out or default_out("evaluate")
     settings = {"task": args.task, "images": images, "repeat": args.repeat, "batch_size": args.batch_size,
-                "epochs": args.epochs, "hub": str(args.hub) if args.hub else "throwaway"}
+                "epochs": args.epochs, "threads": args.threads, "hub": str(args.hub) if args.hub else "throwaway"}
     write_results(out, "evaluate", command, rows, "\n".join(header("evaluate", command, environment, wall)) + table,
                   settings=settings, environment=environment, summary=summary, wall_seconds=wall)
     print(f"wrote {out}")
