@@ -35,9 +35,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(root: Path, wait_ready: bool = True, **config) -> Iterator[Running]:
-    """`snowhub serve`'s app for the hub at `root` under a real uvicorn server in a thread, until the block ends."""
-    app = create_app(root, ServeConfig(device="cpu", **{"poll_s": 0.2, **config}))
+def running(root: Path, wait_ready: bool = True, registry_url: str | None = None, **config) -> Iterator[Running]:
+    """`snowhub serve`'s app for the hub at `root` (its registry at `registry_url` if given) under a real uvicorn
+    server in a thread, until the block ends."""
+    app = create_app(root, ServeConfig(device="cpu", **{"poll_s": 0.2, **config}), registry_url)
     sock = _listen("127.0.0.1", 0)  # as `snowhub serve` listens (TCP_NODELAY: no 40 ms wait per response)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

@@ -232,3 +232,19 @@ def test_bundles_and_onnx_exports_take_references(versioned, tmp_path):
         finally:
             h.restore("fashion@1")
     assert not (tmp_path / "x.snowtask").exists() and not (tmp_path / "x").exists()
+
+
+def test_on_postgresql_the_server_follows_an_alias_and_a_retirement_too(versioned, fresh_database):
+    """The same hub's registry copied into PostgreSQL (`snowhub registry copy`), served from there."""
+    one = _oip(versioned["images"][:1])
+    Hub.copy_registry(versioned["hub"], fresh_database)
+    with running(versioned["hub"], registry_url=fresh_database) as s, httpx.Client(base_url=s.url, timeout=60) as c, \
+            Hub.open(versioned["hub"], registry=fresh_database) as h:
+        assert (c.get("/v2/models/fashion").json()["versions"], c.get("/v2/models/fashion").json()["version"]) == \
+            (["1", "2"], "2")
+        h.set_alias("fashion", "production", 1)
+        _eventually(lambda: c.get("/v2/models/fashion").json()["version"] == "1")
+        assert _version_of(c.post("/v2/models/fashion/infer", json=one).json(), versioned) == "1"
+        h.retire("fashion@2")
+        _eventually(lambda: c.get("/v2/models/fashion").json()["versions"] == ["1"])
+        assert_error(c.post("/v2/models/fashion/versions/2/infer", json=one), 404, "fashion@2 is retired")
