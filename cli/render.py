@@ -158,8 +158,8 @@ def forgetting(report: ForgettingReport) -> None:
             recorded = "here"
         else:
             recorded = "elsewhere" if t.recorded_environment else "unknown"
-            elsewhere.setdefault(describe_environment(t.recorded_environment), []).append(t.name)
-        table.add_row(str(t.seq), t.name, t.verdict or t.status, pct(t.recorded_top1), pct(t.current_top1),
+            elsewhere.setdefault(describe_environment(t.recorded_environment), []).append(t.label)
+        table.add_row(str(t.seq), t.label, t.verdict or t.status, pct(t.recorded_top1), pct(t.current_top1),
                       "—" if t.max_logit_diff is None else f"{t.max_logit_diff:.2g}", recorded)
     out.print(table)
     line(f"checked in: {describe_environment(report.checked_environment)}")

@@ -72,6 +72,9 @@ def test_a_tasks_whole_life_through_the_command_line(registry_hub, fashion_dir, 
         [("imagenet", 1), ("fashion2", 1), ("fashion", 2)]
     listed = {(t["name"], t["version"]): t for t in _json(hub, "list", "--all")["tasks"]}
     assert listed["fashion", 1]["retired"] and listed["fashion", 2]["aliases"] == ["production", "staging"]
+    checked = _json(hub, "verify-forgetting", "--device", "cpu")  # a retired version is still checked
+    assert [(t["name"], t["version"], t["verdict"]) for t in checked["tasks"]] == \
+        [("fashion", 1, "bit-identical"), ("fashion2", 1, "bit-identical"), ("fashion", 2, "bit-identical")]
 
     _cli(hub, "tag", "fashion", "team=vision", "stage=beta")
     _refused(hub, "has no '='", "tag", "fashion2", "team")

@@ -76,6 +76,7 @@ class TaskCheck:
         recorded_environment: where the probe logits were recorded (None: before snowhub recorded it).
         same_environment: they were re-run in that same environment (None: unknown).
         problems: one line per thing that is wrong.
+        version: the task's version (issue 26; 1 for every task added before versions existed).
     """
 
     seq: int
@@ -89,6 +90,12 @@ class TaskCheck:
     recorded_environment: dict | None = None
     same_environment: bool | None = None
     problems: list[str] = field(default_factory=list)
+    version: int = 1
+
+    @property
+    def label(self) -> str:
+        """The name as ``snowhub list`` shows it: ``NAME`` for version 1, ``NAME@N`` for a later one."""
+        return self.name if self.version == 1 else f"{self.name}@{self.version}"
 
     def fail(self, status: str, problem: str) -> None:
         if self.status != DAMAGED:
@@ -168,7 +175,7 @@ def verify_hub(artifacts: Artifacts, progress: Progress, strict: bool = False,
     progress.start("verifying tasks", len(rows))
     try:
         for row in rows:
-            check = TaskCheck(row.seq, row.name, recorded_top1=row.probe_top1,
+            check = TaskCheck(row.seq, row.name, version=row.version, recorded_top1=row.probe_top1,
                               recorded_environment=row.probe_environment,
                               same_environment=same_environment(row.probe_environment, environment))
             checks.append(check)
