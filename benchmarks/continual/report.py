@@ -140,7 +140,7 @@ def write_report(out: Path, command: str, rows: list[dict], settings: dict, wall
            f"{environment['packages'].get('avalanche-lib')}: SGD momentum 0.9, hyper-parameters {settings['hparams']}.",
            ""]
     if settings.get("tuning"):
-        md += ["Tuning (Split Fashion-MNIST, first seed; score: top-1 after task 1, or average after task 2):", ""]
+        md += ["Tuning (Split Fashion-MNIST, first seed; score: the average accuracy after task 2):", ""]
         md += [f"- {t['method']}: " + ", ".join(f"{k} {v}" for k, v in t.items() if k not in ("method", "score"))
                + f" → {t['score']:.1f} %" for t in settings["tuning"]]
         md.append("")

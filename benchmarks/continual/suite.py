@@ -122,14 +122,17 @@ def _job(settings: dict, sequence: str, folders, method: str, hp: dict, work: Pa
 
 
 def tune(settings: dict, folders, runner: _Runner, work: Path) -> tuple[dict, list[dict]]:
-    """The grid search: lr on task 1 (Naive), then λ/α on tasks 1–2, Split Fashion-MNIST, seed 0."""
+    """The grid search on Split Fashion-MNIST, seed 0: lr by Naive's average accuracy after tasks 1–2, then
+    λ/α likewise. Over two tasks, not one: lr 3e-3 won on task 1 alone (100 %) and then broke the fine-tuned
+    network over the sequence (Naive, EWC and SI at 50 % on every task; docs/continual.md), which made them
+    strawmen."""
     from benchmarks.continual.metrics import average_accuracy
 
     seq, seed = "split-fashion", [settings["seeds"][0]]
-    jobs = [_job(settings, seq, folders, "Naive", DEFAULT_HP | {"lr": lr}, work, seed, upto=1) | {"hp_note": lr}
+    jobs = [_job(settings, seq, folders, "Naive", DEFAULT_HP | {"lr": lr}, work, seed, upto=2) | {"hp_note": lr}
             for lr in GRID["lr"]]
     results = runner.run(jobs)
-    trials = [{"method": "Naive", "lr": j["hp"]["lr"], "tasks": 1, "score": r["runs"][0]["matrix"][0][0]}
+    trials = [{"method": "Naive", "lr": j["hp"]["lr"], "tasks": 2, "score": average_accuracy(r["runs"][0]["matrix"])}
               for j, r in zip(jobs, results)]
     hp = DEFAULT_HP | {"lr": max(trials, key=lambda t: t["score"])["lr"]}
     jobs = [_job(settings, seq, folders, method, hp | {key: v}, work, seed, upto=2) | {"hp_note": f"{key}={v}"}
