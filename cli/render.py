@@ -96,9 +96,14 @@ def task_table(root: str, source_name: str, tasks: list[TaskInfo]) -> None:
     untrusted(tasks)
 
 
+def _versioned(name: str, version: int) -> str:
+    """``birds`` for version 1, ``birds@2`` for a later one: how every table names a task's version."""
+    return name + (f"@{version}" if version > 1 else "")
+
+
 def _listed_name(t: TaskInfo) -> str:
     """``birds``, ``birds@2 [production]``, ``birds@1 (retired)``: a version after the first, its aliases."""
-    name = t.name + (f"@{t.version}" if t.version > 1 else "")
+    name = _versioned(t.name, t.version)
     name += (f" [{', '.join(t.aliases)}]" if t.aliases else "") + (" (retired)" if t.retired else "")
     return name + (" (!)" if t.record_problem else "")
 
@@ -154,12 +159,13 @@ def forgetting(report: ForgettingReport) -> None:
         table.add_column(col)
     elsewhere: dict[str, list[str]] = {}  # environment → the tasks recorded there, when not here
     for t in report.tasks:
+        name = _versioned(t.name, t.version)
         if t.same_environment:
             recorded = "here"
         else:
             recorded = "elsewhere" if t.recorded_environment else "unknown"
-            elsewhere.setdefault(describe_environment(t.recorded_environment), []).append(t.label)
-        table.add_row(str(t.seq), t.label, t.verdict or t.status, pct(t.recorded_top1), pct(t.current_top1),
+            elsewhere.setdefault(describe_environment(t.recorded_environment), []).append(name)
+        table.add_row(str(t.seq), name, t.verdict or t.status, pct(t.recorded_top1), pct(t.current_top1),
                       "—" if t.max_logit_diff is None else f"{t.max_logit_diff:.2g}", recorded)
     out.print(table)
     line(f"checked in: {describe_environment(report.checked_environment)}")

@@ -92,11 +92,6 @@ class TaskCheck:
     problems: list[str] = field(default_factory=list)
     version: int = 1
 
-    @property
-    def label(self) -> str:
-        """The name as ``snowhub list`` shows it: ``NAME`` for version 1, ``NAME@N`` for a later one."""
-        return self.name if self.version == 1 else f"{self.name}@{self.version}"
-
     def fail(self, status: str, problem: str) -> None:
         if self.status != DAMAGED:
             self.status = self.verdict = status
