@@ -21,7 +21,7 @@ from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.sources import recorded_spec, with_family
 from snowhub.models.weights import load_source_state
-from snowhub.probe import ProbeSet
+from snowhub.probe import ProbeSet, probe_batch
 from snowhub.store import RegistryStore, SourceRecord, TaskRecord, file_stamp, load_safetensors_verified
 
 
@@ -175,4 +175,4 @@ class Artifacts:
         """
         self.registry.check_record(task)
         _, tensors = self._read(task.probe_file, task.probe_file_sha256)
-        return ProbeSet.from_tensors(tensors, task.probe_environment)
+        return ProbeSet.from_tensors(tensors, task.probe_environment, probe_batch(task.hyperparams))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,19 @@ from snowhub.numerics import exact_float32, numerics_environment
 MEASURED_CROSS_KERNEL_DIFF = 2.4e-5
 LOGIT_TOLERANCE = 40 * MEASURED_CROSS_KERNEL_DIFF
 
+# Images per forward pass of the probe logits of a task registered now, recorded with the task
+# (``hyperparams["probe_batch"]``) and used by every re-run. Logits can depend on the batch in their last bits
+# (ResNet-50 at 224 px on this CPU: batches of 64, 32 and 16 gave equal logits, 8 and 1 differed by 5.3e-5), so a
+# check must run the batch they were recorded in. 16 keeps the probe pass of a 224 px source small beside the
+# training (docs/benchmarks.md, "Low memory by default"); tasks registered before the batch was recorded used 64.
+PROBE_BATCH = 16
+LEGACY_PROBE_BATCH = 64
+
+
+def probe_batch(hyperparams: Mapping[str, object]) -> int:
+    """The batch a task's probe logits were computed in, from its recorded hyperparameters."""
+    return int(hyperparams.get("probe_batch", LEGACY_PROBE_BATCH))
+
 
 @dataclass
 class ProbeSet:
@@ -39,20 +52,24 @@ class ProbeSet:
         logits: float32 ``(P, classes)``, from the registered delta, in float32 on the registering device.
         environment: the numerics environment the logits were computed in (:func:`numerics_environment`),
             or None when unknown (it is recorded in the task's registry record, not in the file).
+        batch_size: images per forward pass the logits were computed in (:data:`PROBE_BATCH`; recorded in
+            the task's hyperparameters, not in the file).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     logits: torch.Tensor
     environment: dict | None = field(default=None, compare=False)
+    batch_size: int = field(default=LEGACY_PROBE_BATCH, compare=False)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"images": self.images, "labels": self.labels, "logits": self.logits}
 
     @staticmethod
-    def from_tensors(t: dict[str, torch.Tensor], environment: dict | None = None) -> "ProbeSet":
-        """A probe set read back from its file (`environment` comes from the task's record)."""
-        return ProbeSet(t["images"], t["labels"], t["logits"], environment)
+    def from_tensors(t: dict[str, torch.Tensor], environment: dict | None = None,
+                     batch_size: int = LEGACY_PROBE_BATCH) -> "ProbeSet":
+        """A probe set read back from its file (`environment` and `batch_size` come from the task's record)."""
+        return ProbeSet(t["images"], t["labels"], t["logits"], environment, batch_size)
 
     def top1(self) -> float:
         """Accuracy of the recorded logits, %."""
@@ -75,10 +92,12 @@ def choose_probe_samples(samples: Sequence[tuple[Path, int]], per_class: int, li
 
 @torch.no_grad()
 def probe_logits(source: FrozenSource, delta: Delta, images: torch.Tensor, device: torch.device,
-                 batch_size: int = 64) -> torch.Tensor:
-    """Float32 logits ``(P, classes)`` of `delta` on uint8 `images` ``(P, 3, S, S)``, under :func:`exact_float32`.
+                 batch_size: int) -> torch.Tensor:
+    """Float32 logits ``(P, classes)`` of `delta` on uint8 `images` ``(P, 3, S, S)``, under :func:`exact_float32`,
+    `batch_size` images per forward pass.
 
-    Bit-identical run to run in one numerics environment; see :mod:`snowhub.numerics` for across them.
+    Bit-identical run to run in one numerics environment at one `batch_size`; see :mod:`snowhub.numerics`
+    for across environments, :data:`PROBE_BATCH` for across batches.
     """
     delta.eval()
     with exact_float32(device):
@@ -89,7 +108,7 @@ def probe_logits(source: FrozenSource, delta: Delta, images: torch.Tensor, devic
 
 def build_probe_set(source: FrozenSource, delta: Delta, samples: Sequence[tuple[Path, int]], image_size: int,
                     device: torch.device, per_class: int, limit: int) -> ProbeSet:
-    """Preprocess the chosen probe images and record `delta`'s logits on them.
+    """Preprocess the chosen probe images and record `delta`'s logits on them, :data:`PROBE_BATCH` at a time.
 
     Raises:
         DataError: a probe image cannot be read.
@@ -98,7 +117,8 @@ def build_probe_set(source: FrozenSource, delta: Delta, samples: Sequence[tuple[
     transform = eval_transform(image_size, source.spec.eval_resize_ratio)
     images = torch.stack([transform(load_rgb(path)) for path, _ in chosen])
     labels = torch.tensor([label for _, label in chosen], dtype=torch.long)
-    return ProbeSet(images, labels, probe_logits(source, delta, images, device), numerics_environment(device))
+    logits = probe_logits(source, delta, images, device, PROBE_BATCH)
+    return ProbeSet(images, labels, logits, numerics_environment(device), PROBE_BATCH)
 
 
 def logits_digest(logits: torch.Tensor) -> str:

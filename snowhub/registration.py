@@ -268,7 +268,8 @@ def train_and_register(registry: RegistryStore, source_on: Callable[[torch.devic
             raise DataError(f"the images in {split.root} changed while the task was training; nothing was "
                             "registered: run add-task again once the data stays put")
         return register_task(registry, name, result, probe, split, dataset_fingerprint,
-                             _hyperparams(config, result, distributed), new_version)
+                             _hyperparams(config, result, distributed) | {"probe_batch": probe.batch_size},
+                             new_version)
 
 
 def _train(train: Trainer, source: FrozenSource, split: DatasetSplit, config: TrainConfig, device: torch.device,

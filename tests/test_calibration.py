@@ -42,6 +42,22 @@ def test_statistics_are_those_of_the_source_taps_over_the_images_measured():
         assert torch.allclose(pool.mean, tap.float().mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
+def test_chunks_of_a_batch_measure_the_whole_batchs_statistics():
+    """The low-memory path runs the source on a few images of each batch at a time; what it stores is the
+    whole batch's statistics (to float rounding), and the chunks do not change how many images are measured."""
+    source, whole = _source_and_delta()
+    delta = Delta(whole.shape)
+    batches = _batches(3)
+    calibrate_channel_pooling(source, whole, batches, torch.device("cpu"), max_images=8)
+    calibrate_channel_pooling(source, delta, batches, torch.device("cpu"), max_images=8, chunk=3)  # 3 + 1 per batch
+    for a, b in zip(whole.pools, delta.pools):
+        assert torch.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6) and torch.allclose(a.inv_std, b.inv_std, rtol=1e-4)
+    images = torch.cat([b[0] for b in batches[:2]])  # 8 images, as without chunks; not the third batch
+    taps, _ = source(source.normalizer(images))
+    for pool, tap in zip(delta.pools, taps):
+        assert torch.allclose(pool.mean, tap.float().mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
 def test_the_stored_std_is_the_taps_own_floored_at_a_tenth_of_its_median():
     source, delta = _source_and_delta()
     batches = _batches(2)

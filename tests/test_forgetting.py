@@ -17,7 +17,7 @@ from fixtures.hubkit import rewrite_task_file, run_cli, sql
 from snowhub import Hub
 from snowhub.checks.forgetting import BIT_IDENTICAL, CHANGED, WITHIN_TOLERANCE, judge_logits
 from snowhub.numerics import describe_environment, numerics_environment, same_environment
-from snowhub.probe import LOGIT_TOLERANCE
+from snowhub.probe import LEGACY_PROBE_BATCH, LOGIT_TOLERANCE, PROBE_BATCH, probe_batch, probe_logits
 
 OTHER_KERNELS = {"ONEDNN_MAX_CPU_ISA": "SSE41"}
 
@@ -87,6 +87,20 @@ def test_a_task_records_where_its_probe_logits_were_computed(trained_hub):
     assert recorded == numerics_environment(torch.device("cpu"))
     assert report.ok and report.checked_environment == recorded
     assert [(t.verdict, t.same_environment, t.bit_identical) for t in report.tasks] == [(BIT_IDENTICAL, True, True)] * 2
+
+
+def test_probe_logits_are_rerun_in_the_batch_they_were_recorded_in(trained_hub):
+    """Logits can depend on the batch in their last bits, so the batch is recorded with the task (tasks from
+    before it was recorded ran 64 at a time) and every re-run uses it."""
+    with Hub.open(trained_hub) as hub:
+        row = hub.registry.get_task("fashion")
+        artifacts = hub.artifacts(torch.device("cpu"))
+        probe = artifacts.probe(row)
+        rerun = probe_logits(artifacts.source(), artifacts.delta(row), probe.images, torch.device("cpu"),
+                             probe.batch_size)
+    assert row.hyperparams["probe_batch"] == PROBE_BATCH == probe.batch_size < len(probe.labels)  # > 1 pass
+    assert torch.equal(rerun, probe.logits)
+    assert probe_batch({}) == LEGACY_PROBE_BATCH == 64 and probe_batch({"probe_batch": 8}) == 8
 
 
 def test_other_cpu_kernels_verify_within_tolerance_not_changed(trained_hub):

@@ -190,7 +190,7 @@ def verify_hub(artifacts: Artifacts, progress: Progress, strict: bool = False,
                 check.fail(CHANGED, "not re-evaluated: the source changed")
                 progress.advance(1)
                 continue
-            now = probe_logits(source, delta, probe.images, device)
+            now = probe_logits(source, delta, probe.images, device, probe.batch_size)
             check.current_top1 = 100.0 * accuracy_counts(now, probe.labels)[0] / len(probe.labels)
             check.max_logit_diff = float((now - probe.logits).abs().max())
             check.bit_identical = torch.equal(now, probe.logits)

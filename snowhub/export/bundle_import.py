@@ -29,7 +29,7 @@ from snowhub.export.errors import BundleError
 from snowhub.models.delta import Delta
 from snowhub.names import check_task_name
 from snowhub.numerics import numerics_environment
-from snowhub.probe import ProbeSet, logits_digest, probe_logits
+from snowhub.probe import ProbeSet, logits_digest, probe_batch, probe_logits
 from snowhub.progress import Progress, SilentProgress
 from snowhub.registration import register_trained_delta, remove_orphans
 from snowhub.store import HubReadOnlyError, SourceRecord, TaskRecord, writer_lock
@@ -107,11 +107,11 @@ def _probe(bundle: Bundle, where: Path, image_size: int, classes: int) -> ProbeS
     from safetensors.torch import load
 
     try:
-        probe = ProbeSet.from_tensors(load(bundle.probe))
+        probe = ProbeSet.from_tensors(load(bundle.probe), batch_size=probe_batch(bundle.task["hyperparams"]))
         count = len(probe.labels)
         ok = probe.images.dtype == torch.uint8 and tuple(probe.images.shape) == (count, 3, image_size, image_size) \
             and probe.labels.dtype == torch.int64 and tuple(probe.logits.shape) == (count, classes) \
-            and probe.logits.dtype == torch.float32 and count > 0
+            and probe.logits.dtype == torch.float32 and count > 0 and probe.batch_size >= 1
     except Exception as exc:
         raise BundleError(f"{where}: its probe set cannot be read ({type(exc).__name__}); export the task again") from None
     if not ok:
@@ -183,14 +183,14 @@ def import_task(artifacts: Artifacts, path: Path | str, new_name: str | None = N
         remove_orphans(registry)
         _check_name_free(registry, name, new_version)  # another writer may have taken it while we waited
         progress.start("re-running the probe set", None)
-        now = probe_logits(artifacts.source(), delta, probe.images, CPU)
+        now = probe_logits(artifacts.source(), delta, probe.images, CPU, probe.batch_size)
         progress.finish()
         if not torch.equal(now, probe.logits):
             drift = float((now - probe.logits).abs().max())
             raise BundleError(f"{where}: on this hub its probe logits differ by up to {drift:.3g} from those it was "
                               f"exported with (recorded: {logits_digest(probe.logits)[:12]}…, here: "
                               f"{logits_digest(now)[:12]}…); they must be bit-identical on the CPU, not imported")
-        here = ProbeSet(probe.images, probe.labels, now, numerics_environment(CPU))
+        here = ProbeSet(probe.images, probe.labels, now, numerics_environment(CPU), probe.batch_size)
         return register_trained_delta(registry, name, delta.state_dict(), here, record_fields, new_version)
 
 

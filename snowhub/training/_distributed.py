@@ -216,11 +216,12 @@ class ProcessGroup:
         return make_loader(self.shard(samples), transform, batch_size, shuffle=False, seed=seed,
                            num_workers=num_workers, device=self.device)
 
-    def calibrate(self, source: FrozenSource, delta: Delta, loader: DataLoader, device: torch.device) -> None:
+    def calibrate(self, source: FrozenSource, delta: Delta, loader: DataLoader, device: torch.device,
+                  chunk: int | None = None) -> None:
         """:func:`calibrate_channel_pooling` on this rank's share of the images, the sums all-reduced: every rank
         stores the statistics of the whole budget."""
         calibrate_channel_pooling(source, delta, loader, device, max_images=self.share(512),
-                                  reduce=self.all_reduce_sum)
+                                  reduce=self.all_reduce_sum, chunk=chunk)
 
     def share(self, images: int) -> int:
         """This rank's part of a budget of `images` spread over the ranks."""

@@ -122,6 +122,15 @@ def live_forward(source: FrozenSource, delta: Delta, model: nn.Module, dtype: to
     return lambda images: task_logits(source, model, images)
 
 
+def eval_forward(source: FrozenSource, delta: Delta, chunk: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The validation forward of uint8 images ``(B, 3, S, S)`` → logits ``(B, classes)``: ``task_logits``, on
+    `chunk` images at a time when given (the low-memory path, so a whole batch's source activations are never
+    alive at once; each image's logits the same up to float rounding)."""
+    if chunk is None:
+        return lambda images: task_logits(source, delta, images)
+    return lambda images: torch.cat([task_logits(source, delta, part) for part in images.split(chunk)])
+
+
 @contextmanager
 def cached_inputs(source: FrozenSource, delta: Delta, samples: Sequence[tuple[Path, int]], transform,
                   config: TrainConfig, device: torch.device, workers: int, cache_dir: Path,

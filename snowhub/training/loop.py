@@ -25,14 +25,15 @@ from snowhub.evaluation import EvalResult
 from snowhub.faults import crash_point
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
-from snowhub.models.network import task_logits
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.config import TrainConfig
 from snowhub.training.forwards import (
+    LOW_MEMORY_SOURCE_CHUNK,
     LowMemoryChoice,
     TrainingInputs,
     cached_inputs,
     choose_low_memory,
+    eval_forward,
     live_forward,
     source_dtype,
 )
@@ -268,18 +269,18 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     seed_everything(config.seed)
     delta = _new_delta(source, split, config).to(device)
     data = _loaders(strategy, source, split, config, device)
+    low_memory = choose_low_memory(config, source, data.size, strategy.world_size == 1)
+    chunk = LOW_MEMORY_SOURCE_CHUNK if low_memory.on else None  # the source's passes outside the steps too
     progress.start("measuring source statistics", None)
-    strategy.calibrate(source, delta, data.calibration, device)
+    strategy.calibrate(source, delta, data.calibration, device, chunk)
     progress.finish()
     model = strategy.wrap(delta)  # DDP: the delta only, never the source
     noise = strategy.pooling_noise(delta, config.seed, device)
-    low_memory = choose_low_memory(config, source, data.size, model is delta)
     progress.start("choosing the training forward", None)
     progress.finish(f"low memory: {'on' if low_memory.on else 'off'} ({low_memory.asked}: {low_memory.reason})")
     with _training_inputs(source, delta, model, split, config, device, data, cache_dir, progress,
                           low_memory.on) as inputs:
-        run = EpochRun(module=delta, train_forward=inputs.forward,
-                       eval_forward=lambda images: task_logits(source, delta, images),
+        run = EpochRun(module=delta, train_forward=inputs.forward, eval_forward=eval_forward(source, delta, chunk),
                        param_groups=delta_param_groups(delta, config.lr, config.score_lr_scale, config.weight_decay),
                        train_batches=inputs.batches, val_loader=data.val, epochs=config.epochs,
                        warmup_epochs=config.warmup_epochs, device=device, strategy=strategy, progress=progress,

@@ -110,8 +110,10 @@ class TrainingStrategy(Protocol):
                            num_workers: int) -> Iterable:
         """Shuffled training images (evaluation transform) for the channel statistics, read once."""
 
-    def calibrate(self, source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device) -> None:
-        """:func:`calibrate_channel_pooling` of `delta` on `loader` (every process: the same statistics)."""
+    def calibrate(self, source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device,
+                  chunk: int | None = None) -> None:
+        """:func:`calibrate_channel_pooling` of `delta` on `loader` (every process: the same statistics), the
+        source on `chunk` images at a time when given."""
 
     def wrap(self, delta: Delta) -> nn.Module:
         """The module the training forward calls: `delta` itself, or a gradient-synchronising wrapper."""
@@ -167,8 +169,9 @@ class SingleProcess:
         return make_loader(samples, transform, batch_size, shuffle=True, seed=seed, num_workers=num_workers,
                            device=self.device, persistent_workers=False)
 
-    def calibrate(self, source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device) -> None:
-        calibrate_channel_pooling(source, delta, loader, device)
+    def calibrate(self, source: FrozenSource, delta: Delta, loader: Iterable, device: torch.device,
+                  chunk: int | None = None) -> None:
+        calibrate_channel_pooling(source, delta, loader, device, chunk=chunk)
 
     def wrap(self, delta: Delta) -> nn.Module:
         return delta
