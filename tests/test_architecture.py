@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer or a lower one.
 LAYERS = [
     ("base", ["snowhub._version", "snowhub.errors", "snowhub.names", "snowhub.progress", "snowhub.faults", "snowhub.device",
-              "snowhub.numerics"]),
+              "snowhub.numerics", "snowhub.malloc"]),
     ("models", ["snowhub.models"]),
     ("data", ["snowhub.data"]),
     ("training / evaluation", ["snowhub.training", "snowhub.evaluation", "snowhub.probe"]),

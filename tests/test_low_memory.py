@@ -58,6 +58,7 @@ def test_the_choice_is_printed_and_recorded_with_the_task(trained_hub_made):
         params = hub.registry.get_task("fashion").hyperparams
     assert (params["low_memory"], params["low_memory_asked"]) == (False, "auto")
     assert params["low_memory_reason"].startswith("the source's taps are ")
+    assert "low_memory_malloc" not in params  # the allocator is left alone where low memory is off
     assert "low memory: off (auto: the source's taps are" in trained_hub_made["fashion2"].output
 
 
@@ -73,6 +74,8 @@ def test_low_memory_on_predicts_what_the_default_path_predicts_on_real_images(fa
     config = TrainConfig(**(FAST | {"run": dataclasses.replace(FAST["run"], low_memory="on")}))
     low = train_delta(source, split, config, pick_device("cpu"))
     assert low.low_memory.on and low.cp_indices == row.cp_indices
+    assert low.low_memory.to_dict()["low_memory_malloc"] == low.low_memory.malloc  # what malloc did, recorded
+    assert low.low_memory.describe().endswith(f"; malloc: {low.low_memory.malloc}")
     evaluation = eval_transform(FAST["image_size"], source.spec.eval_resize_ratio)
     images = torch.stack([evaluation(load_rgb(path)) for path, _ in split.val])
     with torch.no_grad():

@@ -45,15 +45,24 @@ class LowMemoryChoice:
 
     Attributes:
         on: the staged forward with recomputation runs. asked: ``RunOptions.low_memory``. reason: one line.
+        malloc: what the C allocator did under it (:func:`snowhub.malloc.return_freed_blocks`), when on.
     """
 
     on: bool
     asked: str
     reason: str
+    malloc: str | None = None
 
     def to_dict(self) -> dict:
-        """As recorded with the task: ``low_memory`` (bool, what ran), ``low_memory_asked``, ``low_memory_reason``."""
-        return {"low_memory": self.on, "low_memory_asked": self.asked, "low_memory_reason": self.reason}
+        """As recorded with the task: ``low_memory`` (bool, what ran), ``low_memory_asked``, ``low_memory_reason``
+        and, when on, ``low_memory_malloc``."""
+        out = {"low_memory": self.on, "low_memory_asked": self.asked, "low_memory_reason": self.reason}
+        return out | ({"low_memory_malloc": self.malloc} if self.malloc is not None else {})
+
+    def describe(self) -> str:
+        """One line for the user, e.g. ``low memory: on (auto: the source's taps are 282 MiB …); malloc: …``."""
+        line = f"low memory: {'on' if self.on else 'off'} ({self.asked}: {self.reason})"
+        return line + (f"; malloc: {self.malloc}" if self.malloc is not None else "")
 
 
 def taps_mib(source: FrozenSource, image_size: int, batch_size: int) -> float:

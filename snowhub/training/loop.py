@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from snowhub.data import DatasetSplit, eval_transform, iterate, train_transform
 from snowhub.device import default_num_workers
 from snowhub.evaluation import EvalResult
 from snowhub.faults import crash_point
+from snowhub.malloc import return_freed_blocks
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.progress import Progress, SilentProgress
@@ -271,13 +272,15 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     data = _loaders(strategy, source, split, config, device)
     low_memory = choose_low_memory(config, source, data.size, strategy.world_size == 1)
     chunk = LOW_MEMORY_SOURCE_CHUNK if low_memory.on else None  # the source's passes outside the steps too
+    if low_memory.on and device.type == "cpu":  # CPU tensors come from the C allocator
+        low_memory = replace(low_memory, malloc=return_freed_blocks())
     progress.start("measuring source statistics", None)
     strategy.calibrate(source, delta, data.calibration, device, chunk)
     progress.finish()
     model = strategy.wrap(delta)  # DDP: the delta only, never the source
     noise = strategy.pooling_noise(delta, config.seed, device)
     progress.start("choosing the training forward", None)
-    progress.finish(f"low memory: {'on' if low_memory.on else 'off'} ({low_memory.asked}: {low_memory.reason})")
+    progress.finish(low_memory.describe())
     with _training_inputs(source, delta, model, split, config, device, data, cache_dir, progress,
                           low_memory.on) as inputs:
         run = EpochRun(module=delta, train_forward=inputs.forward, eval_forward=eval_forward(source, delta, chunk),
