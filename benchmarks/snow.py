@@ -12,6 +12,8 @@ pooling (``calibrate``), so only the subscription itself differs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -112,7 +114,9 @@ class SnowModel(nn.Module):
 
     With `batch_size` and `image_size` (the ``speed`` jobs) the training forward is the one ``add-task`` would
     run: ``--low-memory`` as `low_memory` says (``auto`` resolved by the product for this batch and size) and
-    the source in `source_precision`; the resolved choice is ``self.low_memory``. Otherwise (and for a
+    the source in `source_precision`; the resolved choice is ``self.low_memory``. With low memory on, as in
+    ``add-task``, evaluation and calibration run the source ``self.eval_chunk`` images at a time and, on the
+    CPU, malloc returns freed blocks to the OS (``snowhub.malloc``). Otherwise (and for a
     `source_chunk`, a research setting) ``snowhub.models.staged.StagedForward`` with its own defaults, where
     the measured product has it.
     """
@@ -121,7 +125,8 @@ class SnowModel(nn.Module):
                  low_memory: str = "auto", batch_size: int | None = None, image_size: int | None = None):
         super().__init__()
         self.source, self.delta, self.low_memory = source, delta, None
-        self._staged = None
+        self._staged = self._eval = None
+        self.eval_chunk: int | None = None
         if batch_size and image_size and not source_chunk and _product_forward(self, source_precision, low_memory,
                                                                                batch_size, image_size):
             return
@@ -138,6 +143,8 @@ class SnowModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.training and self._staged is not None and torch.is_grad_enabled():
             return self._staged(images)
+        if self._eval is not None:
+            return self._eval(images)
         return task_logits(self.source, self.delta, images)
 
 
@@ -155,5 +162,22 @@ def _product_forward(model: SnowModel, source_precision: str, low_memory: str, b
     choice = choose_low_memory(config, model.source, image_size, True)
     dtype = source_dtype(source_precision, next(model.delta.parameters()).device)
     model._staged = live_forward(model.source, model.delta, model.delta, dtype, choice.on)
+    if choice.on:
+        choice = _low_memory_outside_steps(model, choice)
     model.low_memory = choice.to_dict()
     return True
+
+
+def _low_memory_outside_steps(model: SnowModel, choice):
+    """What ``add-task`` does beside the staged forward when low memory is on (products that have it): the
+    source's evaluation and calibration passes in chunks, and on the CPU freed blocks returned to the OS."""
+    try:
+        from snowhub.malloc import return_freed_blocks
+        from snowhub.training.forwards import LOW_MEMORY_SOURCE_CHUNK, eval_forward
+    except ImportError:
+        return choice
+    model.eval_chunk = LOW_MEMORY_SOURCE_CHUNK
+    model._eval = eval_forward(model.source, model.delta, LOW_MEMORY_SOURCE_CHUNK)
+    if next(model.delta.parameters()).device.type == "cpu":
+        choice = dataclasses.replace(choice, malloc=return_freed_blocks())
+    return choice
