@@ -83,7 +83,9 @@ def header(suite: str, command: str, environment: dict, wall_seconds: float | No
     torch_version = environment.get("packages", {}).get("torch")
     wall = "" if wall_seconds is None else f" — {wall_seconds / 60:.1f} min wall time"
     load = environment.get("load_average_start")
+    # A suite run in a snapshot measures the snapshot's commit, not the repository's HEAD when it reports.
+    product = (environment.get("code") or {}).get("commit") or environment.get("git_commit")
     return [f"# snowhub benchmark: {suite}", "", f"`{command}`{wall}.", "",
             f"Machine: {environment.get('cpu')} ({environment.get('cpu_count')} cores), GPU "
-            f"{gpu.get('name', 'none')}; torch {torch_version}; product {environment.get('git_commit')}"
+            f"{gpu.get('name', 'none')}; torch {torch_version}; product {product}"
             + ("" if load is None else f"; 1-minute load average at the start {load[0]:.1f}") + ".", ""]

@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmarks.continual.metrics import average_accuracy, backward_transfer, forgetting, transfer_vs_reference
 from benchmarks.environment import describe_environment
 from benchmarks.output import header, write_results
+from benchmarks.snapshot import snapshot_info
 
 
 def _stat(values: list[float | None]) -> dict | None:
@@ -123,7 +124,7 @@ def _figures(out: Path, summary: list[dict], sequences: list[str]) -> list[str]:
 def write_report(out: Path, command: str, rows: list[dict], settings: dict, wall_seconds: float) -> list[Path]:
     """Write ``results.json``, ``results.md`` and the figures into `out`; return the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    environment = describe_environment()
+    environment = describe_environment() | {"code": snapshot_info()}
     for package in ("avalanche-lib",):
         try:
             import importlib.metadata as md
