@@ -137,8 +137,10 @@ def add_task(
         "--low-memory", metavar="[auto|on|off]",
         help="Train stage by stage, the source a few images at a time, recomputing the delta in backward: the "
              "same delta (up to float rounding), far less memory at large images, slower at small ones (one "
-             "process). auto: on when the source's taps for one batch reach 64 MiB (ResNet-50 at 224 px: on; "
-             "64 px quickstart: off); --low-memory alone: on.")] = _RUN_DEFAULTS["low_memory"],
+             "process); on a CPU, malloc then returns freed blocks of 1 MiB and more to the OS (with huge pages; "
+             "SNOWHUB_MALLOC=default leaves glibc as it is). auto: on when the source's taps for one batch reach "
+             "64 MiB (ResNet-50 at 224 px: on; 64 px quickstart: off); --low-memory alone: on.")
+    ] = _RUN_DEFAULTS["low_memory"],
     cache_features: Annotated[bool, typer.Option("--cache-features", help="Run the source once over the training "
                                                  "images and train every epoch on its cached float16 taps: much "
                                                  "faster epochs, no augmentation, disk in the hub's staging/ (one process).")] = False,
