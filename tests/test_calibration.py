@@ -51,7 +51,8 @@ def test_chunks_of_a_batch_measure_the_whole_batchs_statistics():
     calibrate_channel_pooling(source, whole, batches, torch.device("cpu"), max_images=8)
     calibrate_channel_pooling(source, delta, batches, torch.device("cpu"), max_images=8, chunk=3)  # 3 + 1 per batch
     for a, b in zip(whole.pools, delta.pools):
-        assert torch.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6) and torch.allclose(a.inv_std, b.inv_std, rtol=1e-4)
+        # std comes from E[x²] − mean²: its cancellation turns the sums' rounding into ~1e-4 relative (the std test below allows 1e-3)
+        assert torch.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6) and torch.allclose(a.inv_std, b.inv_std, rtol=1e-3)
     images = torch.cat([b[0] for b in batches[:2]])  # 8 images, as without chunks; not the third batch
     taps, _ = source(source.normalizer(images))
     for pool, tap in zip(delta.pools, taps):

@@ -1,8 +1,8 @@
 """`snowhub export onnx`: one graph (the source once, every delta), verified with ONNX Runtime, with its card.
 
 The session hub (efficientnet_lite0, tasks 'fashion' and 'fashion2' at 32 px) is exported once per module
-through the CLI; a small mobilenet_v2 hub shows the other offline source. The card's ONNX Runtime example is
-run as written, on real images, and must give the top-1 of `snowhub predict`.
+through the CLI (other sources go through the same export in tests/test_backbones.py's matrix). The card's
+ONNX Runtime example is run as written, on real images, and must give the top-1 of `snowhub predict`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from onnx import numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import FAST
 from fixtures.hubkit import snapshot
-from snowhub import Hub, TrainConfig
+from snowhub import Hub
 from snowhub.export import ExportError
 from snowhub.export import onnx_file
 from snowhub_cli.main import app
@@ -177,16 +176,3 @@ def test_an_existing_output_directory_is_never_overwritten(trained_hub, tmp_path
     result = _cli("export", "onnx", "--all", "--output", tmp_path / "out", "--hub", trained_hub)
     assert result.exit_code == 1 and "not an empty directory" in result.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
-
-
-def test_mobilenet_v2_source_exports_too(fashion_dir, tmp_path):
-    with Hub.init(tmp_path / "hub", "mobilenet_v2") as hub:
-        hub.add_task("fashion", fashion_dir, TrainConfig(**(FAST | {"epochs": 1})))
-        report = hub.export_onnx(["fashion"], tmp_path / "onnx")
-        images = hub.artifacts(torch.device("cpu")).probe(hub.registry.get_task("fashion")).images[:3]
-        expected = hub.predictor("cpu").logits(images, ["fashion"])["fashion"].numpy()
-    assert report.tasks == ["fashion"] and report.verification.top1_agree
-    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"images": images.numpy()})
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5)
-    assert _front_matter((tmp_path / "onnx" / "README.md").read_text())["base_model"] == "mobilenet_v2"
