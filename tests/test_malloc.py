@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import snowhub.malloc
 from snowhub.malloc import malloc_huge_pages
 from snowhub_cli.entry import _glibc_version, _kernel_thp, relaunch_environment
 
@@ -58,8 +60,11 @@ def test_the_console_script_restarts_add_task_once_with_huge_pages():
 # 2 MiB block is freed and serves the rest from its heap, which keeps them; with the threshold set, the freed
 # blocks leave the process.
 _FRAGMENT = """
-import sys, torch
-from snowhub.malloc import return_freed_blocks
+import importlib.util, sys, torch
+spec = importlib.util.spec_from_file_location("malloc", MODULE)  # the module alone: the package imports a lot
+malloc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(malloc)
+return_freed_blocks = malloc.return_freed_blocks
 print(return_freed_blocks() if sys.argv[1] == "low" else "default")
 first = torch.ones(1 << 19)  # one 2 MiB block mapped
 del first  # and freed
@@ -70,6 +75,9 @@ for _ in range(200):
 big.clear()
 print(int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20)
 """
+
+
+_FRAGMENT = _FRAGMENT.replace("MODULE", repr(str(Path(snowhub.malloc.__file__))))
 
 
 @needs_huge_pages
