@@ -12,8 +12,6 @@ pooling (``calibrate``), so only the subscription itself differs.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -172,12 +170,9 @@ def _low_memory_outside_steps(model: SnowModel, choice):
     """What ``add-task`` does beside the staged forward when low memory is on (products that have it): the
     source's evaluation and calibration passes in chunks, and on the CPU freed blocks returned to the OS."""
     try:
-        from snowhub.malloc import return_freed_blocks
-        from snowhub.training.forwards import LOW_MEMORY_SOURCE_CHUNK, eval_forward
+        from snowhub.training.forwards import eval_forward, outside_the_steps
     except ImportError:
         return choice
-    model.eval_chunk = LOW_MEMORY_SOURCE_CHUNK
-    model._eval = eval_forward(model.source, model.delta, LOW_MEMORY_SOURCE_CHUNK)
-    if next(model.delta.parameters()).device.type == "cpu":
-        choice = dataclasses.replace(choice, malloc=return_freed_blocks())
+    choice, model.eval_chunk = outside_the_steps(choice, next(model.delta.parameters()).device)
+    model._eval = eval_forward(model.source, model.delta, model.eval_chunk)
     return choice

@@ -167,7 +167,7 @@ def run_training(config: BenchConfig, job: Job, dataset: DatasetSpec, data_dir: 
     if delta is not None:
         calib_loader = strategy.calibration_loader(split.train, eval_transform(size), batch, config.seed + 1, workers)
         progress.start("measuring source statistics", None)
-        chunk = getattr(model, "eval_chunk", None)  # as add-task calibrates with low memory on
+        chunk = model.eval_chunk  # as add-task calibrates with low memory on; None: products without `chunk`
         calibrate_channel_pooling(source, delta, calib_loader, device, **({"chunk": chunk} if chunk else {}))
         progress.finish()
         groups = delta_param_groups(delta, config.snow_lr, config.score_lr_scale, config.weight_decay)

@@ -16,13 +16,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from snowhub.errors import ConfigError
+from snowhub.malloc import return_freed_blocks
 from snowhub.models.delta import Delta
 from snowhub.models.frozen import FrozenSource
 from snowhub.models.network import task_logits
@@ -63,6 +64,17 @@ class LowMemoryChoice:
         """One line for the user, e.g. ``low memory: on (auto: the source's taps are 282 MiB …); malloc: …``."""
         line = f"low memory: {'on' if self.on else 'off'} ({self.asked}: {self.reason})"
         return line + (f"; malloc: {self.malloc}" if self.malloc is not None else "")
+
+
+def outside_the_steps(choice: LowMemoryChoice, device: torch.device) -> tuple[LowMemoryChoice, int | None]:
+    """What a low-memory training does beside its staged forward: the number of images the source's other
+    passes (calibration, validation) run on at a time, and on a CPU, malloc returning freed blocks to the OS
+    (:func:`snowhub.malloc.return_freed_blocks`, recorded in the choice). ``(choice, None)`` when it is off."""
+    if not choice.on:
+        return choice, None
+    if device.type == "cpu":  # CPU tensors come from the C allocator
+        choice = replace(choice, malloc=return_freed_blocks())
+    return choice, LOW_MEMORY_SOURCE_CHUNK
 
 
 def taps_mib(source: FrozenSource, image_size: int, batch_size: int) -> float:

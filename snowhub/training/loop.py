@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,18 @@ from snowhub.data import DatasetSplit, eval_transform, iterate, train_transform
 from snowhub.device import default_num_workers
 from snowhub.evaluation import EvalResult
 from snowhub.faults import crash_point
-from snowhub.malloc import return_freed_blocks
 from snowhub.models.delta import Delta, DeltaShape
 from snowhub.models.frozen import FrozenSource
 from snowhub.progress import Progress, SilentProgress
 from snowhub.training.config import TrainConfig
 from snowhub.training.forwards import (
-    LOW_MEMORY_SOURCE_CHUNK,
     LowMemoryChoice,
     TrainingInputs,
     cached_inputs,
     choose_low_memory,
     eval_forward,
     live_forward,
+    outside_the_steps,
     source_dtype,
 )
 from snowhub.training.hooks import EpochHooks, EvalPoint, StepEvent, TrainingClock
@@ -270,10 +269,8 @@ def train_delta(source: FrozenSource, split: DatasetSplit, config: TrainConfig, 
     seed_everything(config.seed)
     delta = _new_delta(source, split, config).to(device)
     data = _loaders(strategy, source, split, config, device)
-    low_memory = choose_low_memory(config, source, data.size, strategy.world_size == 1)
-    chunk = LOW_MEMORY_SOURCE_CHUNK if low_memory.on else None  # the source's passes outside the steps too
-    if low_memory.on and device.type == "cpu":  # CPU tensors come from the C allocator
-        low_memory = replace(low_memory, malloc=return_freed_blocks())
+    low_memory, chunk = outside_the_steps(choose_low_memory(config, source, data.size, strategy.world_size == 1),
+                                          device)
     progress.start("measuring source statistics", None)
     strategy.calibrate(source, delta, data.calibration, device, chunk)
     progress.finish()
