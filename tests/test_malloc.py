@@ -60,12 +60,11 @@ def test_the_console_script_restarts_add_task_once_with_huge_pages():
 # 2 MiB block is freed and serves the rest from its heap, which keeps them; with the threshold set, the freed
 # blocks leave the process.
 _FRAGMENT = """
-import importlib.util, sys, torch
+import importlib.util, torch
 spec = importlib.util.spec_from_file_location("malloc", MODULE)  # the module alone: the package imports a lot
 malloc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(malloc)
-return_freed_blocks = malloc.return_freed_blocks
-print(return_freed_blocks() if sys.argv[1] == "low" else "default")
+print(malloc.return_freed_blocks() if MODE == "low" else "default")
 first = torch.ones(1 << 19)  # one 2 MiB block mapped
 del first  # and freed
 kept, big = [], []
@@ -77,16 +76,18 @@ print(int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20)
 """
 
 
-_FRAGMENT = _FRAGMENT.replace("MODULE", repr(str(Path(snowhub.malloc.__file__))))
+def _fragment(mode: str, env: dict) -> list[str]:
+    """Run the fragment with the threshold set (`mode` "low") or not ("default"): its two lines of output."""
+    return _run(_FRAGMENT.replace("MODE", repr(mode)).replace("MODULE", repr(str(Path(snowhub.malloc.__file__)))),
+                env).split("\n")
 
 
 @needs_huge_pages
 def test_a_low_memory_training_returns_freed_blocks_to_the_os():
     env = {"PATH": "/usr/bin:/bin", "GLIBC_TUNABLES": HUGE}
-    default = _run(_FRAGMENT.replace("sys.argv[1]", "'default'"), env).split("\n")
-    low = _run(_FRAGMENT.replace("sys.argv[1]", "'low'"), env).split("\n")
+    default, low = _fragment("default", env), _fragment("low", env)
     assert low[0] == "blocks of 1 MiB and more mapped on their own, with huge pages"
     # 200 × 2 MiB were freed: kept by malloc by default, given back with the threshold
     assert int(default[1]) - int(low[1]) > 300, (default, low)
-    without = _run(_FRAGMENT.replace("sys.argv[1]", "'low'"), {"PATH": "/usr/bin:/bin"}).split("\n")
+    without = _fragment("low", {"PATH": "/usr/bin:/bin"})
     assert without[0].startswith("glibc's default (no malloc huge pages")  # not set where it would cost speed
