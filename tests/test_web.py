@@ -61,6 +61,15 @@ def browser():
     driver.quit()
 
 
+def _shown(driver, css: str, timeout_s: float = 120):
+    """The elements matching `css` once the page a click or submit led to has them.
+
+    A form POST (the probe check, an upload) can take longer on a busy CI machine than a click waits for, so
+    each test waits for what the next page shows instead of reading the page the moment the click returns.
+    """
+    return WebDriverWait(driver, timeout_s).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
+
+
 def _rows(driver) -> dict[str, dict[str, str]]:
     return {row.get_attribute("data-task"): {cell.get_attribute("data-col"): cell.text
                                              for cell in row.find_elements(By.CSS_SELECTOR, "td[data-col]")}
@@ -86,6 +95,7 @@ def test_the_hub_page_lists_every_task_with_its_recorded_accuracy(site, browser)
     assert browser.find_elements(By.TAG_NAME, "script") == []  # the hub page needs no JavaScript
 
     browser.find_element(By.LINK_TEXT, "val top-1").click()  # sort: a link, the server orders the rows
+    WebDriverWait(browser, 120).until(lambda d: "sort=val_top1" in d.current_url)
     ordered = sorted((t for t in tasks if t.val_top1 is not None), key=lambda t: -t.val_top1)
     assert list(_rows(browser)) == [t.name for t in ordered] + ["imagenet"]  # no accuracy: last
 
@@ -127,7 +137,7 @@ def test_the_probe_verdict_is_run_on_demand_and_kept_with_its_time(site, browser
     assert browser.find_elements(By.ID, "verdict") == []
     browser.find_element(By.CSS_SELECTOR, "#probe button").click()  # a plain form POST, then a redirect
     # re-run on the CPU and in the numerics environment the probe logits were recorded in
-    assert browser.find_element(By.ID, "verdict").text == "bit-identical"
+    assert _shown(browser, "#verdict")[0].text == "bit-identical"
     assert "UTC" in browser.find_element(By.ID, "checked").text
     browser.get(f"{site.url}/tasks/fashion")  # one check covers the hub: kept for every task
     assert browser.find_element(By.ID, "verdict").text == "bit-identical"
@@ -142,7 +152,7 @@ def test_try_it_answers_every_task_as_hub_predict_and_v1_predict(site, browser, 
     browser.get(f"{site.url}/try")
     browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in images))
     browser.find_element(By.ID, "upload").submit()
-    shown = browser.find_elements(By.CSS_SELECTOR, "#answers article.image")
+    shown = _shown(browser, "#answers article.image")
     assert [a.get_attribute("data-image") for a in shown] == [p.name for p in images]
     for article, want, same in zip(shown, expected, api):
         answers = article.find_elements(By.CSS_SELECTOR, ".task-answer")
@@ -174,8 +184,7 @@ def test_images_dropped_on_try_it_are_uploaded_and_answered(site, browser, fashi
         dropped.items.add(new File([bytes], arguments[1], {type: "image/png"}));
         document.body.dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true, cancelable: true}));
         """, base64.b64encode(image.read_bytes()).decode(), image.name)
-    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#answers article.image"))
-    article = browser.find_element(By.CSS_SELECTOR, "#answers article.image")
+    article = _shown(browser, "#answers article.image")[0]
     assert article.get_attribute("data-image") == image.name
     shown = {a.get_attribute("data-task"): a.find_element(By.CSS_SELECTOR, "li.answer").get_attribute("data-label")
              for a in article.find_elements(By.CSS_SELECTOR, ".task-answer")}
@@ -190,7 +199,7 @@ def test_try_it_shows_the_apis_one_line_error_for_a_text_file(site, browser, tmp
     browser.get(f"{site.url}/try")
     browser.find_element(By.ID, "files").send_keys(str(text))
     browser.find_element(By.ID, "upload").submit()
-    assert browser.find_element(By.ID, "error").text == api.json()["error"]
+    assert _shown(browser, "#error")[0].text == api.json()["error"]
     assert browser.find_elements(By.ID, "answers") == []
     page = httpx.post(f"{site.url}/try", files=[("file", (text.name, text.read_bytes(), "text/plain"))])
     assert page.status_code == 400 and page.headers["content-type"].startswith("text/html")
@@ -220,5 +229,5 @@ def test_a_task_added_by_another_process_appears_on_reload(site, browser, tmp_pa
     assert _rows(browser)["copy"]["val_top1"] == f"{copy.val_top1:.2f} %"
     browser.find_element(By.LINK_TEXT, "copy").click()
     lineage = {row.find_element(By.TAG_NAME, "th").text: row.find_element(By.TAG_NAME, "td").text
-               for row in browser.find_elements(By.CSS_SELECTOR, "#lineage tr")}
+               for row in _shown(browser, "#lineage tr")}
     assert lineage["imported_from"] == bundle.name and lineage["name"] == "fashion" and lineage["seq"] == "1"
