@@ -20,6 +20,8 @@ from PIL import Image
 from serve_helpers import assert_error, free_port, running
 from snowhub.serving.http import ServeConfig
 
+pytestmark = pytest.mark.serial  # latency and switch-over times: scripts/test.sh runs this file alone
+
 MB = 1 << 20
 
 

@@ -25,6 +25,8 @@ from snowhub import Hub
 from snowhub.data import eval_transform, load_rgb
 from snowhub_cli.main import app as cli
 
+pytestmark = pytest.mark.serial  # latency and switch-over times: scripts/test.sh runs this file alone
+
 V1 = sorted(CLASSES.values())  # fashion@1's classes (fashion_dir)
 V2 = sorted(["T-shirt_top", "Sneaker", "Ankle_boot"])  # fashion@2's: fashion2's, imported as its next version
 

@@ -25,6 +25,8 @@ layers on the second-to-last tap, :class:`benchmarks.baselines.PaperFeatureExtra
 * ``SNOW clf-lr``: the classifier at FO's learning rate (``config.lr``), the rest of the delta at the product's;
 * ``FO lr0.1`` (any baseline with `` lr0.1``): the baseline at SNOW's peak learning rate, 0.1, instead of
   the paper's 0.1 × 64/256 = 0.025 (with a few dozen steps the paper's rate leaves FO far from converged);
+  ``SNOW lr0.05`` (any SNOW method with `` lrX``): the delta's peak learning rate X instead of the product's
+  0.1 (the scores keep their ×10);
 * ``SNOW@BUDGET`` (``SNOW@500k``, ``SNOW@2.68M``: FE-stage's size): the product's delta at the width divisor and K ratio that
   ``snowhub.models.budget.fit_budget`` (``add-task --budget``) picks for that many parameters.
 """
@@ -129,12 +131,11 @@ def _train_one(method: str, dataset: str, seed: int, args, pretrained, device) -
     config = get_config("cpu").replace(image_size=args.image_size, epochs=args.epochs, seed=seed, evals_per_epoch=1,
                                        max_train_per_class=per_class, max_val_per_class=30, num_workers=0, threads=1)
     started = time.perf_counter()
-    if method.endswith(" lr0.1"):  # a baseline at SNOW's peak learning rate instead of the paper's 0.025
-        config, method_run = config.replace(lr=0.1), method.removesuffix(" lr0.1")
-    else:
-        method_run = method
+    method_run, _, rate = method.partition(" lr")  # "FO lr0.1": FO at SNOW's peak rate; "SNOW lr0.05": SNOW's delta at 0.05
+    if rate:
+        config = config.replace(**{"snow_lr" if method.startswith("SNOW") else "lr": float(rate)})
     if method.startswith("SNOW"):
-        with _snow_variant(method, pretrained, config) as variant:
+        with _snow_variant(method_run, pretrained, config) as variant:
             result = run_training(config, Job("train", "SNOW", dataset, variant), spec, args.data.resolve(),
                                   pretrained, device, SilentProgress())
     else:
