@@ -59,6 +59,15 @@ def parse_budget(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
+def split_rate(method: str) -> tuple[str, dict[str, float]]:
+    """``"FO lr0.1"`` → ``("FO", {"lr": 0.1})``; ``"SNOW gate lr0.05"`` → ``("SNOW gate", {"snow_lr": 0.05})``
+    (SNOW's delta has its own rate); ``"SNOW"`` → ``("SNOW", {})``."""
+    name, _, rate = method.partition(" lr")
+    if not rate:
+        return method, {}
+    return name, {"snow_lr" if name.startswith("SNOW") else "lr": float(rate)}
+
+
 class GatedClassifier(nn.Module):
     """``linear(concat(gate · delta features, last tap))``: the delta's `width` columns scaled by a learnable
     scalar that starts at 0 (so the task starts as a linear probe on the last tap)."""
@@ -131,9 +140,9 @@ def _train_one(method: str, dataset: str, seed: int, args, pretrained, device) -
     config = get_config("cpu").replace(image_size=args.image_size, epochs=args.epochs, seed=seed, evals_per_epoch=1,
                                        max_train_per_class=per_class, max_val_per_class=30, num_workers=0, threads=1)
     started = time.perf_counter()
-    method_run, _, rate = method.partition(" lr")  # "FO lr0.1": FO at SNOW's peak rate; "SNOW lr0.05": SNOW's delta at 0.05
+    method_run, rate = split_rate(method)
     if rate:
-        config = config.replace(**{"snow_lr" if method.startswith("SNOW") else "lr": float(rate)})
+        config = config.replace(**rate)
     if method.startswith("SNOW"):
         with _snow_variant(method_run, pretrained, config) as variant:
             result = run_training(config, Job("train", "SNOW", dataset, variant), spec, args.data.resolve(),

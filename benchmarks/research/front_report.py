@@ -19,7 +19,7 @@ import torch
 
 # (label in tables, its harness method): today's FE is the last stage retrained.
 LABELS = {"FE": "FE-stage", "FE-paper": "FE-paper", "FO lr0.1": "FO at lr 0.1"}
-GAPS = (("SNOW − FO", "SNOW", "FO"), ("SNOW − FO at lr 0.1", "SNOW", "FO lr0.1"), ("SNOW − FE-paper", "SNOW", "FE-paper"),
+GAPS = (("SNOW − FO (lr 0.025)", "SNOW", "FO"), ("SNOW − FO at lr 0.1", "SNOW", "FO lr0.1"), ("SNOW − FE-paper", "SNOW", "FE-paper"),
         ("SNOW@2.68M − FE-stage", "SNOW@2.68M", "FE"), ("SNOW − FT", "SNOW", "FT"),
         ("SNOW gate − SNOW", "SNOW gate", "SNOW"), ("SNOW gate − FO at lr 0.1", "SNOW gate", "FO lr0.1"))
 
@@ -80,6 +80,32 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
+def _signed(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:+.2f}, 1"
+    return f"{statistics.fmean(values):+.2f} ({min(values):+.2f} – {max(values):+.2f}), {len(values)}"
+
+
+def gap_summary(rows: list[dict]) -> str:
+    """The issue's gaps side by side: one row per gap, one column per (dataset, epochs); each cell the mean
+    (min – max) over the seeds both methods ran, paired by seed, and how many seeds."""
+    by = defaultdict(dict)  # (dataset, epochs) -> method -> seed -> top-1
+    for r in rows:
+        by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r["top1"]
+    keys = sorted(by, key=lambda k: (k[1], k[0]))
+    out = ["| gap, points: mean (min – max), seeds | " + " | ".join(f"{d} {e} ep" for d, e in keys) + " |",
+           "|---|" + "---|" * len(keys)]
+    for label, a, b in GAPS:
+        cells = []
+        for key in keys:
+            methods = by[key]
+            common = sorted(set(methods.get(a, {})) & set(methods.get(b, {})))
+            cells.append(_signed([methods[a][s] - methods[b][s] for s in common]) if common else "—")
+        if any(c != "—" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def tables(rows: list[dict], flops: dict[str, int]) -> str:
     by = defaultdict(dict)  # (dataset, epochs) -> method -> seed -> row
     for r in rows:
@@ -98,7 +124,9 @@ def tables(rows: list[dict], flops: dict[str, int]) -> str:
             out.append(f"| {LABELS.get(m, m)} | {_params(params)} | {flops.get(m, 0) / 1e6:.2f} | "
                        f"{_stats([s['top1'] for s in seeds.values()])} | {len(seeds)} |")
         out += ["", "| gap, points (paired by seed) | mean (min – max) | seeds |", "|---|---|---|"]
-        for label, a, b in GAPS:
+        variants = [(f"{m} − SNOW", m, "SNOW") for m in sorted(methods)
+                    if m.startswith("SNOW ") and f"{m} − SNOW" not in {g[0] for g in GAPS}]
+        for label, a, b in GAPS + tuple(variants):
             common = sorted(set(methods.get(a, {})) & set(methods.get(b, {})))
             diffs = [methods[a][s]["top1"] - methods[b][s]["top1"] for s in common]
             if diffs:
@@ -148,7 +176,8 @@ def report(folders: list[Path], out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
     flops = serving_flops({r["method"] for r in rows}, rows[0]["image_size"])
-    (out / "table.md").write_text(tables(rows, flops))
+    (out / "table.md").write_text("## The gaps, every dataset and budget\n\n" + gap_summary(rows) + "\n"
+                                  + tables(rows, flops))
     by = defaultdict(dict)
     for r in rows:
         by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r
