@@ -31,7 +31,8 @@ def copy(
         if as_json:
             render.print_json(vars(report))
         else:
-            render.line(f"copied the registry of {report.hub} ({report.tasks} task(s)) to {report.target_url}: "
+            keys = f", {report.keys} trusted key(s)" if report.keys else ""
+            render.line(f"copied the registry of {report.hub} ({report.tasks} task(s){keys}) to {report.target_url}: "
                         f"{report.seals} seal(s) and {report.files} file hash(es) verified there; "
                         f"{report.source_url} is unchanged")
             render.line(f"use it with: --registry '{report.target_url}' (the password as you gave it) "

@@ -165,3 +165,15 @@ def test_trust_is_a_sealed_append_only_row(hub, keys):
     sql(hub, "UPDATE trusted_key SET comment = 'someone else'")
     listed = _cli("trust", "list", "--hub", hub)
     assert listed.exit_code == 1 and "cannot be trusted" in listed.output, listed.output
+
+
+def test_registry_copy_keeps_the_trusted_keys_so_signed_bundles_still_import(signed, hub, fresh_database):
+    """`snowhub registry copy` moves the trusted keys with the tasks: on the copy, a signed bundle imports."""
+    mine = json.loads(_cli("trust", "list", "--hub", hub, "--json").stdout)
+    copied = _cli("registry", "copy", "--to", fresh_database, "--hub", hub, "--json")
+    assert copied.exit_code == 0, copied.output
+    assert json.loads(copied.stdout)["keys"] == 1
+    on_copy = _cli("trust", "list", "--registry", fresh_database, "--json")
+    assert json.loads(on_copy.stdout) == mine  # seq, key, fingerprint, comment and time: as they were
+    result = _cli("import", signed, "--registry", fresh_database)
+    assert result.exit_code == 0 and "signed by ed25519:" in result.output, result.output

@@ -1,7 +1,7 @@
 """Moving a hub's registry to another database (``snowhub registry copy --to URL``), e.g. SQLite to PostgreSQL.
 
 The copy is verbatim: every row keeps its values, its ``created_at`` and its seal, the lifecycle events
-(schema 0007) included; the copy then records one more event there, ``registry_copied`` (from where). Seals hash typed values
+(schema 0007) and the keys trusted to sign bundles (schema 0006) included; the copy then records one more event there, ``registry_copied`` (from where). Seals hash typed values
 (:mod:`snowhub.store.integrity`), so each copied seal must hold on the other side as it is; the copy is
 verified there (every seal, every record equal to the original, every file's sha256) before it is kept.
 The original registry and the hub's files are only read: the original must already be at this snowhub's
@@ -23,6 +23,7 @@ from snowhub.store.interface import RegistryStore
 from snowhub.store.opening import create, discard
 from snowhub.store.records import SourceRecord, TaskRecord
 from snowhub.store.registry import Registry
+from snowhub.store.trust import trusted_keys
 
 
 @dataclass
@@ -34,6 +35,7 @@ class CopyReport:
         source_url, target_url: the registries (passwords hidden).
         tasks: tasks copied. seals: seals verified on the other side. files: files whose sha256 was checked.
         events: lifecycle events copied (the ``registry_copied`` one recorded after them not counted).
+        keys: keys trusted to sign task bundles (``snowhub trust``) copied.
     """
 
     hub: str
@@ -43,6 +45,7 @@ class CopyReport:
     seals: int
     files: int
     events: int = 0
+    keys: int = 0
 
 
 def _files(registry: RegistryStore, source: SourceRecord, tasks: list[TaskRecord]) -> int:
@@ -76,17 +79,17 @@ def copy_registry(root: Path | None, to: str | URL, source_url: str | URL | None
         if problems := original.audit().problems():
             raise IntegrityError(f"{original.location} has records whose seal does not hold ({problems[0]}); nothing "
                                  "was copied: run `snowhub doctor`")
-        source, tasks, events = original.source(), original.tasks(), original.raw_events()
+        source, tasks, events, keys = original.source(), original.tasks(), original.raw_events(), original.raw_keys()
         files = _files(original, source, tasks)
         target = create(Registry, original.layout.root, to, adopt=True)
         try:
-            target.copy_in(source, tasks, events)
+            target.copy_in(source, tasks, events, keys)
             if problems := target.audit().problems():
                 raise IntegrityError(f"the copy in {target.location} does not verify ({problems[0]}); nothing was kept")
             copied_source, copied = target.source(), target.tasks()
             if dataclasses.asdict(copied_source) != dataclasses.asdict(source) or \
                     [dataclasses.asdict(t) for t in copied] != [dataclasses.asdict(t) for t in tasks] or \
-                    target.events() != original.events():
+                    target.events() != original.events() or trusted_keys(target) != trusted_keys(original):
                 raise IntegrityError(f"the copy in {target.location} reads back different records; nothing was kept")
             _files(target, copied_source, copied)
             target.append_event("registry_copied", None, None, {"from": original.url, "to": target.url})
@@ -94,6 +97,6 @@ def copy_registry(root: Path | None, to: str | URL, source_url: str | URL | None
             discard(target)
             raise
         report = CopyReport(str(original.layout.root), original.url, target.url, len(copied),
-                            1 + len(copied) + len(events), files, len(events))
+                            1 + len(copied) + len(events) + len(keys), files, len(events), len(keys))
         target.close()
     return report

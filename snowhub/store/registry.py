@@ -30,7 +30,7 @@ from snowhub.store.events import audit_events
 from snowhub.store.integrity import KEYS, decoded, record_problem, seal
 from snowhub.store.interface import RegistryStore
 from snowhub.store.lifecycle import TaskLifecycle
-from snowhub.store.models import HubRow, SourceRow, TaskEventRow
+from snowhub.store.models import HubRow, SourceRow, TaskEventRow, TrustedKeyRow
 from snowhub.store.records import RecordAudit, RegistryAudit, SourceRecord, TaskRecord
 from snowhub.store.rows import record_from_raw as _record
 from snowhub.store.rows import require_complete as _require_complete
@@ -289,9 +289,11 @@ class Registry(TaskLifecycle, RegistryStore):
 
     # -- copying ---------------------------------------------------------------------------------
 
-    def copy_in(self, source: SourceRecord, tasks: list[TaskRecord], events: list[dict[str, object]] = ()) -> None:
+    def copy_in(self, source: SourceRecord, tasks: list[TaskRecord], events: list[dict[str, object]] = (),
+                keys: list[dict[str, object]] = ()) -> None:
         """Insert records exactly as another registry holds them, seals and times included, in one transaction;
-        `events` are the other registry's raw ``task_event`` rows (:meth:`raw_events`).
+        `events` and `keys` are the other registry's raw ``task_event`` and ``trusted_key`` rows
+        (:meth:`raw_events`, :meth:`raw_keys`).
 
         For :mod:`snowhub.store.copy` into a new, empty registry only (the seals are not recomputed: they must
         hold as they are). Raises HubExistsError if this registry already has a source.
@@ -302,13 +304,19 @@ class Registry(TaskLifecycle, RegistryStore):
             for record in (source, *tasks):
                 session.add(_to_row(record))
             session.flush()
-            for row in events:
-                session.execute(TaskEventRow.__table__.insert().values(**decoded("task_event", row)))
+            for table, rows in ((TaskEventRow.__table__, events), (TrustedKeyRow.__table__, keys)):
+                for row in rows:
+                    session.execute(table.insert().values(**decoded(table.name, row)))
 
     def raw_events(self) -> list[dict[str, object]]:
         """Every ``task_event`` row as the database returns it, in ``id`` order (for :meth:`copy_in`)."""
         with self._reading() as session:
             return self._rows(session, "task_event")
+
+    def raw_keys(self) -> list[dict[str, object]]:
+        """Every ``trusted_key`` row as the database returns it, in ``seq`` order (for :meth:`copy_in`)."""
+        with self._reading() as session:
+            return self._rows(session, "trusted_key")
 
     # -- the writer lock ---------------------------------------------------------------------------
 
