@@ -1,7 +1,8 @@
 """Moving a hub's registry to another database (``snowhub registry copy --to URL``), e.g. SQLite to PostgreSQL.
 
 The copy is verbatim: every row keeps its values, its ``created_at`` and its seal, the lifecycle events
-(schema 0007) and the keys trusted to sign bundles (schema 0006) included; the copy then records one more event there, ``registry_copied`` (from where). Seals hash typed values
+(schema 0007) and the keys trusted to sign bundles (schema 0006) included; the copy then records one more
+event there, ``registry_copied`` (from where). Seals hash typed values
 (:mod:`snowhub.store.integrity`), so each copied seal must hold on the other side as it is; the copy is
 verified there (every seal, every record equal to the original, every file's sha256) before it is kept.
 The original registry and the hub's files are only read: the original must already be at this snowhub's
