@@ -83,6 +83,20 @@ def _params(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k"
 
 
+def _grouped(rows: list[dict]) -> dict[tuple[str, int], dict[str, dict[int, dict]]]:
+    """(dataset, epochs) → method → seed → row."""
+    by = defaultdict(dict)
+    for r in rows:
+        by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r
+    return by
+
+
+def _paired(methods: dict[str, dict[int, dict]], a: str, b: str) -> list[float]:
+    """Top-1 of `a` minus `b`, points, seed by seed over the seeds both ran."""
+    common = sorted(set(methods.get(a, {})) & set(methods.get(b, {})))
+    return [methods[a][s]["top1"] - methods[b][s]["top1"] for s in common]
+
+
 def _signed(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:+.2f}, 1"
@@ -92,29 +106,20 @@ def _signed(values: list[float]) -> str:
 def gap_summary(rows: list[dict]) -> str:
     """The issue's gaps side by side: one row per gap, one column per (dataset, epochs); each cell the mean
     (min – max) over the seeds both methods ran, paired by seed, and how many seeds."""
-    by = defaultdict(dict)  # (dataset, epochs) -> method -> seed -> top-1
-    for r in rows:
-        by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r["top1"]
+    by = _grouped(rows)
     keys = sorted(by, key=lambda k: (k[1], k[0]))
     out = ["| gap, points: mean (min – max), seeds | " + " | ".join(f"{d} {e} ep" for d, e in keys) + " |",
            "|---|" + "---|" * len(keys)]
     for label, a, b in GAPS:
-        cells = []
-        for key in keys:
-            methods = by[key]
-            common = sorted(set(methods.get(a, {})) & set(methods.get(b, {})))
-            cells.append(_signed([methods[a][s] - methods[b][s] for s in common]) if common else "—")
+        cells = [_signed(diffs) if (diffs := _paired(by[key], a, b)) else "—" for key in keys]
         if any(c != "—" for c in cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
 def tables(rows: list[dict], flops: dict[str, int]) -> str:
-    by = defaultdict(dict)  # (dataset, epochs) -> method -> seed -> row
-    for r in rows:
-        by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r
     out = []
-    for (dataset, epochs), methods in sorted(by.items()):
+    for (dataset, epochs), methods in sorted(_grouped(rows).items()):
         any_row = next(iter(next(iter(methods.values())).values()))
         out += [f"### {dataset}, {epochs} epochs ({any_row['train_images']} training / {any_row['val_images']} "
                 f"validation images, {any_row['image_size']} px)", "",
@@ -130,9 +135,7 @@ def tables(rows: list[dict], flops: dict[str, int]) -> str:
         variants = [(f"{m} − SNOW", m, "SNOW") for m in sorted(methods)
                     if m.startswith("SNOW ") and f"{m} − SNOW" not in {g[0] for g in GAPS}]
         for label, a, b in GAPS + tuple(variants):
-            common = sorted(set(methods.get(a, {})) & set(methods.get(b, {})))
-            diffs = [methods[a][s]["top1"] - methods[b][s]["top1"] for s in common]
-            if diffs:
+            if diffs := _paired(methods, a, b):
                 out.append(f"| {label} | {_stats(diffs)} | {len(diffs)} |")
         if "SNOW" in methods:  # choosing the final epoch on validation (optimistic: here it is also the test set)
             snow = methods["SNOW"].values()
@@ -183,10 +186,7 @@ def report(folders: list[Path], out: Path) -> int:
     flops = serving_flops({r["method"] for r in rows}, rows[0]["image_size"])
     (out / "table.md").write_text("## The gaps, every dataset and budget\n\n" + gap_summary(rows) + "\n"
                                   + tables(rows, flops))
-    by = defaultdict(dict)
-    for r in rows:
-        by[(r["dataset"], r["epochs"])].setdefault(r["method"], {})[r["seed"]] = r
-    for (dataset, epochs), methods in by.items():
+    for (dataset, epochs), methods in _grouped(rows).items():
         figure(out / f"front_{dataset}_{epochs}ep.png", dataset, epochs, methods)
     print((out / "table.md").read_text())
     return 0
